@@ -1,0 +1,201 @@
+"""The forecasting models, all with one interface: ``[B, L, F]`` normalized inputs -> ``[B, H, Q]``.
+
+``H`` is the number of horizons and ``Q`` the number of quantiles (1 for a point forecast). Outputs
+are in normalized target units; :mod:`forecaster.predict` turns them into degrees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    channels: int = 32
+    kernel: int = 5
+    pool: int = 3  # max-pool size after the layer; 1 = none
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; stored in the model card so an artifact rebuilds exactly."""
+
+    kind: str  # persistence | seasonal | conv | gru | conv_gru
+    n_features: int
+    target_index: int
+    horizons: tuple[int, ...] = (24,)
+    quantiles: tuple[float, ...] = ()  # () = point forecast trained with MAE
+    conv: tuple[ConvLayer, ...] = field(
+        default_factory=lambda: (ConvLayer(32, 5, 3), ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
+    )
+    gru_hidden: int = 32
+    gru_layers: int = 1
+    dropout: float = 0.0
+    residual: bool = False  # predict the change from the last observed target (persistence + delta)
+    season: int = 24  # steps per day, for the seasonal baseline
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose from {', '.join(MODEL_KINDS)}")
+        if any(not 0 < q < 1 for q in self.quantiles):
+            raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
+
+    @property
+    def n_outputs(self) -> int:
+        return max(1, len(self.quantiles))
+
+    @property
+    def median_index(self) -> int:
+        """Which output is the point forecast: the quantile nearest 0.5."""
+        if not self.quantiles:
+            return 0
+        return min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - 0.5))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["horizons"] = list(self.horizons)
+        d["quantiles"] = list(self.quantiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["conv"] = tuple(ConvLayer(**c) for c in d.get("conv", ()))
+        d["horizons"] = tuple(d["horizons"])
+        d["quantiles"] = tuple(d.get("quantiles", ()))
+        return cls(**d)
+
+
+class Persistence(nn.Module):
+    """The "common-sense" baseline: every future value equals the last observed one."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = x[:, -1, self.cfg.target_index]
+        return last[:, None, None].expand(-1, len(self.cfg.horizons), self.cfg.n_outputs)
+
+
+class Seasonal(nn.Module):
+    """Same time yesterday: the value one season (24 h) before each target time."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        back = [h - cfg.season * math.ceil(h / cfg.season) for h in cfg.horizons]  # <= 0 steps from the origin
+        self.register_buffer("index", torch.tensor(back, dtype=torch.int64) - 1, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if -int(self.index.min()) > x.shape[1]:
+            raise ValueError(f"seasonal baseline needs at least {-int(self.index.min())} input steps")
+        vals = x[:, self.index + x.shape[1], self.cfg.target_index]
+        return vals[:, :, None].expand(-1, -1, self.cfg.n_outputs)
+
+
+def _conv_stack(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    c_in = cfg.n_features
+    for layer in cfg.conv:
+        layers += [nn.Conv1d(c_in, layer.channels, layer.kernel, stride=layer.stride), nn.ReLU()]
+        if layer.pool > 1:
+            layers.append(nn.MaxPool1d(layer.pool))
+        c_in = layer.channels
+    return nn.Sequential(*layers), c_in
+
+
+class _Forecaster(nn.Module):
+    """Shared head: a linear layer to ``H * Q`` outputs, optionally added to the last observed target."""
+
+    def __init__(self, cfg: ModelConfig, width: int):
+        super().__init__()
+        self.cfg = cfg
+        self.head = nn.Linear(width, len(cfg.horizons) * cfg.n_outputs)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.features(x)).view(x.shape[0], len(self.cfg.horizons), self.cfg.n_outputs)
+        if self.cfg.residual:
+            out = out + x[:, -1, self.cfg.target_index, None, None]
+        return out
+
+
+class ConvNet(_Forecaster):
+    """Listing 6.47: stacked Conv1D/MaxPool, global max pool, dense. Order-blind beyond its kernels."""
+
+    def __init__(self, cfg: ModelConfig):
+        stack_width = cfg.conv[-1].channels if cfg.conv else cfg.n_features
+        super().__init__(cfg, stack_width)
+        self.stack, _ = _conv_stack(cfg)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(x.transpose(1, 2)).amax(dim=2)
+
+
+class GRUNet(_Forecaster):
+    """GRU over the full sequence; its last hidden state feeds the head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, cfg.gru_hidden)
+        self.gru = nn.GRU(
+            cfg.n_features, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True,
+            dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(x)
+        return self.drop(h[-1])
+
+
+class ConvGRU(_Forecaster):
+    """Listing 6.49: a Conv1D front-end shortens the sequence, then a GRU reads it in order."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, cfg.gru_hidden)
+        self.frontend, width = _conv_stack(cfg)
+        self.gru = nn.GRU(
+            width, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True,
+            dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.frontend(x.transpose(1, 2)).transpose(1, 2)
+        _, h = self.gru(z)
+        return self.drop(h[-1])
+
+
+MODEL_KINDS: dict[str, type[nn.Module]] = {
+    "persistence": Persistence,
+    "seasonal": Seasonal,
+    "conv": ConvNet,
+    "gru": GRUNet,
+    "conv_gru": ConvGRU,
+}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    return MODEL_KINDS[cfg.kind](cfg)
+
+
+def is_trainable(model: nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def frontend_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The Conv1D front-end's weights: what transfer learning keeps frozen."""
+    stack = getattr(model, "frontend", None) or getattr(model, "stack", None)
+    return list(stack.parameters()) if stack is not None else []

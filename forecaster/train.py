@@ -1,0 +1,168 @@
+"""The training loop: MAE (or pinball) loss, early stopping on validation, best weights restored.
+
+Readable in one sitting on purpose; everything model-specific lives in :mod:`forecaster.models`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from forecaster.models import is_trainable
+from forecaster.windows import Windows
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "rmsprop"  # as in the book; "adam" as an option
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 20
+    steps_per_epoch: int | None = None  # None: one full pass over the training samples
+    val_steps: int | None = None  # None: the whole validation split
+    patience: int = 4  # epochs without validation improvement before stopping
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_loss, seconds
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return float(np.mean([h["seconds"] for h in self.history])) if self.history else 0.0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available (install a CUDA build of torch)")
+    return torch.device(name)
+
+
+def forecast_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
+    """MAE for a point forecast; pinball loss averaged over quantiles otherwise. ``pred``: [B, H, Q]."""
+    if not quantiles:
+        return (pred[..., 0] - y).abs().mean()
+    q = torch.tensor(quantiles, device=pred.device, dtype=pred.dtype)
+    diff = y[..., None] - pred
+    return torch.maximum(q * diff, (q - 1) * diff).mean()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, windows: Windows, batch_size: int, limit: int | None = None) -> float:
+    model.eval()
+    device = windows.inputs.device
+    total, count = 0.0, 0
+    quantiles = getattr(model, "cfg").quantiles
+    for x, y in windows.batches(batch_size, limit=limit):
+        with _autocast(device):
+            pred = model(x)
+        total += float(forecast_loss(pred.float(), y, quantiles)) * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use rmsprop or adam")
+
+
+def train(
+    model: nn.Module, train_w: Windows, val_w: Windows, cfg: TrainConfig = TrainConfig(), label: str = "train"
+) -> TrainResult:
+    """Fit ``model`` in place; on return it holds the weights of its best validation epoch."""
+    generator = seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    train_w, val_w = train_w.to(device), val_w.to(device)
+    quantiles = model.cfg.quantiles
+    result = TrainResult()
+    if not is_trainable(model):  # baselines: one validation pass, nothing to fit
+        result.best_val_loss = evaluate_loss(model, val_w, cfg.batch_size * 4, cfg.val_steps)
+        return result
+
+    opt = _optimizer(model, cfg)
+    best_state = copy.deepcopy(model.state_dict())
+    n_batches = train_w.n_batches(cfg.batch_size, cfg.steps_per_epoch)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        running, seen = 0.0, 0
+        bar = tqdm(
+            train_w.batches(cfg.batch_size, shuffle=True, generator=generator, limit=cfg.steps_per_epoch),
+            total=n_batches, desc=f"{label} epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
+            leave=False, dynamic_ncols=True,
+        )
+        for x, y in bar:
+            with _autocast(device):
+                pred = model(x)
+            loss = forecast_loss(pred.float(), y, quantiles)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{label}: training loss became {float(loss)} at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            running += float(loss.detach()) * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - start
+        val_loss = evaluate_loss(model, val_w, cfg.batch_size * 4, cfg.val_steps)
+        result.history.append(
+            {"epoch": epoch, "train_loss": running / max(seen, 1), "val_loss": val_loss, "seconds": train_seconds}
+        )
+        improved = val_loss < result.best_val_loss
+        if improved:
+            result.best_val_loss, result.best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if cfg.progress:
+            tqdm.write(
+                f"{label} epoch {epoch:>3}: train {running / max(seen, 1):.4f}  val {val_loss:.4f}"
+                f"  {train_seconds:.1f}s{'  *' if improved else ''}"
+            )
+        if epoch - result.best_epoch >= cfg.patience:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    return result
