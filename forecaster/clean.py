@@ -74,7 +74,9 @@ def segments_from_valid(valid: np.ndarray) -> np.ndarray:
     return np.where(valid, seg, -1).astype(np.int64)
 
 
-def clean_station(records: pd.DataFrame, config: CleanConfig = CleanConfig(), station: str | None = None) -> StationSeries:
+def clean_station(
+    records: pd.DataFrame, config: CleanConfig = CleanConfig(), station: str | None = None
+) -> StationSeries:
     """Regularize one station's readings (columns ``time`` + sensors, as from ``load_records``)."""
     if station is not None:
         records = records[records["station"] == station]

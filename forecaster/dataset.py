@@ -51,30 +51,41 @@ class Splits:
     train_span: tuple[str, str]
 
 
-def fit_normalizer(series: Sequence[StationSeries], cfg: DataConfig) -> Normalizer:
+Ranges = tuple[slice, slice, slice]
+
+
+def split_rows(series: StationSeries, cfg: DataConfig) -> Ranges:
+    return split_by_fraction(len(series.frame), cfg.split)
+
+
+def fit_normalizer(
+    series: Sequence[StationSeries], cfg: DataConfig, ranges: Sequence[Ranges] | None = None
+) -> Normalizer:
     """Statistics over the training rows of every series, never validation or test."""
-    parts = []
-    for s in series:
-        rows, _, _ = split_by_fraction(len(s.frame), cfg.split)
-        parts.append(s.values(list(cfg.features))[rows])
+    ranges = ranges or [split_rows(s, cfg) for s in series]
+    parts = [s.values(list(cfg.features))[r[0]] for s, r in zip(series, ranges, strict=True)]
     return Normalizer.fit(np.concatenate(parts), cfg.features)
 
 
 def make_splits(
-    series: Sequence[StationSeries], cfg: DataConfig, normalizer: Normalizer | None = None
+    series: Sequence[StationSeries],
+    cfg: DataConfig,
+    normalizer: Normalizer | None = None,
+    ranges: Sequence[Ranges] | None = None,
 ) -> Splits:
     """Chronological train/validation/test windows for one or several stations.
 
-    Each station is split by the same fractions; samples of several stations are pooled per split.
+    Each station is split by ``cfg.split`` fractions unless explicit row ``ranges`` are given; samples
+    of several stations are pooled per split.
     """
-    normalizer = normalizer or fit_normalizer(series, cfg)
+    ranges = ranges or [split_rows(s, cfg) for s in series]
+    normalizer = normalizer or fit_normalizer(series, cfg, ranges)
     out: dict[str, list[Windows]] = {"train": [], "val": [], "test": []}
     starts, ends = [], []
-    for s in series:
-        rows = split_by_fraction(len(s.frame), cfg.split)
+    for s, rows in zip(series, ranges, strict=True):
         for name, r in zip(out, rows, strict=True):
             out[name].append(
-                windows_for(s, cfg.features, cfg.target, cfg.spec, normalizer, cfg.time_features, r)
+                windows_for(s, cfg.features, cfg.target, cfg.spec, normalizer, cfg.time_features, r, rows[0].start)
             )
         starts.append(s.times[rows[0].start])
         ends.append(s.times[rows[0].stop - 1])

@@ -87,7 +87,7 @@ def evaluate_loss(model: nn.Module, windows: Windows, batch_size: int, limit: in
     model.eval()
     device = windows.inputs.device
     total, count = 0.0, 0
-    quantiles = getattr(model, "cfg").quantiles
+    quantiles = model.cfg.quantiles
     for x, y in windows.batches(batch_size, limit=limit):
         with _autocast(device):
             pred = model(x)

@@ -182,8 +182,13 @@ def windows_for(
     normalizer: Normalizer,
     time_features: bool,
     rows: slice = slice(None),
+    history_start: int = 0,
 ) -> Windows:
-    """Samples whose origins and targets lie in ``rows`` of ``series`` (lookback may reach before it)."""
+    """Samples whose origins and targets lie in ``rows`` of ``series``.
+
+    The lookback may reach before ``rows`` (past inputs are known at forecast time, as in the book's
+    validation generator) but never before ``history_start``, the first row the station had.
+    """
     if target not in features:
         raise ValueError(f"target {target!r} must be one of the input features {list(features)}")
     values = series.values(list(features))
@@ -191,7 +196,6 @@ def windows_for(
     mean, std = normalizer.scale_of(target)
     y = np.nan_to_num((series.frame[target].to_numpy(np.float32) - mean) / std)
     start, stop, _ = rows.indices(len(values))
-    # Windows may look back into the previous split (as in the book) but targets stay inside `rows`.
-    origins = valid_origins(series.segments(list(features)), spec, 0, stop)
+    origins = valid_origins(series.segments(list(features)), spec, history_start, stop)
     origins = origins[origins >= start]
     return Windows(inputs, y, origins, spec)
