@@ -147,3 +147,28 @@ def split_by_fraction(n: int, fractions: tuple[float, float]) -> tuple[slice, sl
 
 # Chollet's split on the Jena record: 200,000 / 100,000 / rest of 420,551 rows.
 CHOLLET_FRACTIONS = (200_000 / 420_551, 100_000 / 420_551)
+
+
+def load_stations(
+    path, schema=None, stations: list[str] | None = None, config: CleanConfig = CleanConfig()
+) -> list[StationSeries]:
+    """Load a station file and clean each station in it (all of them unless ``stations`` names some)."""
+    from forecaster.data import DataError, load_records
+
+    records = load_records(path, schema)
+    have = list(dict.fromkeys(records["station"]))
+    wanted = stations or have
+    unknown = sorted(set(wanted) - set(have))
+    if unknown:
+        raise DataError(f"{path}: no station {unknown} in the file (it has {have})")
+    return [clean_station(records, config, station=s) for s in wanted]
+
+
+def usable_features(
+    series: list[StationSeries], preferred: tuple[str, ...], max_missing: float = 0.05
+) -> tuple[str, ...]:
+    """The preferred sensors that every station actually measures (missing at most ``max_missing``)."""
+    return tuple(
+        f for f in preferred
+        if all(f in s.frame and s.frame[f].isna().mean() <= max_missing for s in series)
+    )

