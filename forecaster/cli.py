@@ -46,7 +46,8 @@ def _conv(text: str) -> tuple[ConvLayer, ...]:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="station CSV file (.csv or .csv.gz)")
+    p.add_argument("--data", required=True, action="append",
+                   help="station CSV file (.csv or .csv.gz); repeat to train one model on several files")
     p.add_argument("--schema", help="built-in layout (jena, jena2020, nycflights13); detected when omitted")
     p.add_argument("--station", action="append", help="station id in a multi-station file (repeatable)")
     p.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
@@ -131,7 +132,23 @@ def _train_cfg(args) -> TrainConfig:
 
 
 def _load(args):
-    return load_stations(args.data, args.schema, args.station, CleanConfig(max_fill_steps=args.max_fill))
+    """Every station of every --data file (or those named by --station)."""
+    series = []
+    for path in args.data:
+        names = None
+        if args.station:
+            from forecaster.data import load_records
+
+            have = set(load_records(path, args.schema)["station"])
+            names = [s for s in args.station if s in have] or None
+            if names is None and len(args.data) == 1:
+                names = args.station  # let load_stations name the missing station
+        series += load_stations(path, args.schema, names, CleanConfig(max_fill_steps=args.max_fill))
+    return series
+
+
+def _data_hash(paths: list[str]) -> str:
+    return file_sha256(paths[0]) if len(paths) == 1 else ",".join(file_sha256(p)[:16] for p in paths)
 
 
 def _print_scores(name: str, val: dict, test: dict) -> None:
@@ -157,9 +174,10 @@ def cmd_train(args) -> int:
                         dropout=args.dropout, residual=args.residual, season=season)
     name = args.name or GLOBAL
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots,
-                  data_hash=file_sha256(args.data))
+                  data_hash=_data_hash(args.data))
     _print_scores(name, trained.val, trained.test)
-    info = Registry(args.registry).register(name, trained.model, trained.card, note=f"trained on {args.data}")
+    note = "trained on " + ", ".join(Path(p).name for p in args.data)
+    info = Registry(args.registry).register(name, trained.model, trained.card, note=note)
     print(f"registered {info.tag} in {args.registry}; figures in {args.plots}/")
     if args.promote:
         Registry(args.registry).promote(name, info.version, note="--promote")

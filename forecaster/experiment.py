@@ -78,7 +78,7 @@ def fit(
         metrics={
             "val_mae": val["mae"], "test_mae": test["mae"],
             "val_persistence_mae": val["persistence_mae"], "test_persistence_mae": test["persistence_mae"],
-            "val_by_horizon": {h: v["mae"] for h, v in val["by_horizon"].items()},
+            "val_by_horizon": {str(h): v["mae"] for h, v in val["by_horizon"].items()},
             "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
             "parameters": n_parameters(model),
         },

@@ -179,7 +179,9 @@ class Store:
             path = url.removeprefix("sqlite:///")
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+            # Explicit BEGIN/COMMIT below. A Store may be opened in one thread and used in another, but
+            # never by two threads at once (the service hands it to its loop thread).
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             if path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -412,6 +414,27 @@ class Store:
     def stations(self) -> list[str]:
         """Stations with at least one stored reading, sorted."""
         return [r[0] for r in self._query(f"SELECT DISTINCT station FROM {self._p}readings ORDER BY station")]
+
+    def stations_in_partitions(self, partitions: Sequence[int]) -> list[str]:
+        """Stations whose readings arrived on these Kafka partitions (what a new partition owner rebuilds)."""
+        partitions = [int(x) for x in partitions]
+        if not partitions:
+            return []
+        marks = ", ".join("?" * len(partitions))
+        sql = f"SELECT DISTINCT station FROM {self._p}readings WHERE partition IN ({marks}) ORDER BY station"
+        return [r[0] for r in self._query(sql, partitions)]
+
+    def max_ts(self, stations: Sequence[str] | None = None) -> int | None:
+        """The newest reading time (epoch s) over ``stations`` (all when None)."""
+        sql, params = f"SELECT MAX(ts) FROM {self._p}readings", []
+        if stations is not None:
+            stations = list(stations)
+            if not stations:
+                return None
+            sql += f" WHERE station IN ({', '.join('?' * len(stations))})"
+            params = stations
+        value = self._query(sql, params)[0][0]
+        return None if value is None else int(value)
 
     def pending_forecasts(self, since_issue_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
         """Forecasts issued at/after since_issue_ts with no error row yet (rebuild the scoring state)."""

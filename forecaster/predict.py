@@ -1,0 +1,62 @@
+"""Serving-side inference: raw sensor windows in, forecasts in degrees out, many stations per call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from forecaster.artifact import ModelCard
+from forecaster.train import _autocast, resolve_device
+from forecaster.windows import time_encodings
+
+
+@dataclass
+class Forecast:
+    values: np.ndarray  # [B, H, Q] degrees
+    horizons: tuple[int, ...]  # steps ahead
+    quantiles: tuple[float, ...]  # () for a point forecast
+    median_index: int
+
+    @property
+    def point(self) -> np.ndarray:
+        return self.values[..., self.median_index]
+
+
+class Predictor:
+    """A loaded model ready for batched inference on the GPU when there is one."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: str = "auto"):
+        self.card = card
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.features = list(card.data.features)
+        self.lookback = card.data.lookback
+        self._mean = np.asarray(card.normalizer.mean, np.float32)
+        self._std = np.asarray(card.normalizer.std, np.float32)
+        self._rows = np.asarray(card.data.spec.input_offsets + card.data.lookback - 1)
+        self._offsets_s = card.data.spec.input_offsets.astype(np.int64) * card.cadence_s
+        t_mean, t_std = card.normalizer.scale_of(card.data.target)
+        self._t_mean, self._t_std = np.float32(t_mean), np.float32(t_std)
+
+    @torch.inference_mode()
+    def predict(self, values: np.ndarray, origin_ts: np.ndarray) -> Forecast:
+        """``values``: [B, lookback, len(features)] raw sensor values in card order, oldest first;
+        ``origin_ts``: [B] epoch seconds of the newest row."""
+        if values.ndim != 3 or values.shape[1:] != (self.lookback, len(self.features)):
+            raise ValueError(f"expected windows [B, {self.lookback}, {len(self.features)}], got {values.shape}")
+        x = (values[:, self._rows, :] - self._mean) / self._std
+        if self.card.data.time_features:
+            ts = origin_ts.astype(np.int64)[:, None] + self._offsets_s[None, :]
+            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)
+            x = np.concatenate([x, enc], axis=2)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            xt = xt.pin_memory().to(self.device, non_blocking=True)
+        with _autocast(self.device):
+            out = self.model(xt)
+        pred = out.float().cpu().numpy() * self._t_std + self._t_mean
+        cfg = self.card.model
+        return Forecast(pred, cfg.horizons, cfg.quantiles, cfg.median_index)

@@ -1,0 +1,79 @@
+"""Service configuration: defaults, then a YAML file, then ``STATIONCAST_*`` environment variables, then flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.broker import BrokerConfig
+
+DEFAULT_STORE = "sqlite:///var/stationcast.db"
+DEFAULT_REGISTRY = "var/registry"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    store_url: str = DEFAULT_STORE
+    registry: str = DEFAULT_REGISTRY
+    model_name: str = "global"
+    group_id: str = "stationcast"
+    max_batch: int = 10_000  # readings per poll
+    poll_timeout_ms: int = 200
+    session_timeout_ms: int = 6000  # short: the first assignment waits about half of it (see kafka notes)
+    heartbeat_interval_ms: int = 1000
+    lateness_steps: int = 3
+    max_fill_steps: int = 3
+    max_future_s: int = 3600  # readings further ahead of the wall clock are dead-lettered
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000  # 0: any free port
+    max_station_labels: int = 50  # per-station metric labels; 0 disables them
+    device: str = "auto"
+    model_check_s: float = 10.0  # how often the registry is checked for a new champion (hot swap)
+    status_history: int = 72  # recent actuals per station kept for the status page
+
+    def with_overrides(self, **values: Any) -> ServiceConfig:
+        broker_keys = {f.name for f in fields(BrokerConfig)}
+        broker = {k: v for k, v in values.items() if k in broker_keys and v is not None}
+        own = {k: v for k, v in values.items() if k not in broker_keys and v is not None}
+        return replace(self, broker=replace(self.broker, **broker), **own)
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, **flags: Any) -> ServiceConfig:
+    """Merge the layers; unknown keys are refused by name rather than silently ignored."""
+    cfg = ServiceConfig()
+    known = {f.name: f for f in fields(ServiceConfig) if f.name != "broker"} | {
+        f.name: f for f in fields(BrokerConfig)
+    }
+    if path:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        cfg = cfg.with_overrides(**data)
+    env = os.environ if env is None else env
+    from_env = {}
+    for name, f in known.items():
+        raw = env.get(f"STATIONCAST_{name.upper()}")
+        if raw is not None:
+            from_env[name] = _coerce(raw, f.type, name)
+    cfg = cfg.with_overrides(**from_env)
+    return cfg.with_overrides(**flags)
+
+
+def _coerce(raw: str, typ: Any, name: str) -> Any:
+    t = str(typ)
+    try:
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"STATIONCAST_{name.upper()}={raw!r} is not a number") from exc
+    return raw

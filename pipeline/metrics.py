@@ -1,0 +1,117 @@
+"""Prometheus metrics of the service: what operators watch on dashboards and alert on.
+
+Every metric lives on a per-service :class:`CollectorRegistry` so tests can run several services in one
+process. Per-station labels are capped (``max_station_labels``; 0 disables them) so that a network of
+10,000 stations cannot explode the series count: stations past the cap are reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+NS = "stationcast"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ERROR_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20)
+
+
+class Metrics:
+    def __init__(self, max_station_labels: int = 50, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.max_station_labels = max_station_labels
+        self._labelled: set[str] = set()
+        self._lock = threading.Lock()
+        r = self.registry
+        self.readings_consumed = Counter(f"{NS}_readings_consumed", "Messages read from the readings topic", registry=r)
+        self.readings_accepted = Counter(f"{NS}_readings_accepted", "Valid readings stored", registry=r)
+        self.readings_rejected = Counter(
+            f"{NS}_readings_rejected", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        self.readings_outcome = Counter(
+            f"{NS}_window_readings", "Accepted readings by window outcome (accepted, duplicate, late)", ["outcome"],
+            registry=r,
+        )
+        self.forecasts = Counter(f"{NS}_forecasts", "Forecasts issued (one per station and issue time)", registry=r)
+        self.errors_scored = Counter(f"{NS}_errors_scored", "Forecast errors scored against actuals", registry=r)
+        self.windows_not_ready = Counter(
+            f"{NS}_windows_not_ready", "Windows that advanced but could not forecast (gap or short history)", registry=r
+        )
+        self.lag = Gauge(f"{NS}_consumer_lag", "Messages behind the fetch high-water mark, per partition",
+                         ["partition"], registry=r)
+        self.batch_latency = Histogram(
+            f"{NS}_inference_seconds", "Batched forward-pass latency", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.reading_to_forecast = Histogram(
+            f"{NS}_reading_to_forecast_seconds", "From a reading's arrival in the service to its forecast published",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(f"{NS}_inference_batch_stations", "Stations per forward pass",
+                                    buckets=(1, 10, 100, 1000, 10000), registry=r)
+        self.abs_error = Histogram(
+            f"{NS}_abs_error_celsius", "Absolute forecast error by horizon (hours) and forecaster",
+            ["horizon", "forecaster"], buckets=ERROR_BUCKETS, registry=r,
+        )
+        self.rolling_mae = Gauge(
+            f"{NS}_rolling_mae_celsius", "Rolling MAE over the recent window, by station (capped) and forecaster",
+            ["station", "forecaster"], registry=r,
+        )
+        self.skill = Gauge(f"{NS}_skill_vs_persistence", "1 - MAE(model)/MAE(persistence), rolling, by station",
+                           ["station"], registry=r)
+        self.last_forecast = Gauge(f"{NS}_forecast_celsius", "Latest forecast by station, horizon and quantile",
+                                   ["station", "horizon", "quantile"], registry=r)
+        self.last_actual = Gauge(f"{NS}_actual_celsius", "Latest observed temperature by station", ["station"],
+                                 registry=r)
+        self.seconds_since_reading = Gauge(
+            f"{NS}_seconds_since_reading", "Wall seconds since each station's last reading arrived", ["station"],
+            registry=r,
+        )
+        self.max_seconds_since_reading = Gauge(
+            f"{NS}_max_seconds_since_reading", "Longest silence over all stations this service owns", registry=r
+        )
+        self.stations = Gauge(f"{NS}_stations", "Stations held in windows by this service", registry=r)
+        self.stations_ready = Gauge(f"{NS}_stations_ready", "Stations whose window is ready", registry=r)
+        self.model_info = Info(f"{NS}_model", "The model serving forecasts", registry=r)
+        self.model_version = Gauge(f"{NS}_model_version", "Champion version number serving forecasts", ["model"],
+                                   registry=r)
+        self.deadletter_published = Counter(f"{NS}_deadletter_published", "Dead-letter records published",
+                                            registry=r)
+        self.batches = Counter(f"{NS}_batches", "Consumer batches processed", registry=r)
+        self.last_batch = Gauge(f"{NS}_last_batch_timestamp_seconds", "Unix time of the last processed batch",
+                                registry=r)
+        self.last_forecast_time = Gauge(f"{NS}_last_forecast_timestamp_seconds", "Unix time of the last forecast",
+                                        registry=r)
+        self.rebalances = Counter(f"{NS}_rebalances", "Partition assignments received", registry=r)
+        self.windows_rebuilt = Counter(f"{NS}_windows_rebuilt", "Station windows rebuilt from the store", registry=r)
+        self.up = Gauge(f"{NS}_ready", "1 when broker, store and model are all available", registry=r)
+
+    def station_label(self, station: str) -> str | None:
+        """The label to use for a station, ``other`` past the cap, None when per-station labels are off."""
+        if self.max_station_labels <= 0:
+            return None
+        with self._lock:
+            if station in self._labelled:
+                return station
+            if len(self._labelled) < self.max_station_labels:
+                self._labelled.add(station)
+                return station
+        return "other"
+
+    def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
+        """Histogram observations per horizon; grouped so the Python loop runs per horizon, not per error."""
+        for h in np.unique(horizons):
+            sel = horizons == h
+            model_child = self.abs_error.labels(horizon=str(int(h)), forecaster="model")
+            pers_child = self.abs_error.labels(horizon=str(int(h)), forecaster="persistence")
+            for v in model_err[sel]:
+                model_child.observe(float(v))
+            for v in persistence_err[sel]:
+                pers_child.observe(float(v))
+
+    def set_station_gauges(self, stations: Sequence[str], gauge: Gauge, values: Sequence[float], **labels) -> None:
+        for s, v in zip(stations, values, strict=True):
+            label = self.station_label(s)
+            if label is not None and label != "other":
+                gauge.labels(station=label, **labels).set(float(v))

@@ -1,0 +1,168 @@
+"""Process entry points: ``serve`` (the service alone) and ``run`` (the main job: embedded broker, replay of
+real station records, the service, its HTTP endpoints and a live line in the terminal)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.broker import connect, make_producer
+from pipeline.config import ServiceConfig
+from pipeline.http import HttpServer
+from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
+from pipeline.service import Service
+
+log = logging.getLogger("stationcast")
+
+
+def _prepare_paths(cfg: ServiceConfig) -> None:
+    if cfg.store_url.startswith("sqlite:///") and ":memory:" not in cfg.store_url:
+        Path(cfg.store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.registry).mkdir(parents=True, exist_ok=True)
+
+
+def _on_signals(stop) -> None:
+    def handler(signum, _frame) -> None:
+        log.info("%s received: finishing the batch, committing and closing", signal.Signals(signum).name)
+        stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def serve(cfg: ServiceConfig) -> int:
+    """Run the service until SIGTERM/SIGINT; exit 0 after a clean shutdown."""
+    _prepare_paths(cfg)
+    with connect(cfg.broker) as bootstrap:
+        service = Service(cfg, bootstrap)
+        http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
+                          lambda: service.ready, service.status).start()
+        log.info("service up: broker %s, store %s, status page %s/status, metrics %s/metrics",
+                 bootstrap, cfg.store_url, http.url, http.url)
+        _on_signals(service.stop)
+        try:
+            service.run()
+        finally:
+            http.stop()
+    return 0
+
+
+class LiveLine:
+    """One self-rewriting terminal line (a plain line every few seconds when not a terminal)."""
+
+    def __init__(self, service: Service, stream=sys.stderr):
+        self.service, self.stream = service, stream
+        self.tty = stream.isatty()
+        self._last = (time.monotonic(), 0)
+        self._printed = 0.0
+
+    def text(self) -> str:
+        s = self.service
+        with s._lock:
+            t = s.totals
+            consumed, forecasts, rejected, lag, scored = t.consumed, t.forecasts, t.rejected, t.lag, t.errors_scored
+        now = time.monotonic()
+        rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
+        self._last = (now, consumed)
+        mae, pers = s.skill.fleet_model, s.skill.fleet_persistence
+        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f} (skill {1 - mae / pers:+.0%})"
+                 if np.isfinite(mae) and np.isfinite(pers) and pers > 0 else "MAE: waiting for actuals")
+        return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
+                f"lag {lag:,} | dead letters {rejected:,}")
+
+    def update(self, force: bool = False) -> None:
+        line = self.text()
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.stream.flush()
+        elif force or time.monotonic() - self._printed > 5:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._printed = time.monotonic()
+
+    def close(self) -> None:
+        self.update(force=True)
+        if self.tty:
+            self.stream.write("\n")
+
+
+def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stations: list[str] | None,
+                 speedup: float, faults: Faults, limit: int | None, keep_serving: bool) -> int:
+    """The README's first command: everything on one machine, no external service, real data."""
+    from forecaster.data import nycflights_weather_path
+
+    _prepare_paths(cfg)
+    data = data or str(nycflights_weather_path())
+    records = records_for_replay(data, schema, stations)
+    stop = threading.Event()
+    _on_signals(stop.set)
+    with ExitStack() as stack:
+        bootstrap = stack.enter_context(connect(cfg.broker))
+        service = Service(cfg, bootstrap)
+        http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
+                          lambda: service.ready, service.status).start()
+        stack.callback(http.stop)
+        worker = threading.Thread(target=service.run, name="service", daemon=True)
+        worker.start()
+        print(f"stationcast: broker {bootstrap} (embedded)" if not cfg.broker.bootstrap_servers
+              else f"stationcast: broker {bootstrap}", file=sys.stderr)
+        print(f"stationcast: serving {service.model_info.tag}; status page {http.url}/status, "
+              f"metrics {http.url}/metrics", file=sys.stderr)
+        print(f"stationcast: replaying {len(records):,} readings of {records['station'].nunique()} station(s) "
+              f"from {data} at {'full speed' if not speedup else f'{speedup:g}x'}", file=sys.stderr)
+        result: dict[str, ReplayStats] = {}
+
+        def publish() -> None:
+            producer = make_producer(cfg.broker, bootstrap)
+            try:
+                result["stats"] = replay(records, producer, cfg.broker.readings_topic, speedup=speedup,
+                                         faults=faults, limit=limit, progress=False)
+            finally:
+                producer.close()
+
+        replayer = threading.Thread(target=publish, name="replay", daemon=True)
+        replayer.start()
+        live = LiveLine(service)
+        idle_since = None
+        while not stop.is_set() and worker.is_alive():
+            time.sleep(0.5)
+            live.update()
+            if replayer.is_alive() or keep_serving:
+                continue
+            sent = result["stats"].sent if "stats" in result else 0
+            done = service.totals.consumed >= sent and service.totals.lag == 0
+            idle_since = (idle_since or time.monotonic()) if done else None
+            if idle_since and time.monotonic() - idle_since > 2:
+                break
+        live.close()
+        service.stop()
+        worker.join(timeout=30)
+        _summary(service, cfg)
+    return 0
+
+
+def _summary(service: Service, cfg: ServiceConfig) -> None:
+    from pipeline.store import Store
+
+    with Store.open(cfg.store_url) as store:
+        errors = store.errors()
+        counts = {t: store.count(t) for t in ("readings", "forecasts", "errors")}
+    print(f"\nstored: {counts['readings']:,} readings, {counts['forecasts']:,} forecast rows, "
+          f"{counts['errors']:,} scored errors in {cfg.store_url}", file=sys.stderr)
+    if errors.empty:
+        print("no forecast was scored yet (replay longer than the model's lookback plus horizon)", file=sys.stderr)
+        return
+    by = errors.groupby("station")[["abs_error", "persistence_abs_error"]].mean()
+    by.loc["all"] = errors[["abs_error", "persistence_abs_error"]].mean()
+    print(f"{'station':<10} {'model MAE':>10} {'persistence':>12} {'skill':>7}", file=sys.stderr)
+    for station, row in by.iterrows():
+        skill = 1 - row["abs_error"] / row["persistence_abs_error"]
+        print(f"{station:<10} {row['abs_error']:>8.2f} °C {row['persistence_abs_error']:>9.2f} °C {skill:>+7.0%}",
+              file=sys.stderr)

@@ -1,0 +1,436 @@
+"""The streaming service: readings -> windows -> forecasts -> scores -> metrics, one batch at a time.
+
+Each poll is processed as one batch and its offsets are committed only after the batch is durably
+stored, so delivery is at-least-once; the store's primary keys and the windows' duplicate detection
+make redelivery harmless (no duplicate reading, forecast or error). Partitions that arrive in a
+rebalance get their stations' windows and pending forecasts rebuilt from the store first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pandas as pd
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+from forecaster.predict import Predictor
+from forecaster.registry import Registry, VersionInfo
+from pipeline.broker import make_producer
+from pipeline.config import ServiceConfig
+from pipeline.metrics import Metrics
+from pipeline.pretrained import ensure_champion
+from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
+from pipeline.scoring import RollingSkill, Scoreboard
+from pipeline.store import Store
+from pipeline.windows import Outcome, RollingWindows, WindowConfig
+
+log = logging.getLogger("stationcast.service")
+T_INDEX = SENSOR_INDEX["T"]
+
+
+@dataclass
+class Totals:
+    """Counters the live line and the status page read (the Prometheus metrics hold the same)."""
+
+    consumed: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    late: int = 0
+    forecasts: int = 0
+    errors_scored: int = 0
+    not_ready: int = 0
+    lag: int = 0
+    batches: int = 0
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class Service:
+    def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.metrics = metrics or Metrics(cfg.max_station_labels)
+        self.store = Store.open(cfg.store_url)
+        self.registry = Registry(cfg.registry)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards what the HTTP thread reads
+        self.totals = Totals()
+        self.skill = RollingSkill()
+        self.scoreboard = Scoreboard()
+        self._latest_forecast: dict[str, dict] = {}
+        self._last_seen: dict[str, float] = {}
+        self._recent: dict[str, deque] = {}
+        self._last_loop = time.time()
+        self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
+        self._load_model(ensure_champion(self.registry, cfg.model_name))
+        self.producer = make_producer(cfg.broker, bootstrap)
+        self.consumer = KafkaConsumer(
+            **cfg.broker.client_kwargs(bootstrap),
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_records=cfg.max_batch,
+            max_partition_fetch_bytes=8 << 20,
+        )
+        self.consumer.subscribe([cfg.broker.readings_topic], listener=_Rebalance(self))
+
+    # ------------------------------------------------------------------ model
+
+    def _load_model(self, info: VersionInfo) -> None:
+        model, card, info = self.registry.load(info.name, info.version)
+        predictor = Predictor(model, card, self.cfg.device)
+        features = list(card.data.features)
+        unknown = [f for f in features if f not in SENSOR_INDEX]
+        if unknown:
+            raise ValueError(f"model {info.tag} uses sensors {unknown} that readings cannot carry")
+        wcfg = WindowConfig(
+            lookback=card.data.lookback, n_sensors=len(features), cadence_s=card.cadence_s,
+            lateness_steps=self.cfg.lateness_steps, max_fill_steps=self.cfg.max_fill_steps,
+        )
+        old = getattr(self, "windows", None)
+        if old is not None and old.config != wcfg:
+            raise ValueError(f"new champion {info.tag} needs different windows ({wcfg}); restart the service")
+        self.predictor, self.model_info, self.card = predictor, info, card
+        self.feature_index = np.array([SENSOR_INDEX[f] for f in features])
+        if old is None:
+            self.windows = RollingWindows(wcfg)
+        self._model_checked = time.monotonic()
+        self.metrics.model_info.info({"tag": info.tag, "kind": card.model.kind, "created_at": card.created_at,
+                                      "device": str(predictor.device)})
+        self.metrics.model_version.labels(model=info.name).set(info.version)
+        log.info("serving %s (%s, %d features, lookback %d, horizons %s) on %s", info.tag, card.model.kind,
+                 len(features), card.data.lookback, list(card.data.horizons), predictor.device)
+
+    def maybe_swap_model(self, force: bool = False) -> bool:
+        """Pick up a new champion between batches: no forecast is dropped or made twice across the swap."""
+        if not force and time.monotonic() - self._model_checked < self.cfg.model_check_s:
+            return False
+        self._model_checked = time.monotonic()
+        champion = self.registry.champion(self.cfg.model_name)
+        if champion is None or champion.version == self.model_info.version:
+            return False
+        try:
+            self._load_model(champion)
+        except Exception as exc:  # a broken artifact must not stop the service: keep the current model
+            log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        """Poll, process, commit until :meth:`stop`; then finish the batch, commit, flush and close."""
+        try:
+            while not self._stop.is_set():
+                records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
+                self._last_loop = time.time()
+                self._apply_rebalances()
+                if records:
+                    self.process(records)
+                    self.consumer.commit()
+                self._update_lag()
+                self.maybe_swap_model()
+                self.metrics.up.set(1.0 if self.ready else 0.0)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=10)
+            self.producer.close(timeout=5)
+        finally:
+            self.consumer.close()
+            self.store.close()
+            self.metrics.up.set(0.0)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.consumer.assignment()) and self.predictor is not None
+
+    @property
+    def alive(self) -> bool:
+        return time.time() - self._last_loop < max(30.0, 5 * self.cfg.session_timeout_ms / 1000)
+
+    def process(self, records: dict) -> None:
+        """One batch: validate, store, window, score, forecast, publish. Commit happens after this returns."""
+        arrived = time.time()
+        raw, keys, parts, offsets = [], [], [], []
+        for tp, msgs in records.items():
+            raw += [m.value for m in msgs]
+            keys += [m.key for m in msgs]
+            parts += [tp.partition] * len(msgs)
+            offsets += [m.offset for m in msgs]
+        batch, dead = parse_readings(
+            raw, keys, np.asarray(parts), np.asarray(offsets),
+            max_future=pd.Timedelta(seconds=self.cfg.max_future_s).to_pytimedelta(),
+        )
+        m = self.metrics
+        m.readings_consumed.inc(len(raw))
+        for d in dead:
+            self.producer.send(self.cfg.broker.deadletter_topic, key=d.key, value=d.to_message())
+            m.readings_rejected.labels(reason=d.reason).inc()
+        m.deadletter_published.inc(len(dead))
+
+        errors = pd.DataFrame()
+        forecasts = pd.DataFrame()
+        if len(batch):
+            ts = batch.time.astype("datetime64[s]").astype(np.int64)
+            self.store.add_readings(batch.station, ts, batch.values, SENSORS, batch.partition, batch.offset)
+            result = self.windows.add(batch.station, ts, batch.values[:, self.feature_index])
+            m.readings_accepted.inc(len(batch))
+            m.readings_outcome.labels(outcome="accepted").inc(result.accepted)
+            m.readings_outcome.labels(outcome="duplicate").inc(result.duplicate)
+            m.readings_outcome.labels(outcome="late").inc(result.late)
+            m.windows_not_ready.inc(result.not_ready)
+            fresh = result.outcome == Outcome.ACCEPTED
+            errors = self._score(batch.station[fresh], ts[fresh], batch.values[fresh, T_INDEX])
+            forecasts = self.forecast(np.asarray(result.advanced, dtype=object), arrived)
+            self._note_readings(batch.station[fresh], ts[fresh], batch.values[fresh, T_INDEX], arrived)
+            with self._lock:
+                self.totals.accepted += len(batch)
+                self.totals.duplicates += result.duplicate
+                self.totals.late += result.late
+                self.totals.not_ready += result.not_ready
+        self.producer.flush()
+        with self._lock:
+            self.totals.consumed += len(raw)
+            self.totals.rejected += len(dead)
+            self.totals.batches += 1
+            self.totals.forecasts += len(forecasts) // max(len(self.card.data.horizons), 1)
+            self.totals.errors_scored += len(errors)
+        m.batches.inc()
+        m.last_batch.set(time.time())
+
+    # ------------------------------------------------------------------ stages
+
+    def _score(self, station: np.ndarray, ts: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
+        if not len(station):
+            return pd.DataFrame()
+        slot_ts = self.windows.slot_time(station, self.windows.slot_of(station, ts))
+        errors = self.scoreboard.match(station, slot_ts, actual)
+        if errors.empty:
+            return errors
+        self.store.add_errors(errors)
+        self.skill.update(errors)
+        m = self.metrics
+        m.errors_scored.inc(len(errors))
+        m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
+                         errors["persistence_abs_error"].to_numpy())
+        stations = errors["station"].unique()
+        m.set_station_gauges(stations, m.rolling_mae, [self.skill.station_model[s] for s in stations],
+                             forecaster="model")
+        m.set_station_gauges(stations, m.rolling_mae, [self.skill.station_persistence[s] for s in stations],
+                             forecaster="persistence")
+        m.set_station_gauges(stations, m.skill, [self.skill.skill(s) for s in stations])
+        m.rolling_mae.labels(station="all", forecaster="model").set(self.skill.fleet_model)
+        m.rolling_mae.labels(station="all", forecaster="persistence").set(self.skill.fleet_persistence)
+        m.skill.labels(station="all").set(self.skill.skill())
+        return errors
+
+    def forecast(self, stations: np.ndarray, arrived: float | None = None) -> pd.DataFrame:
+        """One batched forward pass for every station whose window advanced; publish and store the result."""
+        if not len(stations):
+            return pd.DataFrame()
+        values, origin = self.windows.windows(stations)
+        started = time.perf_counter()
+        fc = self.predictor.predict(values, origin)
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(stations))
+        card, tag = self.card, self.model_info.tag
+        horizons = np.asarray(fc.horizons, dtype=np.int64)
+        n, h = len(stations), len(horizons)
+        persistence = values[:, -1, list(card.data.features).index(card.data.target)].astype(np.float64)
+        lo = fc.values[..., 0] if fc.quantiles else None
+        hi = fc.values[..., -1] if fc.quantiles else None
+        columns = {
+            "station": np.repeat(stations, h),
+            "issue_ts": np.repeat(origin, h),
+            "horizon": np.tile(horizons, n),
+            "target_ts": (origin[:, None] + horizons[None, :] * card.cadence_s).reshape(-1),
+            "model_version": tag,
+            "value": fc.point.reshape(-1).astype(np.float64),
+            "persistence": np.repeat(persistence, h),
+        }
+        if lo is not None:
+            columns |= {"lo": lo.reshape(-1).astype(np.float64), "hi": hi.reshape(-1).astype(np.float64)}
+        frame = pd.DataFrame(columns)
+        self.store.add_forecasts(frame)
+        self.scoreboard.add(frame)
+        topic = self.cfg.broker.forecasts_topic
+        quantiles = list(fc.quantiles)
+        targets = frame["target_ts"].to_numpy().reshape(n, h)
+        for i, station in enumerate(stations.tolist()):  # one message per station forecast
+            msg = {
+                "station": station, "issue_ts": int(origin[i]), "model_version": tag, "cadence_s": card.cadence_s,
+                "horizons": horizons.tolist(), "target_ts": targets[i].tolist(), "values": fc.point[i].tolist(),
+                "persistence": float(persistence[i]),
+            }
+            if quantiles:
+                msg |= {"quantiles": quantiles, "lo": lo[i].tolist(), "hi": hi[i].tolist()}
+            self.producer.send(topic, key=station.encode(), value=orjson.dumps(msg))
+            self._latest_forecast[station] = msg
+        now = time.time()
+        m = self.metrics
+        m.forecasts.inc(n)
+        m.last_forecast_time.set(now)
+        if arrived is not None:
+            m.reading_to_forecast.observe(now - arrived)
+        self._export_forecast_gauges(stations, fc, horizons)
+        return frame
+
+    def _export_forecast_gauges(self, stations: np.ndarray, fc, horizons: np.ndarray) -> None:
+        m = self.metrics
+        names = ["p50"] if not fc.quantiles else [f"p{round(q * 100)}" for q in fc.quantiles]
+        picks = [i for i, hh in enumerate(horizons) if hh in (1, 6, 12, 24)] or [len(horizons) - 1]
+        for i, station in enumerate(stations.tolist()):
+            label = m.station_label(station)
+            if label is None or label == "other":
+                continue
+            for j in picks:
+                for q, name in enumerate(names):
+                    m.last_forecast.labels(station=label, horizon=str(int(horizons[j])), quantile=name).set(
+                        float(fc.values[i, j, q if fc.quantiles else 0]))
+
+    def _note_readings(self, station: np.ndarray, ts: np.ndarray, temp: np.ndarray, arrived: float) -> None:
+        if not len(station):
+            return
+        frame = pd.DataFrame({"station": station, "ts": ts, "T": temp}).sort_values("ts", kind="stable")
+        last = frame.groupby("station", sort=False).tail(self.cfg.status_history)
+        with self._lock:
+            for s, t, v in zip(last["station"].tolist(), last["ts"].tolist(), last["T"].tolist(), strict=True):
+                self._recent.setdefault(s, deque(maxlen=self.cfg.status_history)).append((t, v))
+                self._last_seen[s] = arrived
+        latest = last.groupby("station", sort=False).tail(1)
+        self.metrics.set_station_gauges(latest["station"].tolist(), self.metrics.last_actual, latest["T"].tolist())
+
+    def _update_lag(self) -> None:
+        total = 0
+        for tp in list(self.consumer.assignment()):
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                lag = max(0, high - self.consumer.position(tp))
+            except Exception:  # partition being revoked
+                continue
+            self.metrics.lag.labels(partition=str(tp.partition)).set(lag)
+            total += lag
+        now = time.time()
+        with self._lock:
+            self.totals.lag = total
+            silent = {s: now - t for s, t in self._last_seen.items()}
+        if silent:
+            self.metrics.max_seconds_since_reading.set(max(silent.values()))
+            self.metrics.set_station_gauges(list(silent), self.metrics.seconds_since_reading, list(silent.values()))
+        self.metrics.stations.set(self.windows.n_stations)
+
+    # ------------------------------------------------------------------ rebalance
+
+    def rebuild(self, partitions: Sequence[int]) -> list[str]:
+        """Restore windows and pending forecasts of the stations on ``partitions`` from the store, then issue
+        the forecasts a crash may have left unmade (the store's keys make a repeat harmless)."""
+        stations = self.store.stations_in_partitions(partitions)
+        if not stations:
+            return []
+        newest = self.store.max_ts(stations)
+        span = (self.windows.capacity + 2) * self.card.cadence_s
+        history = self.store.latest_readings(stations, newest - span)
+        ts = history["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        features = history[list(self.card.data.features)].to_numpy(dtype=np.float64)
+        self.windows.rebuild(history["station"].to_numpy(dtype=object), ts, features)
+        self.scoreboard.drop_stations(np.asarray(stations, dtype=object))
+        max_h = max(self.card.data.horizons) * self.card.cadence_s
+        pending = self.store.pending_forecasts(newest - span - max_h, stations)
+        self.scoreboard.add(pending)
+        st = np.asarray(stations, dtype=object)
+        ready = st[self.windows.ready(st)]
+        if len(ready):
+            _, origin = self.windows.windows(ready)
+            issued = set(zip(pending["station"], pending["issue_ts"].astype(np.int64), strict=True))
+            missing = np.array([(s, int(o)) not in issued for s, o in zip(ready, origin, strict=True)], dtype=bool)
+            self.forecast(ready[missing])
+        self.metrics.windows_rebuilt.inc(len(stations))
+        log.info("rebuilt %d station windows for partitions %s", len(stations), sorted(partitions))
+        return stations
+
+    def _apply_rebalances(self) -> None:
+        """Rebuild/forget in the loop thread, before the records of newly assigned partitions are processed."""
+        while self._rebalances:
+            action, partitions = self._rebalances.popleft()
+            if action == "assigned":
+                self.rebuild(partitions)
+            else:
+                self.forget(partitions)
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        stations = self.store.stations_in_partitions(partitions)
+        if stations:
+            st = np.asarray(stations, dtype=object)
+            self.windows.drop(st)
+            self.scoreboard.drop_stations(st)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        """The JSON behind the status page (see pipeline/static/status.html)."""
+        with self._lock:
+            t = self.totals
+            service = {
+                "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
+                "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
+                "errors_scored": t.errors_scored, "rolling_mae": _num(self.skill.fleet_model),
+                "rolling_persistence_mae": _num(self.skill.fleet_persistence), "skill": _num(self.skill.skill()),
+            }
+            recent = {s: list(d) for s, d in self._recent.items()}
+            latest = dict(self._latest_forecast)
+        stations = []
+        for s in sorted(recent):
+            points = recent[s]
+            fc = latest.get(s)
+            arr = np.asarray([s], dtype=object)
+            stations.append({
+                "station": s, "cadence_s": self.card.cadence_s, "ready": bool(self.windows.ready(arr)[0]),
+                "last_reading_ts": int(points[-1][0]), "model_version": fc["model_version"] if fc else None,
+                "recent": {"ts": [int(p[0]) for p in points], "T": [_num(p[1]) for p in points]},
+                "forecast": None if fc is None else {
+                    "issue_ts": fc["issue_ts"], "target_ts": fc["target_ts"], "value": fc["values"],
+                    "lo": fc.get("lo"), "hi": fc.get("hi"),
+                },
+                "mae": _num(self.skill.station_model.get(s)),
+                "persistence_mae": _num(self.skill.station_persistence.get(s)),
+                "skill": _num(self.skill.skill(s)),
+            })
+        return {"service": service, "stations": stations}
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Called by kafka-python (possibly on its own I/O thread): only queues the change for the loop."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            self.service._rebalances.append(("revoked", [tp.partition for tp in revoked]))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.service.metrics.rebalances.inc()
+        if assigned:
+            self.service._rebalances.append(("assigned", [tp.partition for tp in assigned]))
