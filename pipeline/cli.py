@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from forecaster import cli as forecaster_cli
@@ -89,7 +90,8 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("replay", help="publish station records as live readings to the readings topic")
     _replay_args(p, required=True)
-    p.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers")
+    p.add_argument("--bootstrap-servers", default=os.environ.get("STATIONCAST_BOOTSTRAP_SERVERS"),
+                   help="Kafka bootstrap servers (default: $STATIONCAST_BOOTSTRAP_SERVERS)")
     p.add_argument("--topic", default="stationcast.readings")
     p.set_defaults(func=cmd_replay)
 
@@ -111,6 +113,9 @@ def cmd_replay(args) -> int:
     from pipeline.broker import BrokerConfig, make_producer
     from pipeline.replay import records_for_replay, replay
 
+    if not args.bootstrap_servers:
+        print("stationcast replay: error: set --bootstrap-servers or STATIONCAST_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
     records = records_for_replay(args.data, args.schema, args.station)
     producer = make_producer(BrokerConfig(bootstrap_servers=args.bootstrap_servers), args.bootstrap_servers)
     try:

@@ -33,7 +33,9 @@ class ServiceConfig:
     http_port: int = 8000  # 0: any free port
     max_station_labels: int = 50  # per-station metric labels; 0 disables them
     device: str = "auto"
+    torch_threads: int = 1  # CPU threads for inference; 0 leaves torch's default
     model_check_s: float = 10.0  # how often the registry is checked for a new champion (hot swap)
+    max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
     status_history: int = 72  # recent actuals per station kept for the status page
 
     def with_overrides(self, **values: Any) -> ServiceConfig:

@@ -86,6 +86,20 @@ class Metrics:
         self.rebalances = Counter(f"{NS}_rebalances", "Partition assignments received", registry=r)
         self.windows_rebuilt = Counter(f"{NS}_windows_rebuilt", "Station windows rebuilt from the store", registry=r)
         self.up = Gauge(f"{NS}_ready", "1 when broker, store and model are all available", registry=r)
+        # Model lifecycle: champion changes and retraining outcomes.
+        self.model_swaps = Counter(f"{NS}_model_swaps", "New champions picked up without restart", registry=r)
+        self.rollbacks = Counter(f"{NS}_rollbacks", "Champion rollbacks seen by the service", registry=r)
+        self.retrain_runs = Counter(f"{NS}_retrain_runs", "Retraining runs by outcome", ["outcome"], registry=r)
+        self.retrain_last_success = Gauge(f"{NS}_retrain_last_success_timestamp_seconds",
+                                          "Unix time of the last successful retraining (0: none yet)", registry=r)
+        for outcome in ("promoted", "rejected", "failed"):
+            self.retrain_runs.labels(outcome=outcome)
+        from pipeline.readings import REASONS
+
+        for reason in REASONS:  # every reason exported from the start, so rate() and alerts see a zero
+            self.readings_rejected.labels(reason=reason)
+        for outcome in ("accepted", "duplicate", "late"):
+            self.readings_outcome.labels(outcome=outcome)
 
     def station_label(self, station: str) -> str | None:
         """The label to use for a station, ``other`` past the cap, None when per-station labels are off."""

@@ -45,12 +45,14 @@ class RollingSkill:
             if np.isnan(prev):
                 value /= 1 - decay
             setattr(self, attr, value)
-        grouped = errors.groupby("station", sort=False)[["abs_error", "persistence_abs_error"]].mean()
-        for station, m, p in zip(grouped.index, grouped["abs_error"], grouped["persistence_abs_error"], strict=True):
-            self.station_model[station] = m if station not in self.station_model else (
-                self.station_model[station] + a * (m - self.station_model[station]))
-            self.station_persistence[station] = p if station not in self.station_persistence else (
-                self.station_persistence[station] + a * (p - self.station_persistence[station]))
+        grouped = errors.groupby("station", sort=False).agg(
+            m=("abs_error", "mean"), p=("persistence_abs_error", "mean"), n=("abs_error", "size"))
+        weight = 1 - (1 - a) ** grouped["n"].to_numpy()  # n errors at once weigh as n single updates
+        for station, m, p, w in zip(grouped.index, grouped["m"], grouped["p"], weight, strict=True):
+            old_m = self.station_model.get(station)
+            old_p = self.station_persistence.get(station)
+            self.station_model[station] = m if old_m is None else old_m + w * (m - old_m)
+            self.station_persistence[station] = p if old_p is None else old_p + w * (p - old_p)
         self.count += n
 
     def skill(self, station: str | None = None) -> float:

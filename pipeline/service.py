@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 import pandas as pd
+import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 
 from forecaster.predict import Predictor
@@ -57,6 +58,10 @@ class Service:
     def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None):
         self.cfg = cfg
         self.bootstrap = bootstrap
+        if cfg.torch_threads:
+            # Small per-batch forward passes gain nothing from more threads, and OpenMP threads that
+            # spin-wait beside Kafka's I/O thread can slow inference a hundredfold on a busy machine.
+            torch.set_num_threads(cfg.torch_threads)
         self.metrics = metrics or Metrics(cfg.max_station_labels)
         self.store = Store.open(cfg.store_url)
         self.registry = Registry(cfg.registry)
@@ -69,6 +74,8 @@ class Service:
         self._last_seen: dict[str, float] = {}
         self._recent: dict[str, deque] = {}
         self._last_loop = time.time()
+        self._unsaved_forecasts: list[pd.DataFrame] = []
+        self._unsaved_errors: list[pd.DataFrame] = []
         self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
         self._load_model(ensure_champion(self.registry, cfg.model_name))
         self.producer = make_producer(cfg.broker, bootstrap)
@@ -124,6 +131,7 @@ class Service:
         except Exception as exc:  # a broken artifact must not stop the service: keep the current model
             log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
             return False
+        self.metrics.model_swaps.inc()
         return True
 
     # ------------------------------------------------------------------ main loop
@@ -184,35 +192,57 @@ class Service:
             m.readings_rejected.labels(reason=d.reason).inc()
         m.deadletter_published.inc(len(dead))
 
-        errors = pd.DataFrame()
-        forecasts = pd.DataFrame()
         if len(batch):
             ts = batch.time.astype("datetime64[s]").astype(np.int64)
             self.store.add_readings(batch.station, ts, batch.values, SENSORS, batch.partition, batch.offset)
-            result = self.windows.add(batch.station, ts, batch.values[:, self.feature_index])
             m.readings_accepted.inc(len(batch))
-            m.readings_outcome.labels(outcome="accepted").inc(result.accepted)
-            m.readings_outcome.labels(outcome="duplicate").inc(result.duplicate)
-            m.readings_outcome.labels(outcome="late").inc(result.late)
-            m.windows_not_ready.inc(result.not_ready)
-            fresh = result.outcome == Outcome.ACCEPTED
-            errors = self._score(batch.station[fresh], ts[fresh], batch.values[fresh, T_INDEX])
-            forecasts = self.forecast(np.asarray(result.advanced, dtype=object), arrived)
-            self._note_readings(batch.station[fresh], ts[fresh], batch.values[fresh, T_INDEX], arrived)
-            with self._lock:
-                self.totals.accepted += len(batch)
-                self.totals.duplicates += result.duplicate
-                self.totals.late += result.late
-                self.totals.not_ready += result.not_ready
-        self.producer.flush()
-        with self._lock:
+            # A backlog brings many readings per station in one poll; every one of them is a due window.
+            # Round k holds each station's k-th reading in time order, so a station advances at most once per
+            # round and all stations due in a round share one forward pass (live traffic: a single round).
+            rank = _rank_within_station(batch.station, ts)
+            for k in range(int(rank.max()) + 1):
+                sel = np.flatnonzero(rank == k)
+                self._window_round(batch.station[sel], ts[sel], batch.values[sel], arrived)
+        self._persist()
+        with self._lock:  # the live line and status page see a batch all at once, after it is stored
             self.totals.consumed += len(raw)
             self.totals.rejected += len(dead)
+            self.totals.accepted += len(batch)
             self.totals.batches += 1
-            self.totals.forecasts += len(forecasts) // max(len(self.card.data.horizons), 1)
-            self.totals.errors_scored += len(errors)
         m.batches.inc()
         m.last_batch.set(time.time())
+
+    def _persist(self) -> None:
+        """Publish, then store, what the batch produced; the caller commits offsets only after this.
+
+        Forecasts are published before they are stored: a crash in between re-issues them on restart
+        (at-least-once on the topic), whereas stored-first could lose a message the store says was sent.
+        """
+        self.producer.flush()
+        if self._unsaved_forecasts:
+            self.store.add_forecasts(pd.concat(self._unsaved_forecasts, ignore_index=True))
+            self._unsaved_forecasts.clear()
+        if self._unsaved_errors:
+            self.store.add_errors(pd.concat(self._unsaved_errors, ignore_index=True))
+            self._unsaved_errors.clear()
+
+    def _window_round(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, arrived: float) -> None:
+        m = self.metrics
+        result = self.windows.add(station, ts, values[:, self.feature_index])
+        m.readings_outcome.labels(outcome="accepted").inc(result.accepted)
+        m.readings_outcome.labels(outcome="duplicate").inc(result.duplicate)
+        m.readings_outcome.labels(outcome="late").inc(result.late)
+        m.windows_not_ready.inc(result.not_ready)
+        fresh = result.outcome == Outcome.ACCEPTED
+        errors = self._score(station[fresh], ts[fresh], values[fresh, T_INDEX])
+        forecasts = self.forecast(np.asarray(result.advanced, dtype=object), arrived)
+        self._note_readings(station[fresh], ts[fresh], values[fresh, T_INDEX], arrived)
+        with self._lock:
+            self.totals.duplicates += result.duplicate
+            self.totals.late += result.late
+            self.totals.not_ready += result.not_ready
+            self.totals.forecasts += len(forecasts) // max(len(self.card.data.horizons), 1)
+            self.totals.errors_scored += len(errors)
 
     # ------------------------------------------------------------------ stages
 
@@ -223,7 +253,7 @@ class Service:
         errors = self.scoreboard.match(station, slot_ts, actual)
         if errors.empty:
             return errors
-        self.store.add_errors(errors)
+        self._unsaved_errors.append(errors)
         self.skill.update(errors)
         m = self.metrics
         m.errors_scored.inc(len(errors))
@@ -267,8 +297,6 @@ class Service:
         if lo is not None:
             columns |= {"lo": lo.reshape(-1).astype(np.float64), "hi": hi.reshape(-1).astype(np.float64)}
         frame = pd.DataFrame(columns)
-        self.store.add_forecasts(frame)
-        self.scoreboard.add(frame)
         topic = self.cfg.broker.forecasts_topic
         quantiles = list(fc.quantiles)
         targets = frame["target_ts"].to_numpy().reshape(n, h)
@@ -282,6 +310,8 @@ class Service:
                 msg |= {"quantiles": quantiles, "lo": lo[i].tolist(), "hi": hi[i].tolist()}
             self.producer.send(topic, key=station.encode(), value=orjson.dumps(msg))
             self._latest_forecast[station] = msg
+        self.scoreboard.add(frame)
+        self._unsaved_forecasts.append(frame)
         now = time.time()
         m = self.metrics
         m.forecasts.inc(n)
@@ -340,36 +370,48 @@ class Service:
     # ------------------------------------------------------------------ rebalance
 
     def rebuild(self, partitions: Sequence[int]) -> list[str]:
-        """Restore windows and pending forecasts of the stations on ``partitions`` from the store, then issue
-        the forecasts a crash may have left unmade (the store's keys make a repeat harmless)."""
+        """Restore the windows and pending forecasts of the stations on ``partitions`` from the store.
+
+        Readings up to each station's last stored forecast rebuild its window directly; stored readings
+        after it (accepted before a crash, but never forecast) are replayed through the normal rounds, so
+        every due window gets its forecast exactly once and nothing is issued twice.
+        """
         stations = self.store.stations_in_partitions(partitions)
         if not stations:
             return []
         newest = self.store.max_ts(stations)
+        last = self.store.last_issue(stations)
         span = (self.windows.capacity + 2) * self.card.cadence_s
-        history = self.store.latest_readings(stations, newest - span)
+        # Enough history for a full window before the oldest reading that still needs its forecast.
+        oldest_due = max(min(last.values(), default=newest), newest - self.cfg.max_catchup_steps * self.card.cadence_s)
+        history = self.store.latest_readings(stations, min(oldest_due, newest) - span)
         ts = history["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        st = history["station"].to_numpy(dtype=object)
+        cutoff = np.array([last.get(s, np.iinfo(np.int64).min) for s in st], dtype=np.int64)
+        head = ts <= cutoff
         features = history[list(self.card.data.features)].to_numpy(dtype=np.float64)
-        self.windows.rebuild(history["station"].to_numpy(dtype=object), ts, features)
+        self.windows.rebuild(st[head], ts[head], features[head])
         self.scoreboard.drop_stations(np.asarray(stations, dtype=object))
         max_h = max(self.card.data.horizons) * self.card.cadence_s
-        pending = self.store.pending_forecasts(newest - span - max_h, stations)
-        self.scoreboard.add(pending)
-        st = np.asarray(stations, dtype=object)
-        ready = st[self.windows.ready(st)]
-        if len(ready):
-            _, origin = self.windows.windows(ready)
-            issued = set(zip(pending["station"], pending["issue_ts"].astype(np.int64), strict=True))
-            missing = np.array([(s, int(o)) not in issued for s, o in zip(ready, origin, strict=True)], dtype=bool)
-            self.forecast(ready[missing])
+        self.scoreboard.add(self.store.pending_forecasts(newest - span - max_h, stations))
+        tail = np.flatnonzero(~head)
+        if len(tail):
+            values = history[list(SENSORS)].to_numpy(dtype=np.float64)
+            rank = _rank_within_station(st[tail], ts[tail])
+            for k in range(int(rank.max()) + 1):
+                sel = tail[rank == k]
+                self._window_round(st[sel], ts[sel], values[sel], time.time())
+        self._persist()
         self.metrics.windows_rebuilt.inc(len(stations))
-        log.info("rebuilt %d station windows for partitions %s", len(stations), sorted(partitions))
+        log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
+                 len(stations), sorted(partitions), len(tail))
         return stations
 
     def _apply_rebalances(self) -> None:
         """Rebuild/forget in the loop thread, before the records of newly assigned partitions are processed."""
         while self._rebalances:
             action, partitions = self._rebalances.popleft()
+            log.info("partitions %s: %s", action, sorted(partitions))
             if action == "assigned":
                 self.rebuild(partitions)
             else:
@@ -414,6 +456,18 @@ class Service:
                 "skill": _num(self.skill.skill(s)),
             })
         return {"service": service, "stations": stations}
+
+
+def _rank_within_station(station: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """For each reading, how many readings of the same station come before it in time within the batch."""
+    codes, _ = pd.factorize(station)
+    order = np.lexsort((ts, codes))
+    sorted_codes = codes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - group_start
+    return rank
 
 
 def _num(x) -> float | None:

@@ -436,6 +436,15 @@ class Store:
         value = self._query(sql, params)[0][0]
         return None if value is None else int(value)
 
+    def last_issue(self, stations: Sequence[str]) -> dict[str, int]:
+        """The newest forecast issue time (epoch s) per station that has forecasts."""
+        stations = list(stations)
+        if not stations:
+            return {}
+        sql = (f"SELECT station, MAX(issue_ts) FROM {self._p}forecasts "
+               f"WHERE station IN ({', '.join('?' * len(stations))}) GROUP BY station")
+        return {r[0]: int(r[1]) for r in self._query(sql, stations)}
+
     def pending_forecasts(self, since_issue_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
         """Forecasts issued at/after since_issue_ts with no error row yet (rebuild the scoring state)."""
         p = self._p

@@ -1,0 +1,64 @@
+# stationcast: the commands a user and CI need. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Other machines: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` keeps torch CPU-only;
+# GPU hosts: `make install TORCH_INDEX=https://download.pytorch.org/whl/cu128` (see README).
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: help install run test lint bench bench-quick pretrained data deploy deploy-local clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(PIP_TORCH) torch==2.13.0
+	$(BIN)/pip install -q $(PIP_TORCH) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the project and its pinned dependencies
+
+run: install  ## the main job: embedded broker, replay of real NY airport records, forecasts, /status, live line
+	$(BIN)/stationcast run $(ARGS)
+
+test: install  ## the test suite (real broker, SQLite, PostgreSQL, Prometheus; real station data from ../shared)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check .
+
+bench: install  ## all benchmarks, results written to docs/ (long: tens of minutes on CPU)
+	$(BIN)/python -m bench.seed_table
+	$(BIN)/python -m bench.long_sequence
+	$(BIN)/python -m bench.transfer
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.forecast_batch
+
+pretrained: install  ## retrain the shipped default model (Jena + NOAA records, not the NY replay data)
+	rm -rf var/pretrain && $(BIN)/stationcast train \
+	  --data ../shared/data/jena_2009_2016_hourly.csv.gz \
+	  --data ../shared/data/noaa_chicago_ohare_2010_2016_hourly.csv.gz \
+	  --data ../shared/data/noaa_denver_2010_2016_hourly.csv.gz \
+	  --data ../shared/data/noaa_great_falls_2010_2016_hourly.csv.gz \
+	  --data ../shared/data/noaa_rapid_city_2010_2016_hourly.csv.gz \
+	  --features T,Tdew,rh,wv --time-features --residual --horizons 1-24 --quantiles 0.1,0.5,0.9 \
+	  --lookback 168 --hidden 64 --dropout 0.2 --optimizer adam --lr 1e-3 --epochs 12 --steps-per-epoch 400 \
+	  --patience 3 --registry var/pretrain --plots docs/figures/pretrained --promote
+	rm -rf pipeline/pretrained_models/global && cp -r var/pretrain/global/v0001 pipeline/pretrained_models/global
+
+data:  ## download the full Jena climate archive (needs the internet)
+	$(BIN)/python -m pipeline.download
+
+deploy:  ## the docker-compose stack (Kafka KRaft, service, PostgreSQL, Prometheus, Grafana)
+	bash deploy/deploy.sh
+
+deploy-local: install  ## the same topology without containers: embedded broker, service, real Prometheus
+	bash deploy/deploy-local.sh
+
+clean:  ## remove runtime state (var/, runs/)
+	rm -rf var runs
