@@ -51,7 +51,7 @@ DATA = DataConfig(features=("p", "T", "Tdew", "rh", "VPmax", "wv"), target="T", 
                   time_features=True)
 ARCH = {"kind": "conv_gru", "conv": (ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)), "gru_hidden": 64,
         "dropout": 0.2, "residual": True}
-PRETRAIN = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=15, patience=3)
+PRETRAIN = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=10, patience=3)
 SCRATCH = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=60, patience=8,
                       progress=False)
 FINETUNE = TrainConfig(optimizer="adam", lr=3e-4, weight_decay=1e-4, batch_size=128, epochs=60, patience=8,
@@ -134,7 +134,8 @@ def main() -> None:
         sc_test = [t.test["mae"] for t in sc_runs]
         ft_test = [t.test["mae"] for t in ft_runs]
         res = {
-            "history_rows": [r[0].start, r[1].stop], "history_span": [str(s.times[r[0].start]), str(s.times[r[1].stop - 1])],
+            "history_rows": [r[0].start, r[1].stop],
+            "history_span": [str(s.times[r[0].start]), str(s.times[r[1].stop - 1])],
             "train_samples": len(ft_runs[0].splits.train), "val_samples": ft_runs[0].val["samples"],
             "test_samples": zs.test["samples"],
             "persistence_mae": zs.test["persistence_mae"], "zero_shot_mae": zs.test["mae"],
@@ -157,7 +158,8 @@ def main() -> None:
                      "met" if res["beats_persistence"] and res["beats_scratch"] else "**not met**"])
         print(f"{station}: persistence {res['persistence_mae']:.3f}  zero-shot {res['zero_shot_mae']:.3f} "
               f"(Jena norm {res['zero_shot_jena_normalization_mae']:.3f})  scratch {res['scratch_mae']:.3f} "
-              f"{['%.3f' % v for v in sc_test]}  fine-tuned {res['finetuned_mae']:.3f} {['%.3f' % v for v in ft_test]}",
+              f"{[round(v, 3) for v in sc_test]}  fine-tuned {res['finetuned_mae']:.3f} "
+              f"{[round(v, 3) for v in ft_test]}",
               flush=True)
         forecast_vs_actual(ft_runs[0].test_predictions, s.times, DATA.horizons, 24,
                            FIGURES / f"transfer_{station.split()[0].lower()}_forecast_vs_actual.png",
@@ -171,7 +173,8 @@ def main() -> None:
     all_met = all(r["beats_persistence"] and r["beats_scratch"] for r in results.values())
 
     body = markdown_table(
-        ["station", "training windows", "persistence", "zero-shot, Jena normalization", "zero-shot, station normalization",
+        ["station", "training windows", "persistence", "zero-shot, Jena normalization",
+         "zero-shot, station normalization",
          f"from scratch (mean of {seeds})", f"fine-tuned (mean of {seeds})", "target"], rows)
     per_seed = "\n".join(
         f"| {s} | {' / '.join(f'{v:.3f}' for v in results[s]['scratch_mae_seeds'])} | "
@@ -181,6 +184,7 @@ def main() -> None:
         f"| {s} | {results[s]['val']['persistence']:.3f} | {results[s]['val']['zero_shot']:.3f} | "
         f"{results[s]['val']['scratch']:.3f} | {results[s]['val']['finetuned']:.3f} |" for s in stations)
     m = card.metrics
+    nan = float("nan")
     pre_note = f"pretraining took {pre_wall:.0f} s" if pre_wall else "reused from the registry"
     body = f"""Test MAE in °C of temperature 24 h ahead on each station's test span (last 20 % of its record,
 2015-2016), with only {HISTORY_DAYS} days of the station's history for training and validation.
@@ -199,7 +203,8 @@ Per seed (test MAE, seeds 0..{seeds - 1}):
 |---|---|---|---|
 {per_seed}
 
-Validation MAE (the {results[stations[0]]['val_samples']} windows of the last 6 days of the 30; early stopping uses them):
+Validation MAE (the {results[stations[0]]['val_samples']} windows of the last 6 days of the 30; early stopping uses
+them):
 
 | station | persistence | zero-shot | from scratch | fine-tuned |
 |---|---|---|---|---|
@@ -210,9 +215,9 @@ Validation MAE (the {results[stations[0]]['val_samples']} windows of the last 6 
 - Global model `{tag or '(quick run: not registered)'}` in `runs/registry-transfer` (reuse it with `--reuse`):
   Conv1D+GRU(64) (Listing 6.49 front-end), time features, residual, dropout 0.2, trained on Jena hourly
   (Chollet's split; AdamW lr 1e-3, wd 1e-4, full passes, up to {PRETRAIN.epochs} epochs, patience {PRETRAIN.patience}).
-  Jena: validation {m.get('val_mae', float('nan')):.3f} °C, test {m.get('test_mae', float('nan')):.3f} °C
-  (persistence {m.get('val_persistence_mae', float('nan')):.3f} / {m.get('test_persistence_mae', float('nan')):.3f}), best epoch
-  {m.get('best_epoch')}; {pre_note}.
+  Jena: validation {m.get('val_mae', nan):.3f} °C, test {m.get('test_mae', nan):.3f} °C
+  (persistence {m.get('val_persistence_mae', nan):.3f} / {m.get('test_persistence_mae', nan):.3f}),
+  best epoch {m.get('best_epoch')}; {pre_note}.
 - Features `p, T, Tdew, rh, VPmax, wv` + 4 time encodings. All six are kept: NOAA's `p` is sea-level
   pressure (about 1,015 mbar) where Jena's is station pressure (about 989 mbar), but every station model
   uses normalization statistics fitted on the station's own rows, which removes the offset; the
@@ -227,7 +232,8 @@ Validation MAE (the {results[stations[0]]['val_samples']} windows of the last 6 
   training days (`finetune(..., TrainConfig(epochs=0))`); the "Jena normalization" column keeps Jena's
   statistics instead (diagnostic: the sea-level pressure offset then shows).
 - From scratch (`scratch_baseline`): same architecture, AdamW lr {scratch_cfg.lr:g}, wd {scratch_cfg.weight_decay:g},
-  up to {scratch_cfg.epochs} full passes (about 4 batches of 128 each), patience {scratch_cfg.patience}, station normalization.
+  up to {scratch_cfg.epochs} full passes (about 4 batches of 128 each), patience {scratch_cfg.patience},
+  station normalization.
 - Fine-tuned (`finetune`): front-end frozen, station normalization, AdamW lr {ft_cfg.lr:g}, wd {ft_cfg.weight_decay:g},
   same epochs and patience as from scratch. Both are run with seeds 0..{seeds - 1}; the table shows the mean.
 - Whole run: {wall:.0f} s (including pretraining).
