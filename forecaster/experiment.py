@@ -14,7 +14,7 @@ from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
 from forecaster.evaluate import Predictions, predict_windows, score
 from forecaster.models import ModelConfig, build_model, n_parameters
-from forecaster.plots import forecast_vs_actual, learning_curve
+from forecaster.plots import forecast_vs_actual, learning_curve, slug
 from forecaster.train import TrainConfig, TrainResult, train
 from forecaster.windows import Normalizer
 
@@ -87,11 +87,12 @@ def fit(
     )
     if plot_dir is not None and result.history:
         _, std = splits.normalizer.scale_of(data.target)
-        learning_curve(result.history, Path(plot_dir) / f"{label}_learning_curve.png", f"{label}: learning curve", std)
+        path = Path(plot_dir) / f"{slug(label)}_learning_curve.png"
+        learning_curve(result.history, path, f"{label}: learning curve", std)
     if plot_dir is not None:
         h = data.horizons[-1]
         forecast_vs_actual(
-            test_p, series[0].times, data.horizons, h, Path(plot_dir) / f"{label}_forecast_vs_actual.png",
+            test_p, series[0].times, data.horizons, h, Path(plot_dir) / f"{slug(label)}_forecast_vs_actual.png",
             f"{label}: test forecasts +{h} steps ({series[0].station})", quantiles=arch.quantiles,
             length=min(24 * 14, int((test_p.origins < len(series[0].frame)).sum())),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from forecaster.evaluate import Predictions  # noqa: E402
+
+
+def slug(label: str) -> str:
+    """A file-name-safe version of a model label: ``Conv1D+GRU (6.49)`` -> ``conv1d_gru_6_49``."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "model"
 
 
 def learning_curve(history: Sequence[dict], path: str | Path, title: str, scale: float = 1.0, unit: str = "°C") -> Path:
