@@ -94,6 +94,12 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
                    help="Kafka bootstrap servers (default: $STATIONCAST_BOOTSTRAP_SERVERS)")
     p.add_argument("--topic", default="stationcast.readings")
     p.set_defaults(func=cmd_replay)
+    # `stationcast retrain ...` = `python -m pipeline.retrain ...`
+    from pipeline.retrain import add_arguments as retrain_arguments
+
+    t = sub.add_parser("retrain", help="one champion/challenger retraining round on the store's recent history")
+    retrain_arguments(t)
+    t.set_defaults(func=cmd_retrain)
 
 
 def cmd_run(args) -> int:
@@ -107,6 +113,12 @@ def cmd_serve(args) -> int:
     from pipeline.run import serve
 
     return serve(_service_config(args))
+
+
+def cmd_retrain(args) -> int:
+    from pipeline.retrain import run_from_args
+
+    return run_from_args(args)
 
 
 def cmd_replay(args) -> int:

@@ -37,6 +37,22 @@ class ServiceConfig:
     model_check_s: float = 10.0  # how often the registry is checked for a new champion (hot swap)
     max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
     status_history: int = 72  # recent actuals per station kept for the status page
+    # --- model lifecycle (pipeline/scheduler.py, pipeline/lifecycle.py); the defaults keep the scheduler off ---
+    retrain_interval_s: float = 0  # periodic retraining every N seconds; 0 = disabled
+    retrain_cron: str | None = None  # or a crontab line (UTC), e.g. "0 3 * * *"; wins over the interval
+    retrain_history_days: float = 30.0  # sliding window of stored history a retraining reads
+    retrain_holdout_days: float = 3.0  # its last days: never trained on, champion vs challenger scored on them
+    retrain_epochs: int = 3
+    retrain_timeout_s: float = 3600.0
+    retrain_misfire_grace_s: int = 3600  # a run missed by less than this still runs (once, coalesced)
+    promote_margin: float = 0.02  # relative holdout-MAE gain a challenger needs to be promoted
+    drift_check_s: float = 0  # drift check every N seconds; 0 = disabled
+    drift_tolerance: float = 0.25  # live MAE above the card's val MAE by this much (or above persistence) is drift
+    drift_for_s: float = 3600.0  # drift lasting this long triggers an early retraining
+    drift_min_errors: int = 500  # scored errors needed before drift is judged
+    rollback_margin: float = 0.1  # a promoted model whose live MAE is worse than its predecessor's by this ...
+    rollback_min_errors: int = 0  # ... over this many of its scored errors is rolled back; 0 = never
+    schedule_state_path: str | None = None  # default: <sqlite db>.schedule.json, else in the registry folder
 
     def with_overrides(self, **values: Any) -> ServiceConfig:
         broker_keys = {f.name for f in fields(BrokerConfig)}

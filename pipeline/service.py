@@ -26,6 +26,7 @@ from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import make_producer
 from pipeline.config import ServiceConfig
+from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
@@ -90,6 +91,8 @@ class Service:
             max_partition_fetch_bytes=8 << 20,
         )
         self.consumer.subscribe([cfg.broker.readings_topic], listener=_Rebalance(self))
+        # Model lifecycle: swap requests, rollbacks, the scheduler (started only when enabled).
+        self.lifecycle = Lifecycle(self)
 
     # ------------------------------------------------------------------ model
 
@@ -148,6 +151,7 @@ class Service:
                     self.consumer.commit()
                 self._update_lag()
                 self.maybe_swap_model()
+                self.lifecycle.on_loop()
                 self.metrics.up.set(1.0 if self.ready else 0.0)
         finally:
             self.close()
@@ -157,6 +161,8 @@ class Service:
 
     def close(self) -> None:
         try:
+            if getattr(self, "lifecycle", None) is not None:
+                self.lifecycle.close()
             self.producer.flush(timeout=10)
             self.producer.close(timeout=5)
         finally:
@@ -255,6 +261,7 @@ class Service:
             return errors
         self._unsaved_errors.append(errors)
         self.skill.update(errors)
+        self.lifecycle.on_errors(errors)
         m = self.metrics
         m.errors_scored.inc(len(errors))
         m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),

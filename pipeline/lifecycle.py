@@ -1,0 +1,154 @@
+"""The service side of the model lifecycle: hot swap on request, rollbacks seen, and automatic rollback.
+
+Everything here that touches the service runs in the service's loop thread (:meth:`Lifecycle.on_loop`,
+:meth:`Lifecycle.on_errors`); other threads (the scheduler) only set flags through :meth:`request_swap`.
+
+Automatic rollback: when a *promoted* model starts serving, the predecessor's live rolling MAE is recorded.
+Once the new model's own forecasts have ``rollback_min_errors`` scored errors, their MAE is compared with it;
+if it is worse by more than ``rollback_margin`` (relative), the registry is rolled back and the service swaps
+back to the predecessor. ``rollback_min_errors = 0`` disables the check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from forecaster.registry import RegistryError
+
+if TYPE_CHECKING:
+    from pipeline.service import Service
+
+log = logging.getLogger("stationcast.lifecycle")
+
+
+@dataclass
+class Probation:
+    """A newly promoted model under watch."""
+
+    tag: str
+    version: int
+    predecessor: str
+    predecessor_mae: float
+    n: int = 0
+    total: float = 0.0
+
+    @property
+    def mae(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+
+class Lifecycle:
+    def __init__(self, service: Service):
+        self.service = service
+        cfg = service.cfg
+        self.rollback_margin = float(getattr(cfg, "rollback_margin", 0.1))
+        self.rollback_min_errors = int(getattr(cfg, "rollback_min_errors", 0))
+        self._swap_requested = threading.Event()
+        self._version = service.model_info.version
+        self._tag = service.model_info.tag
+        self.probation: Probation | None = None
+        self.decisions: list[dict] = []  # what the lifecycle decided, newest last (tests and status read it)
+        self.scheduler = None
+        if getattr(cfg, "retrain_interval_s", 0) or getattr(cfg, "retrain_cron", None) or \
+                getattr(cfg, "drift_check_s", 0):
+            from pipeline.scheduler import LifecycleScheduler
+
+            self.scheduler = LifecycleScheduler(service, self)
+            self.scheduler.start()
+
+    # ------------------------------------------------------------------ any thread
+
+    def request_swap(self) -> None:
+        """Ask the loop thread to check the registry now (after a promotion or rollback)."""
+        self._swap_requested.set()
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    # ------------------------------------------------------------------ loop thread
+
+    def on_loop(self) -> None:
+        s = self.service
+        if self._swap_requested.is_set():
+            self._swap_requested.clear()
+            s.maybe_swap_model(force=True)
+        if s.model_info.version != self._version:
+            self._swapped(self._tag, s.model_info.version, s.model_info.tag)
+        self._check_probation()
+
+    def on_errors(self, errors: pd.DataFrame) -> None:
+        p = self.probation
+        if p is None or errors.empty:
+            return
+        mine = errors["abs_error"].to_numpy()[errors["model_version"].to_numpy() == p.tag]
+        p.n += len(mine)
+        p.total += float(mine.sum())
+
+    def _swapped(self, old_tag: str, version: int, tag: str) -> None:
+        s = self.service
+        last = _last_event(s.registry, s.cfg.model_name, version)
+        action = last.get("action") if last else None
+        self._version, self._tag = version, tag
+        if action == "rollback":
+            s.metrics.rollbacks.inc()
+            self.probation = None
+            self._decide("rolled_back", f"now serving {tag} again (was {old_tag}): {last.get('note', '')}")
+            return
+        predecessor_mae = s.skill.fleet_model
+        if self.rollback_min_errors > 0 and math.isfinite(predecessor_mae):
+            self.probation = Probation(tag, version, old_tag, predecessor_mae)
+            self._decide("probation", f"{tag} replaces {old_tag}; predecessor live MAE {predecessor_mae:.4f}, "
+                                      f"rollback if worse by {self.rollback_margin:.0%} over "
+                                      f"{self.rollback_min_errors} errors")
+        else:
+            self.probation = None
+            self._decide("swapped", f"now serving {tag} (was {old_tag})")
+
+    def _check_probation(self) -> None:
+        p = self.probation
+        if p is None or p.n < self.rollback_min_errors:
+            return
+        s = self.service
+        self.probation = None
+        if p.mae <= p.predecessor_mae * (1 + self.rollback_margin):
+            self._decide("kept", f"{p.tag} live MAE {p.mae:.4f} over {p.n} errors vs predecessor {p.predecessor} "
+                                 f"{p.predecessor_mae:.4f}: kept")
+            return
+        champion = s.registry.champion(s.cfg.model_name)
+        if champion is None or champion.version != p.version:
+            self._decide("kept", f"{p.tag} is no longer the champion; no rollback")
+            return
+        note = (f"auto rollback: {p.tag} live MAE {p.mae:.4f} over {p.n} errors worse than {p.predecessor} "
+                f"{p.predecessor_mae:.4f} by more than {self.rollback_margin:.0%}")
+        try:
+            s.registry.rollback(s.cfg.model_name, note=note)
+        except RegistryError as exc:
+            self._decide("rollback_failed", f"{note}; {exc}")
+            return
+        log.warning(note)
+        s.maybe_swap_model(force=True)  # the swap itself is counted as a rollback by on_loop's next pass
+        if s.model_info.version != self._version:
+            self._swapped(self._tag, s.model_info.version, s.model_info.tag)
+
+    def _decide(self, decision: str, detail: str) -> None:
+        log.info("lifecycle: %s: %s", decision, detail)
+        self.decisions.append({"decision": decision, "detail": detail})
+
+
+def _last_event(registry, name: str, version: int) -> dict | None:
+    """The newest registry event that made ``version`` the champion (promote or rollback)."""
+    try:
+        events = registry.events(name)
+    except Exception:  # noqa: BLE001 - a missing/unreadable index must not break the loop
+        return None
+    for e in reversed(events):
+        if e.get("version") == version and e.get("action") in ("promote", "rollback"):
+            return e
+    return None
