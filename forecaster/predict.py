@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ class Forecast:
 class Predictor:
     """A loaded model ready for batched inference on the GPU when there is one."""
 
+    max_chunk = 256  # CPU: stations per forward pass; bigger batches spill the activations out of cache
+
     def __init__(self, model: nn.Module, card: ModelCard, device: str = "auto"):
         self.card = card
         self.device = resolve_device(device)
@@ -47,10 +49,16 @@ class Predictor:
         ``origin_ts``: [B] epoch seconds of the newest row."""
         if values.ndim != 3 or values.shape[1:] != (self.lookback, len(self.features)):
             raise ValueError(f"expected windows [B, {self.lookback}, {len(self.features)}], got {values.shape}")
+        if self.device.type == "cpu" and len(values) > self.max_chunk:
+            parts = [self.predict(values[i : i + self.max_chunk], origin_ts[i : i + self.max_chunk])
+                     for i in range(0, len(values), self.max_chunk)]
+            return replace(parts[0], values=np.concatenate([p.values for p in parts]))
         x = (values[:, self._rows, :] - self._mean) / self._std
         if self.card.data.time_features:
-            ts = origin_ts.astype(np.int64)[:, None] + self._offsets_s[None, :]
-            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)
+            # Time features depend on the origin only, and the stations of a live tick share one.
+            uniq, inv = np.unique(origin_ts.astype(np.int64), return_inverse=True)
+            ts = uniq[:, None] + self._offsets_s[None, :]
+            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)[inv]
             x = np.concatenate([x, enc], axis=2)
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         if self.device.type == "cuda":

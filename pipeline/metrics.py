@@ -114,15 +114,17 @@ class Metrics:
         return "other"
 
     def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
-        """Histogram observations per horizon; grouped so the Python loop runs per horizon, not per error."""
+        """Histogram observations per horizon: bucket counts computed with numpy, one increment per bucket."""
+        bounds = np.asarray(self.abs_error._upper_bounds)  # the same for every child; the last is +Inf
         for h in np.unique(horizons):
             sel = horizons == h
-            model_child = self.abs_error.labels(horizon=str(int(h)), forecaster="model")
-            pers_child = self.abs_error.labels(horizon=str(int(h)), forecaster="persistence")
-            for v in model_err[sel]:
-                model_child.observe(float(v))
-            for v in persistence_err[sel]:
-                pers_child.observe(float(v))
+            for name, err in (("model", model_err[sel]), ("persistence", persistence_err[sel])):
+                child = self.abs_error.labels(horizon=str(int(h)), forecaster=name)
+                # Histogram.observe(v): v onto the sum, 1 onto the first bucket whose bound is >= v.
+                counts = np.bincount(np.searchsorted(bounds, err, side="left"), minlength=len(bounds))
+                for i in np.flatnonzero(counts).tolist():
+                    child._buckets[i].inc(int(counts[i]))
+                child._sum.inc(float(err.sum()))
 
     def set_station_gauges(self, stations: Sequence[str], gauge: Gauge, values: Sequence[float], **labels) -> None:
         for s, v in zip(stations, values, strict=True):

@@ -186,6 +186,7 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")  # wait for another process' writer, don't fail
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the readings indexes outgrow the 2 MiB default
             return cls(conn, postgres=False, namespace=namespace)
         if url.startswith(("postgresql://", "postgres://")):
             import psycopg  # only needed for PostgreSQL
@@ -337,13 +338,22 @@ class Store:
         n = values.shape[0]
         if np.ndim(ts) != 1 or len(ts) != n or (np.ndim(station) and len(station) != n):
             raise ValueError(f"station and ts must have {n} entries like values")
-        columns: dict[str, list[Any]] = {"station": _texts(station, n), "ts": _epoch(ts, n, "ts")}
+        # Primary-key order (stable: the first of equal keys still wins): a poll's inserts, time-major over many
+        # stations, then walk the B-trees in order instead of jumping between stations.
+        st = np.broadcast_to(np.asarray(station, dtype=object), (n,))
+        order = np.lexsort((np.broadcast_to(np.asarray(ts), (n,)), pd.factorize(st, sort=True)[0]))
+
+        def sort(col: Any) -> Any:
+            return col if col is None or np.ndim(col) == 0 else np.asarray(col)[order]
+
+        columns: dict[str, list[Any]] = {"station": _texts(st[order], n), "ts": _epoch(sort(ts), n, "ts")}
         for j, s in enumerate(sensors):
-            columns[s] = _floats(values[:, j], n)
+            if not np.isnan(values[:, j]).all():  # a sensor none of the batch has: its column stays NULL anyway
+                columns[s] = _floats(values[order, j], n)
         if partition is not None:
-            columns["partition"] = _epoch(partition, n, "partition")
+            columns["partition"] = _epoch(sort(partition), n, "partition")
         if offset is not None:
-            columns["kafka_offset"] = _epoch(offset, n, "offset")
+            columns["kafka_offset"] = _epoch(sort(offset), n, "offset")
         return self._insert("readings", columns)
 
     def add_forecasts(self, data: pd.DataFrame | Mapping[str, Any]) -> int:
