@@ -85,6 +85,11 @@ def load_noaa(name: str, offset_h: int) -> StationSeries:
     return s
 
 
+def pretrain_curve(history: list[dict], std: float) -> None:
+    learning_curve(history, FIGURES / "transfer_pretrain_learning_curve.png",
+                   "Global Conv1D+GRU pretrained on Jena hourly", std)
+
+
 def pretrain(args) -> tuple:
     path = shared_file(JENA)
     jena = clean_station(load_records(path))
@@ -98,9 +103,7 @@ def pretrain(args) -> tuple:
     t = fit([jena], DATA, model_config(DATA, **ARCH), cfg, label="transfer global (Jena)", ranges=ranges,
             data_hash=file_sha256(path))
     wall = time.perf_counter() - start
-    _, std = t.splits.normalizer.scale_of("T")
-    learning_curve(t.result.history, FIGURES / "transfer_pretrain_learning_curve.png",
-                   "Global Conv1D+GRU pretrained on Jena hourly", std)
+    pretrain_curve(t.result.history, t.splits.normalizer.scale_of("T")[1])
     print(f"global: Jena val {t.val['mae']:.3f}  test {t.test['mae']:.3f} °C  ({wall:.0f} s)", flush=True)
     info = None
     if not args.quick:
@@ -153,6 +156,8 @@ def main() -> None:
         base, card, info = reg.load(GLOBAL, version)
         tag, pre_wall = info.tag, 0.0
         print(f"reusing {tag} from {REGISTRY}", flush=True)
+        if card.train.get("history"):
+            pretrain_curve(card.train["history"], card.normalizer.scale_of("T")[1])
     else:
         base, card, tag, pre_wall = pretrain(args)
     base = base.cpu()
@@ -314,7 +319,7 @@ Mean validation MAE over the four stations: zero-shot {val_mean['zero_shot']['st
 - Whole run: {wall:.0f} s, one process, {args.threads} thread(s).
 
 Figures: `docs/figures/transfer_mae.png` (bar chart of the first table),
-`docs/figures/transfer_pretrain_learning_curve.png` (written when the global model is trained, not on `--reuse`),
+`docs/figures/transfer_pretrain_learning_curve.png` (the global model's, from its card on `--reuse`),
 `docs/figures/transfer_<station>_forecast_vs_actual.png` (two weeks of fine-tuned test forecasts, seed 0).
 """
     if args.quick:

@@ -182,6 +182,15 @@ def config_text(t: Trial) -> str:
     return f'("{t.name}", {data},\n {{{arch}}},\n {train})'
 
 
+def budget_note(trials: list[Trial]) -> str:
+    capped = [t.name for t in trials if t.result["best_epoch"] == t.result["epochs_run"] == t.train.epochs]
+    if not capped:
+        return "Every trial stopped early: the epoch cap did not bind."
+    return (f"Still improving when the epoch cap ended them: {', '.join(f'`{n}`' for n in capped)}. Their numbers "
+            "are what this budget gives, not what the configuration can do; a longer schedule for them is the obvious "
+            "next trial (not run here: the search had used its CPU budget).")
+
+
 def plot_trials(trials: list[Trial], extra: dict[str, float], pers: float, path) -> None:
     names = [t.name for t in trials] + list(extra)
     vals = [t.result["val_mae_24h"] for t in trials] + list(extra.values())
@@ -330,7 +339,8 @@ Best row (single model; what `configurations()` can express):
 - Trial budget: {TRIAL.steps_per_epoch} shuffled batches of {TRIAL.batch_size} per epoch (about 0.58 of a pass over the
   {trials[0].result['train_samples']:,} training windows), up to {TRIAL.epochs} epochs, patience {TRIAL.patience}
   on the whole validation split, best weights restored, seed 0. AdamW 3e-4 with weight decay 1e-3 unless the
-  trial says otherwise. One process, {args.threads} threads.
+  trial says otherwise. One process, {args.threads} thread(s).
+- {budget_note(trials + seeds_rows)}
 - Multi-horizon trials output horizons 1..24 and train on the mean MAE over them; they are scored on the 24 h
   column only (`Trained.val['by_horizon'][24]`).
 - Pooled trials add the training spans (first 47.6 %, Chollet's fraction, 2010 to mid-2013) of the four NOAA
