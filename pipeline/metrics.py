@@ -83,6 +83,8 @@ class Metrics:
                                 registry=r)
         self.last_forecast_time = Gauge(f"{NS}_last_forecast_timestamp_seconds", "Unix time of the last forecast",
                                         registry=r)
+        self.commit_failures = Counter(f"{NS}_commit_failures", "Offset commits refused (batch redelivered)",
+                                       registry=r)
         self.rebalances = Counter(f"{NS}_rebalances", "Partition assignments received", registry=r)
         self.windows_rebuilt = Counter(f"{NS}_windows_rebuilt", "Station windows rebuilt from the store", registry=r)
         self.up = Gauge(f"{NS}_ready", "1 when broker, store and model are all available", registry=r)

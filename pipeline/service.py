@@ -21,6 +21,7 @@ import orjson
 import pandas as pd
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import CommitFailedError, KafkaError
 
 from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
@@ -143,18 +144,33 @@ class Service:
         """Poll, process, commit until :meth:`stop`; then finish the batch, commit, flush and close."""
         try:
             while not self._stop.is_set():
-                records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
+                try:
+                    records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
+                                                 max_records=self.cfg.max_batch)
+                except KafkaError as exc:  # broker gone or restarting: kafka-python reconnects by itself
+                    log.warning("poll failed, retrying: %s", exc)
+                    self._stop.wait(1.0)
+                    continue
                 self._last_loop = time.time()
                 self._apply_rebalances()
                 if records:
                     self.process(records)
-                    self.consumer.commit()
+                    self._commit()
                 self._update_lag()
                 self.maybe_swap_model()
                 self.lifecycle.on_loop()
                 self.metrics.up.set(1.0 if self.ready else 0.0)
         finally:
             self.close()
+
+    def _commit(self) -> None:
+        """Commit the batch's offsets; if the group moved on (rebalance, broker restart) the batch will be
+        redelivered to whoever owns it now, and the store's keys make that harmless."""
+        try:
+            self.consumer.commit()
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("offset commit failed, the batch will be redelivered and deduplicated: %s", exc)
+            self.metrics.commit_failures.inc()
 
     def stop(self) -> None:
         self._stop.set()
