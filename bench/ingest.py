@@ -39,6 +39,7 @@ from forecaster.data import load_records
 from pipeline.broker import BrokerConfig, EmbeddedBroker, ensure_topics, make_producer
 from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
 from pipeline.replay import replay
+from pipeline.service import flatten_poll
 from pipeline.store import Store
 from pipeline.windows import RollingWindows, WindowConfig
 
@@ -190,17 +191,6 @@ def bare_run(cfg: BrokerConfig, bootstrap: str, expected: int) -> dict:
             "bytes": nbytes[0]}
 
 
-def flatten(records: dict) -> tuple[list, list, np.ndarray, np.ndarray]:
-    """What ``Service.process`` builds from a poll: values, keys, partitions and offsets."""
-    raw, keys, parts, offsets = [], [], [], []
-    for tp, msgs in records.items():
-        raw += [m.value for m in msgs]
-        keys += [m.key for m in msgs]
-        parts += [tp.partition] * len(msgs)
-        offsets += [m.offset for m in msgs]
-    return raw, keys, np.asarray(parts), np.asarray(offsets)
-
-
 def full_run(cfg: BrokerConfig, bootstrap: str, expected: int, tmp: Path, label: str,
              proposed: bool = False) -> dict:
     """Consume + parse + store + windows; per-stage seconds (``poll`` is the time outside the handler).
@@ -220,7 +210,7 @@ def full_run(cfg: BrokerConfig, bootstrap: str, expected: int, tmp: Path, label:
 
     def handle(records: dict) -> None:
         t0 = time.perf_counter()
-        raw, keys, parts, offsets = flatten(records)
+        raw, keys, parts, offsets = flatten_poll(records)
         t1 = time.perf_counter()
         batch, dead = parse_readings(raw, keys, parts, offsets)
         t2 = time.perf_counter()

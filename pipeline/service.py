@@ -197,14 +197,9 @@ class Service:
     def process(self, records: dict) -> None:
         """One batch: validate, store, window, score, forecast, publish. Commit happens after this returns."""
         arrived = time.time()
-        raw, keys, parts, offsets = [], [], [], []
-        for tp, msgs in records.items():
-            raw += [m.value for m in msgs]
-            keys += [m.key for m in msgs]
-            parts += [tp.partition] * len(msgs)
-            offsets += [m.offset for m in msgs]
+        raw, keys, parts, offsets = flatten_poll(records)
         batch, dead = parse_readings(
-            raw, keys, np.asarray(parts), np.asarray(offsets),
+            raw, keys, parts, offsets,
             max_future=pd.Timedelta(seconds=self.cfg.max_future_s).to_pytimedelta(),
         )
         m = self.metrics
@@ -479,6 +474,17 @@ class Service:
                 "skill": _num(self.skill.skill(s)),
             })
         return {"service": service, "stations": stations}
+
+
+def flatten_poll(records: dict) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """A kafka-python poll result as flat values, keys, partitions and offsets, in partition order."""
+    raw, keys, parts, offsets = [], [], [], []
+    for tp, msgs in records.items():
+        raw += [m.value for m in msgs]
+        keys += [m.key for m in msgs]
+        parts += [tp.partition] * len(msgs)
+        offsets += [m.offset for m in msgs]
+    return raw, keys, np.asarray(parts), np.asarray(offsets)
 
 
 def _rank_within_station(station: np.ndarray, ts: np.ndarray) -> np.ndarray:
