@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -49,8 +48,7 @@ import torch  # noqa: E402
 from bench.common import DOCS, ROOT, markdown_table, write_results  # noqa: E402
 from bench.ingest import FEATURES, consumer, fleet_values, new_topic, start_broker, vm_rss_bytes  # noqa: E402
 from forecaster.artifact import load_artifact  # noqa: E402
-from forecaster.predict import Forecast, Predictor  # noqa: E402
-from forecaster.windows import time_encodings  # noqa: E402
+from forecaster.predict import Predictor  # noqa: E402
 from pipeline.broker import make_producer  # noqa: E402
 from pipeline.pretrained import shipped_artifact  # noqa: E402
 from pipeline.readings import SENSOR_INDEX, parse_readings  # noqa: E402
@@ -61,43 +59,12 @@ TARGET_STATIONS, TARGET_S = 1000, 0.050
 WARM_FORECAST_TICKS = 24  # forecast ticks before timing, so every tick also scores 24 horizons of errors
 
 
-class ProposedPredictor(Predictor):
-    """``Predictor.predict`` with the change proposed in docs/forecast_batch.md, emulated here (forecaster/ is
-    not this benchmark's to edit): time features computed once per distinct origin (a live tick shares one),
-    and on CPU the forward pass in chunks of ``max_chunk`` stations, whose activations stay in cache."""
-
-    max_chunk = 256
-
-    @torch.inference_mode()
-    def predict(self, values: np.ndarray, origin_ts: np.ndarray) -> Forecast:
-        if values.ndim != 3 or values.shape[1:] != (self.lookback, len(self.features)):
-            raise ValueError(f"expected windows [B, {self.lookback}, {len(self.features)}], got {values.shape}")
-        if self.device.type == "cpu" and len(values) > self.max_chunk:
-            parts = [self.predict(values[i : i + self.max_chunk], origin_ts[i : i + self.max_chunk])
-                     for i in range(0, len(values), self.max_chunk)]
-            return replace(parts[0], values=np.concatenate([p.values for p in parts]))
-        x = (values[:, self._rows, :] - self._mean) / self._std
-        if self.card.data.time_features:
-            uniq, inv = np.unique(origin_ts.astype(np.int64), return_inverse=True)
-            ts = uniq[:, None] + self._offsets_s[None, :]
-            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)[inv]
-            x = np.concatenate([x, enc], axis=2)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        if self.device.type == "cuda":
-            xt = xt.pin_memory().to(self.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.model(xt)
-        pred = out.float().cpu().numpy() * self._t_std + self._t_mean
-        cfg = self.card.model
-        return Forecast(pred, cfg.horizons, cfg.quantiles, cfg.median_index)
-
-
-def load_predictor(device: str, proposed: bool = False) -> Predictor:
+def load_predictor(device: str) -> Predictor:
     path = shipped_artifact("global")
     if path is None:
         raise SystemExit("the shipped model pipeline/pretrained_models/global is missing")
     model, card = load_artifact(path)
-    return (ProposedPredictor if proposed else Predictor)(model, card, device)
+    return Predictor(model, card, device)
 
 
 def ms(x: float) -> float:
@@ -139,9 +106,9 @@ def fill_windows(windows: RollingWindows, names: np.ndarray, times: np.ndarray, 
 # ---------------------------------------------------------------------------------------------- 1. batch size
 
 
-def batch_latency(shipped: Predictor, proposed: Predictor, quick: bool, device: str) -> tuple[list[dict], dict]:
+def batch_latency(shipped: Predictor, quick: bool, device: str) -> tuple[list[dict], dict]:
     """For each size in SIZES, on the first B of 10,000 filled windows: ``predict`` alone, ``windows()`` alone,
-    ``windows()`` + ``predict`` (the service's forecast step), and the proposed ``predict``, interleaved."""
+    and ``windows()`` + ``predict`` (the service's forecast step)."""
     card = shipped.card
     lb, n_max = card.data.lookback, max(SIZES)
     names, times, sensors, values = fleet_values(n_max, lb + 8, seed=1)
@@ -155,8 +122,8 @@ def batch_latency(shipped: Predictor, proposed: Predictor, quick: bool, device: 
         st = names[:b]
         win, origin = windows.windows(st)
 
-        def predict_only(predictor: Predictor, win=win, origin=origin) -> None:
-            predictor.predict(win, origin)
+        def predict_only(win=win, origin=origin) -> None:
+            shipped.predict(win, origin)
             sync(dev)
 
         def step(st=st) -> None:
@@ -165,20 +132,15 @@ def batch_latency(shipped: Predictor, proposed: Predictor, quick: bool, device: 
             sync(dev)
 
         reps, warm = repeats_for(b, quick)
-        p, p_cpu = timed(lambda: predict_only(shipped), reps, warm)
-        q, q_cpu = timed(lambda: predict_only(proposed), reps, warm)
+        p, p_cpu = timed(predict_only, reps, warm)
         s_wall, s_cpu = timed(step, reps, warm)
         g, _ = timed(lambda st=st: windows.windows(st), reps, 1)
-        diff = float(np.abs(proposed.predict(win, origin).values - shipped.predict(win, origin).values).max())
         rows.append({"stations": b, "device": device, "repeats": reps,
                      "predict_s": float(np.median(p)), "predict_cpu_s": float(np.median(p_cpu)),
                      "step_s": float(np.median(s_wall)), "step_cpu_s": float(np.median(s_cpu)),
-                     "windows_s": float(np.median(g)),
-                     "proposed_predict_s": float(np.median(q)), "proposed_predict_cpu_s": float(np.median(q_cpu)),
-                     "proposed_max_abs_diff_c": diff, "predict_all_s": p, "step_all_s": s_wall})
+                     "windows_s": float(np.median(g)), "predict_all_s": p, "step_all_s": s_wall})
         print(f"{device} B={b:>6,}: predict {ms(rows[-1]['predict_s']):8.1f} ms, windows+predict "
-              f"{ms(rows[-1]['step_s']):8.1f} ms, proposed predict {ms(rows[-1]['proposed_predict_s']):8.1f} ms",
-              flush=True)
+              f"{ms(rows[-1]['step_s']):8.1f} ms", flush=True)
     return rows, {"windows_memory_bytes": windows.memory_bytes(), "stations": n_max}
 
 
@@ -196,9 +158,8 @@ def stamps_of(times: np.ndarray) -> list[str]:
     return np.char.add(np.datetime_as_string(times, unit="s"), "Z").tolist()
 
 
-def component_ticks(predictor: Predictor, proposed: Predictor, n_stations: int, n_ticks: int) -> dict:
-    """Arrival of a tick's raw messages -> parse -> windows.add -> windows(advanced) -> predict; the proposed
-    ``predict`` is timed on the same windows right after (``proposed_*``)."""
+def component_ticks(predictor: Predictor, n_stations: int, n_ticks: int) -> dict:
+    """Arrival of a tick's raw messages -> parse -> windows.add -> windows(advanced) -> predict."""
     card = predictor.card
     lb = card.data.lookback
     names, times, sensors, values = fleet_values(n_stations, lb + n_ticks + 2, seed=2)
@@ -207,7 +168,7 @@ def component_ticks(predictor: Predictor, proposed: Predictor, n_stations: int, 
     fill_windows(windows, names, times[: lb + 2], values[: lb + 2], fidx)
     feat = np.array([SENSOR_INDEX[f] for f in card.data.features])
     stamps = stamps_of(times)
-    lat, lat_proposed, stages, forecasts = [], [], [], 0
+    lat, stages, forecasts = [], [], 0
     for k in range(lb + 2, len(times)):
         raw = tick_messages(names, stamps[k], sensors, values[k])
         t0 = time.perf_counter()
@@ -220,39 +181,41 @@ def component_ticks(predictor: Predictor, proposed: Predictor, n_stations: int, 
         t3 = time.perf_counter()
         fc = predictor.predict(win, origin)
         t4 = time.perf_counter()
-        proposed.predict(win, origin)
-        t5 = time.perf_counter()
         forecasts += len(fc.values)
         lat.append(t4 - t0)
-        lat_proposed.append(t3 - t0 + t5 - t4)
         stages.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
     st = np.median(np.array(stages), axis=0)
     return {"ticks": len(lat), "stations": n_stations, "forecasts": forecasts,
             "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99)), "max_s": max(lat),
-            "proposed_p50_s": float(np.percentile(lat_proposed, 50)),
-            "proposed_p99_s": float(np.percentile(lat_proposed, 99)),
             "median_stage_s": dict(zip(("parse", "windows.add", "windows.windows", "predict"), st.tolist(),
                                        strict=True)),
-            "latencies_s": lat, "proposed_latencies_s": lat_proposed}
+            "latencies_s": lat}
 
 
 class StageClock:
-    """Wall seconds spent in wrapped callables, per stage, reset per tick."""
+    """Wall seconds spent in wrapped callables, per stage, reset per tick. A call made from inside the same
+    stage (``Predictor.predict`` calls itself per CPU chunk, through the wrapped attribute) is not counted
+    again."""
 
     def __init__(self) -> None:
         self.now: dict[str, float] = {}
         self.entered: dict[str, float] = {}  # perf_counter at the first call in this tick
+        self.active: set[str] = set()
 
     def reset(self) -> None:
         self.now, self.entered = {}, {}
 
     def wrap(self, name: str, fn):
         def timed_call(*a, **k):
+            if name in self.active:
+                return fn(*a, **k)
             t0 = time.perf_counter()
             self.entered.setdefault(name, t0)
+            self.active.add(name)
             try:
                 return fn(*a, **k)
             finally:
+                self.active.discard(name)
                 self.now[name] = self.now.get(name, 0.0) + time.perf_counter() - t0
         return timed_call
 
@@ -406,7 +369,6 @@ def chart(rows: list[dict], path: Path, ticks: dict, service: dict | None) -> No
         x = [r["stations"] for r in rs]
         ax.plot(x, [r["predict_s"] * 1e3 for r in rs], "o-", label=f"Predictor.predict ({device})")
         ax.plot(x, [r["step_s"] * 1e3 for r in rs], "s--", label=f"windows() + predict ({device})")
-        ax.plot(x, [r["proposed_predict_s"] * 1e3 for r in rs], "d:", label=f"proposed predict ({device})")
     ax.errorbar([ticks["stations"]], [ticks["p50_s"] * 1e3],
                 yerr=[[0], [(ticks["p99_s"] - ticks["p50_s"]) * 1e3]], fmt="^", color="tab:green", capsize=4,
                 label="live tick, parse -> forecast (p50, bar to p99)")
@@ -432,74 +394,6 @@ def chart(rows: list[dict], path: Path, ticks: dict, service: dict | None) -> No
     plt.close(fig)
 
 
-def unified(diff: str) -> str:
-    """A diff kept in this file without trailing whitespace: empty lines are blank context lines (" ")."""
-    return "".join((line or " ") + "\n" for line in diff.removesuffix("\n").split("\n"))
-
-
-PROPOSED_PREDICT_DIFF = r'''--- a/forecaster/predict.py
-+++ b/forecaster/predict.py
-@@ -3,5 +3,5 @@
- from __future__ import annotations
-
--from dataclasses import dataclass
-+from dataclasses import dataclass, replace
-
- import numpy as np
-@@ -29,4 +29,6 @@
-     """A loaded model ready for batched inference on the GPU when there is one."""
-
-+    max_chunk = 256  # CPU: stations per forward pass; bigger batches spill the activations out of cache
-+
-     def __init__(self, model: nn.Module, card: ModelCard, device: str = "auto"):
-         self.card = card
-@@ -48,8 +50,14 @@
-         if values.ndim != 3 or values.shape[1:] != (self.lookback, len(self.features)):
-             raise ValueError(f"expected windows [B, {self.lookback}, {len(self.features)}], got {values.shape}")
-+        if self.device.type == "cpu" and len(values) > self.max_chunk:
-+            parts = [self.predict(values[i : i + self.max_chunk], origin_ts[i : i + self.max_chunk])
-+                     for i in range(0, len(values), self.max_chunk)]
-+            return replace(parts[0], values=np.concatenate([p.values for p in parts]))
-         x = (values[:, self._rows, :] - self._mean) / self._std
-         if self.card.data.time_features:
--            ts = origin_ts.astype(np.int64)[:, None] + self._offsets_s[None, :]
--            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)
-+            # Time features depend on the origin only, and the stations of a live tick share one.
-+            uniq, inv = np.unique(origin_ts.astype(np.int64), return_inverse=True)
-+            ts = uniq[:, None] + self._offsets_s[None, :]
-+            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)[inv]
-             x = np.concatenate([x, enc], axis=2)
-         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-'''
-
-PROPOSED_METRICS_DIFF = r'''--- a/pipeline/metrics.py
-+++ b/pipeline/metrics.py
-@@ -115,13 +115,15 @@
-
-     def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
--        """Histogram observations per horizon; grouped so the Python loop runs per horizon, not per error."""
-+        """Histogram observations per horizon: bucket counts computed with numpy, one increment per bucket."""
-+        bounds = np.asarray(self.abs_error._upper_bounds)  # the same for every child; the last is +Inf
-         for h in np.unique(horizons):
-             sel = horizons == h
--            model_child = self.abs_error.labels(horizon=str(int(h)), forecaster="model")
--            pers_child = self.abs_error.labels(horizon=str(int(h)), forecaster="persistence")
--            for v in model_err[sel]:
--                model_child.observe(float(v))
--            for v in persistence_err[sel]:
--                pers_child.observe(float(v))
-+            for name, err in (("model", model_err[sel]), ("persistence", persistence_err[sel])):
-+                child = self.abs_error.labels(horizon=str(int(h)), forecaster=name)
-+                # Histogram.observe(v): v onto the sum, 1 onto the first bucket whose bound is >= v.
-+                counts = np.bincount(np.searchsorted(bounds, err, side="left"), minlength=len(bounds))
-+                for i in np.flatnonzero(counts).tolist():
-+                    child._buckets[i].inc(int(counts[i]))
-+                child._sum.inc(float(err.sum()))
-
-     def set_station_gauges(self, stations: Sequence[str], gauge: Gauge, values: Sequence[float], **labels) -> None:
-'''
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and ticks: plumbing only")
@@ -519,14 +413,14 @@ def main() -> None:
     n_service = args.service_ticks or (5 if args.quick else 30)
     n_warm = 3 if args.quick else WARM_FORECAST_TICKS
 
-    shipped, proposed = load_predictor("cpu"), load_predictor("cpu", proposed=True)
-    rows, fill = batch_latency(shipped, proposed, args.quick, "cpu")
+    shipped = load_predictor("cpu")
+    rows, fill = batch_latency(shipped, args.quick, "cpu")
     gpu = None
     if torch.cuda.is_available():
-        gpu_rows, _ = batch_latency(load_predictor("cuda"), load_predictor("cuda", proposed=True), args.quick, "cuda")
+        gpu_rows, _ = batch_latency(load_predictor("cuda"), args.quick, "cuda")
         rows += gpu_rows
         gpu = torch.cuda.get_device_name(0)
-    ticks = component_ticks(shipped, proposed, TARGET_STATIONS, n_ticks)
+    ticks = component_ticks(shipped, TARGET_STATIONS, n_ticks)
     print(f"live ticks (components): p50 {ms(ticks['p50_s']):.1f} ms, p99 {ms(ticks['p99_s']):.1f} ms", flush=True)
     service = None if args.no_service else service_ticks(TARGET_STATIONS, n_warm, n_service)
     if service:
@@ -543,33 +437,26 @@ def main() -> None:
 
     body = "## Forward pass vs batch size\n\n" + markdown_table(
         ["device", "stations", "repeats", "Predictor.predict ms", "CPU ms", "ms per 1,000 stations",
-         "windows() ms", "windows() + predict ms", "CPU ms", "proposed predict ms", "CPU ms"],
+         "windows() ms", "windows() + predict ms", "CPU ms"],
         [[r["device"], r["stations"], r["repeats"], ms(r["predict_s"]), ms(r["predict_cpu_s"]),
-          ms(r["predict_s"]) / r["stations"] * 1000, ms(r["windows_s"]), ms(r["step_s"]), ms(r["step_cpu_s"]),
-          ms(r["proposed_predict_s"]), ms(r["proposed_predict_cpu_s"])] for r in rows],
+          ms(r["predict_s"]) / r["stations"] * 1000, ms(r["windows_s"]), ms(r["step_s"]), ms(r["step_cpu_s"])]
+         for r in rows],
     )
     gpu_line = (f"GPU: {gpu} (rows marked cuda)." if gpu
                 else "**No GPU in this run** (`torch.cuda.is_available()` is False): CPU rows only.")
-    diffs = max(r["proposed_max_abs_diff_c"] for r in rows)
     body += (
         "\n\nMedians after warm-up; \"CPU ms\" is the CPU time of the calling thread (torch uses that one "
         "thread), what an uncontended core would take. \"windows() + predict\" is the service's forecast step "
-        "from the ring-buffer gather (with short-gap fill) through the forward pass. \"proposed predict\" is "
-        "`Predictor.predict` with the change below, emulated in this benchmark: forecasts differ from the "
-        f"shipped path by at most {diffs:.1e} °C.\n\n{gpu_line}\n\n"
+        f"from the ring-buffer gather (with short-gap fill) through the forward pass.\n\n{gpu_line}\n\n"
         f"**Target: 1,000 stations in at most 50 ms.** `Predictor.predict`: {ms(at['predict_s']):.1f} ms "
         f"({ms(at['predict_cpu_s']):.1f} ms CPU), **{'met' if met_predict else 'not met'}**. Forecast step from "
         f"`RollingWindows.windows()` through `predict`: {ms(at['step_s']):.1f} ms, "
-        f"**{'met' if met_step else 'not met'}**. With the proposed change: {ms(at['proposed_predict_s']):.1f} ms "
-        f"({ms(at['proposed_predict_cpu_s']):.1f} ms CPU), "
-        f"{'within' if at['proposed_predict_s'] <= TARGET_S else 'still over'} the target.\n\n"
+        f"**{'met' if met_step else 'not met'}**.\n\n"
         f"![latency vs stations](figures/{figure.name})\n"
     )
     st = ticks["median_stage_s"]
     table = [["parse_readings + windows.add + windows.windows + predict (no broker)", ticks["ticks"],
-              ticks["forecasts"] / ticks["ticks"], ms(ticks["p50_s"]), ms(ticks["p99_s"])],
-             ["same with the proposed predict", ticks["ticks"], ticks["forecasts"] / ticks["ticks"],
-              ms(ticks["proposed_p50_s"]), ms(ticks["proposed_p99_s"])]]
+              ticks["forecasts"] / ticks["ticks"], ms(ticks["p50_s"]), ms(ticks["p99_s"])]]
     if service:
         table += [["Service.process: poll returned -> forecasts flushed to Kafka (before they are stored)",
                    service["ticks"], service["forecasts_per_tick"], ms(service["published_p50_s"]),
@@ -616,21 +503,6 @@ def main() -> None:
         "copies, and the `[stations, window, sensors]` gathers `add` makes to re-check validity) for reuse; "
         "\"after malloc_trim\" is the RSS growth once that free memory is handed back to the OS. The presized "
         "row sets `initial_stations` to the station count.\n"
-    )
-    body += (
-        "\n## Proposed changes (code this benchmark may not edit)\n\n"
-        "1. `forecaster/predict.py`: on CPU run the forward pass in chunks of 256 stations (the conv and GRU "
-        "activations of 1,000+ stations do not stay in cache: per-station cost rises with the batch, see the "
-        "table), and compute the time features once per distinct origin instead of for every station and step. "
-        "Emulated above as \"proposed predict\".\n\n```diff\n" + unified(PROPOSED_PREDICT_DIFF) + "```\n\n"
-        "2. `pipeline/metrics.py`: `observe_errors` calls `Histogram.observe` once per error, twice (model and "
-        "persistence) for each of the ~24,000 errors a 1,000-station tick scores; counting buckets with numpy "
-        "gives the same histogram (same bucket counts; the sum up to float rounding, 5e-15 relative in a check "
-        "on a scratch copy).\n\n```diff\n" + unified(PROPOSED_METRICS_DIFF) + "```\n\n"
-        "3. The store: `store.add_forecasts` and `store.add_errors` (24 rows per forecast, about 24,000 rows each "
-        "per tick) are the largest stages of a live tick besides the forward pass. The `Store` diff in "
-        "docs/ingest.md (larger SQLite page cache, key-ordered inserts) is aimed at readings; forecasts and "
-        "errors would gain from the page cache, but a tick's 48,000 rows remain SQLite's largest job.\n"
     )
     body += (
         "\n## Setup\n\nShipped model `pipeline/pretrained_models/global` loaded with `load_artifact`, "

@@ -150,18 +150,20 @@ CHOLLET_FRACTIONS = (200_000 / 420_551, 100_000 / 420_551)
 
 
 def load_stations(
-    path, schema=None, stations: list[str] | None = None, config: CleanConfig = CleanConfig()
+    path, schema=None, stations: list[str] | None = None, config: CleanConfig = CleanConfig(),
+    missing_ok: bool = False,
 ) -> list[StationSeries]:
-    """Load a station file and clean each station in it (all of them unless ``stations`` names some)."""
+    """Load a station file and clean each station in it (all of them unless ``stations`` names some).
+    A named station the file lacks is an error, or skipped with ``missing_ok`` (several files, one list)."""
     from forecaster.data import DataError, load_records
 
     records = load_records(path, schema)
     have = list(dict.fromkeys(records["station"]))
     wanted = stations or have
     unknown = sorted(set(wanted) - set(have))
-    if unknown:
+    if unknown and not missing_ok:
         raise DataError(f"{path}: no station {unknown} in the file (it has {have})")
-    return [clean_station(records, config, station=s) for s in wanted]
+    return [clean_station(records, config, station=s) for s in wanted if s in have]
 
 
 def usable_features(

@@ -102,12 +102,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mp = msub.add_parser("promote", help="make a version the champion")
     mp.add_argument("version", type=int)
     mr = msub.add_parser("rollback", help="restore the previous champion")
-    for p in (ml, mp, mr):
+    mt = msub.add_parser("retire", help="withdraw a champion (a station model: the station goes back to global)")
+    ms = msub.add_parser("serving", help="which model serves which station (fine-tuned, else the global one)")
+    for p in (ml, mp, mr, mt, ms):
         p.add_argument("--registry", default=DEFAULT_REGISTRY)
         p.add_argument("--name", help=f"model name (default: all for list, {GLOBAL} otherwise)")
     ml.set_defaults(func=cmd_models_list)
     mp.set_defaults(func=cmd_models_promote)
     mr.set_defaults(func=cmd_models_rollback)
+    mt.set_defaults(func=cmd_models_retire)
+    ms.set_defaults(func=cmd_models_serving)
 
 
 def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
@@ -134,16 +138,14 @@ def _train_cfg(args) -> TrainConfig:
 def _load(args):
     """Every station of every --data file (or those named by --station)."""
     series = []
-    for path in args.data:
-        names = None
-        if args.station:
-            from forecaster.data import load_records
+    cfg = CleanConfig(max_fill_steps=args.max_fill)
+    for path in args.data:  # each file read once; with --station, the stations it holds
+        series += load_stations(path, args.schema, args.station, cfg, missing_ok=len(args.data) > 1)
+    missing = sorted(set(args.station or ()) - {s.station for s in series})
+    if missing:
+        from forecaster.data import DataError
 
-            have = set(load_records(path, args.schema)["station"])
-            names = [s for s in args.station if s in have] or None
-            if names is None and len(args.data) == 1:
-                names = args.station  # let load_stations name the missing station
-        series += load_stations(path, args.schema, names, CleanConfig(max_fill_steps=args.max_fill))
+        raise DataError(f"no station {missing} in {', '.join(map(str, args.data))}")
     return series
 
 
@@ -243,6 +245,33 @@ def cmd_models_list(args) -> int:
             val = f"{m['val_mae']:.3f}" if "val_mae" in m else "-"
             test = f"{m['test_mae']:.3f}" if "test_mae" in m else "-"
             print(f"{v.tag:<28} {v.status:<10} {v.created_at:<26} {val:>8} {test:>9}  {v.note}")
+    if not args.name:
+        print()
+        cmd_models_serving(args)
+    return 0
+
+
+def cmd_models_retire(args) -> int:
+    if not args.name:
+        raise SystemExit("models retire needs --name (e.g. station-<id>); the global model can only be replaced")
+    info = Registry(args.registry).retire(args.name, note="by command")
+    print(f"retired {info.tag}: {args.name} has no champion now")
+    return 0
+
+
+def cmd_models_serving(args) -> int:
+    """Station -> serving model: fine-tuned station champions first, then the global fallback."""
+    registry = Registry(args.registry)
+    base = args.name or GLOBAL
+    fallback = registry.champion(base)
+    stations = registry.station_champions()
+    print(f"{'station':<28} {'served by':<28} {'holdout MAE':>11} {'base MAE':>9}")
+    for station, info in sorted(stations.items()):
+        m = info.metrics
+        own = f"{m['holdout_mae']:.3f}" if "holdout_mae" in m else "-"
+        ref = f"{m['base_holdout_mae']:.3f}" if "base_holdout_mae" in m else "-"
+        print(f"{station:<28} {info.tag:<28} {own:>11} {ref:>9}")
+    print(f"{'every other station':<28} {fallback.tag if fallback else '(no champion yet)':<28}")
     return 0
 
 

@@ -29,8 +29,11 @@ class RegistryError(ValueError):
     pass
 
 
+STATION_PREFIX = "station-"
+
+
 def station_model_name(station: str) -> str:
-    return f"station-{re.sub(r'[^A-Za-z0-9_.-]', '_', station)}"
+    return f"{STATION_PREFIX}{re.sub(r'[^A-Za-z0-9_.-]', '_', station)}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Registry:
             index["versions"][str(version)] = {
                 "status": "candidate", "created_at": card.created_at, "metrics": card.metrics, "note": note,
             }
+            if name.startswith(STATION_PREFIX) and len(card.stations) == 1:
+                index["station"] = card.stations[0]  # the id itself: station_model_name() is lossy
             self._event(index, "register", version, note)
         return self.info(name, version)
 
@@ -111,6 +116,22 @@ class Registry:
     def champion(self, name: str) -> VersionInfo | None:
         v = self._read(name)["champion"]
         return None if v is None else self.info(name, v)
+
+    def station_champions(self) -> dict[str, VersionInfo]:
+        """Stations served by a fine-tuned model of their own: station id -> that model's champion.
+        Every other station is served by the global model."""
+        out: dict[str, VersionInfo] = {}
+        for name in self.names():
+            if not name.startswith(STATION_PREFIX):
+                continue
+            index = self._read(name)
+            version = index["champion"]
+            station = index.get("station")
+            if version is None or station is None:
+                continue
+            v = index["versions"][str(version)]
+            out[station] = VersionInfo(name, version, v["status"], v["created_at"], v["metrics"], v.get("note", ""))
+        return out
 
     def path(self, name: str, version: int) -> Path:
         return self._dir(name) / f"v{version:04d}"
@@ -172,6 +193,18 @@ class Registry:
             else:
                 raise RegistryError(f"{name}: no earlier champion to roll back to")
         return self.info(name, previous)
+
+    def retire(self, name: str, note: str = "") -> VersionInfo:
+        """Withdraw the champion without a successor (a station model: the station falls back to the global one)."""
+        with self._locked(name) as index:
+            current = index["champion"]
+            if current is None:
+                raise RegistryError(f"{name} has no champion to retire")
+            index["versions"][str(current)]["status"] = "retired"
+            index["history"].append(current)
+            index["champion"] = None
+            self._event(index, "retire", current, note)
+        return self.info(name, current)
 
     def events(self, name: str) -> list[dict]:
         return list(self._read(name)["events"])

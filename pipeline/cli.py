@@ -100,6 +100,12 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("retrain", help="one champion/challenger retraining round on the store's recent history")
     retrain_arguments(t)
     t.set_defaults(func=cmd_retrain)
+    # `stationcast tune-stations ...` = `python -m pipeline.finetune ...`
+    from pipeline.finetune import add_arguments as finetune_arguments
+
+    f = sub.add_parser("tune-stations", help="fine-tune station models from the store's history (transfer learning)")
+    finetune_arguments(f)
+    f.set_defaults(func=cmd_tune_stations)
 
 
 def cmd_run(args) -> int:
@@ -117,6 +123,12 @@ def cmd_serve(args) -> int:
 
 def cmd_retrain(args) -> int:
     from pipeline.retrain import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_tune_stations(args) -> int:
+    from pipeline.finetune import run_from_args
 
     return run_from_args(args)
 

@@ -50,8 +50,19 @@ class ServiceConfig:
     drift_tolerance: float = 0.25  # live MAE above the card's val MAE by this much (or above persistence) is drift
     drift_for_s: float = 3600.0  # drift lasting this long triggers an early retraining
     drift_min_errors: int = 500  # scored errors needed before drift is judged
+    drift_station_min_errors: int = 200  # scored errors of one station before its own drift is judged
     rollback_margin: float = 0.1  # a promoted model whose live MAE is worse than its predecessor's by this ...
     rollback_min_errors: int = 0  # ... over this many of its scored errors is rolled back; 0 = never
+    station_models: bool = True  # serve stations by their fine-tuned champion when they have one
+    finetune_interval_s: float = 0  # look for stations to fine-tune every N seconds; 0 = disabled
+    finetune_min_history_days: float = 30.0  # stored history a new station needs before it is fine-tuned
+    finetune_history_days: float = 60.0  # at most this much of a station's newest history is trained on
+    finetune_holdout_days: float = 3.0  # its last days score the fine-tuned model against the global one
+    finetune_epochs: int = 30  # early-stopped (patience 5); a month of hourly rows takes seconds
+    finetune_margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve it
+    finetune_retry_days: float = 7.0  # a station whose fine-tuned model was rejected is tried again after this
+    finetune_max_stations: int = 10  # stations fine-tuned per run (the rest wait for the next run)
+    finetune_timeout_s: float = 3600.0
     schedule_state_path: str | None = None  # default: <sqlite db>.schedule.json, else in the registry folder
 
     def with_overrides(self, **values: Any) -> ServiceConfig:

@@ -56,7 +56,7 @@ class Lifecycle:
         self.decisions: list[dict] = []  # what the lifecycle decided, newest last (tests and status read it)
         self.scheduler = None
         if getattr(cfg, "retrain_interval_s", 0) or getattr(cfg, "retrain_cron", None) or \
-                getattr(cfg, "drift_check_s", 0):
+                getattr(cfg, "drift_check_s", 0) or getattr(cfg, "finetune_interval_s", 0):
             from pipeline.scheduler import LifecycleScheduler
 
             self.scheduler = LifecycleScheduler(service, self)

@@ -92,10 +92,15 @@ class Metrics:
         self.model_swaps = Counter(f"{NS}_model_swaps", "New champions picked up without restart", registry=r)
         self.rollbacks = Counter(f"{NS}_rollbacks", "Champion rollbacks seen by the service", registry=r)
         self.retrain_runs = Counter(f"{NS}_retrain_runs", "Retraining runs by outcome", ["outcome"], registry=r)
+        self.finetune_runs = Counter(f"{NS}_finetune_runs", "Station fine-tunings by outcome", ["outcome"],
+                                     registry=r)
+        self.station_models = Gauge(f"{NS}_station_models", "Stations served by a fine-tuned model of their own",
+                                    registry=r)
         self.retrain_last_success = Gauge(f"{NS}_retrain_last_success_timestamp_seconds",
                                           "Unix time of the last successful retraining (0: none yet)", registry=r)
         for outcome in ("promoted", "rejected", "failed"):
             self.retrain_runs.labels(outcome=outcome)
+            self.finetune_runs.labels(outcome=outcome)
         from pipeline.readings import REASONS
 
         for reason in REASONS:  # every reason exported from the start, so rate() and alerts see a zero

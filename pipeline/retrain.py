@@ -105,10 +105,11 @@ def beats(challenger_mae: float, champion_mae: float, margin: float) -> bool:
 
 
 def load_series(store_url: str, start_ts: int, end_ts: int, features: list[str], cadence_s: int,
-                max_fill_steps: int = 3) -> list[StationSeries]:
-    """Readings in ``[start_ts, end_ts)`` cleaned per station onto the model's cadence grid."""
+                max_fill_steps: int = 3, stations: list[str] | None = None) -> list[StationSeries]:
+    """Readings in ``[start_ts, end_ts)`` (of ``stations``, default all) cleaned per station onto the model's
+    cadence grid."""
     with Store.open(store_url) as store:
-        records = store.history(start_ts, end_ts)
+        records = store.history(start_ts, end_ts, stations)
     if records.empty:
         return []
     records = records[["station", "time", *features]]

@@ -4,9 +4,15 @@
   ``python -m pipeline.retrain`` as a *subprocess* (training never competes with the forecasting loop for the
   GIL) and act on its one-line JSON outcome: export metrics, log the decision, and after a promotion ask the
   loop thread to hot-swap (:meth:`Lifecycle.request_swap`; the scheduler never touches the service itself).
+* ``finetune``: every ``finetune_interval_s`` seconds run ``python -m pipeline.finetune`` as a subprocess for
+  the stations that have gathered ``finetune_min_history_days`` of history and have no model of their own yet
+  (transfer learning from the global champion); a promoted station model is hot-swapped in like a champion.
 * ``drift``: every ``drift_check_s`` seconds compare the fleet's live rolling MAE with the champion card's
   validation MAE (times ``1 + drift_tolerance``) and with persistence; drift that lasts ``drift_for_s``
-  seconds moves the next retraining to now.
+  seconds moves the next retraining to now. A single station whose rolling MAE falls behind persistence (or
+  behind its own model's holdout MAE) that long is queued for fine-tuning, and the fine-tuning runs now.
+
+Training jobs take turns (one training subprocess at a time), so the serving process keeps its core.
 
 Jobs never overlap with themselves (``max_instances=1``), missed runs coalesce into one, and each job's last
 run time is persisted in a small JSON file next to the store (``<db>.schedule.json``; in the registry folder
@@ -122,7 +128,13 @@ class LifecycleScheduler:
         self.runner: Runner = runner or (lambda cmd, timeout: run_subprocess(cmd, timeout, self._proc))
         self.outcomes: list[Outcome] = []
         self._drift_since: float | None = None
+        self._station_drift_since: dict[str, float] = {}
+        self._finetune_queue: set[str] = set()
+        self._training = threading.Lock()  # one training subprocess at a time
+        self.finetune_outcomes: list[Outcome] = []
         self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._in_flight = 0
         grace = int(getattr(self.cfg, "retrain_misfire_grace_s", 3600))
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": grace,
@@ -143,22 +155,53 @@ class LifecycleScheduler:
         trigger = self._retrain_trigger()
         if trigger is not None:
             when = first_run_time(trigger, self.state.last_run("retrain"), now)
-            self.scheduler.add_job(self.run_retrain, trigger, id="retrain", name="retrain", next_run_time=when)
+            self.scheduler.add_job(self._tracked(self.run_retrain), trigger, id="retrain", name="retrain",
+                                   next_run_time=when)
             self.next_retrain.set(when.timestamp())
             log.info("retraining scheduled (%s), next run %s", trigger, when.isoformat(timespec="seconds"))
+        finetune_s = float(getattr(self.cfg, "finetune_interval_s", 0) or 0)
+        if finetune_s > 0:
+            trigger = IntervalTrigger(seconds=finetune_s)
+            when = first_run_time(trigger, self.state.last_run("finetune"), now)
+            self.scheduler.add_job(self._tracked(self.run_finetune), trigger, id="finetune", name="finetune",
+                                   next_run_time=when)
+            log.info("station fine-tuning scheduled every %.0f s, next run %s", finetune_s,
+                     when.isoformat(timespec="seconds"))
         drift_s = float(getattr(self.cfg, "drift_check_s", 0) or 0)
         if drift_s > 0:
-            self.scheduler.add_job(self.check_drift, IntervalTrigger(seconds=drift_s), id="drift", name="drift")
+            self.scheduler.add_job(self._tracked(self.drift_checks), IntervalTrigger(seconds=drift_s), id="drift",
+                                   name="drift")
         self.scheduler.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Kill a running training subprocess, stop the scheduler and wait for jobs in flight to return.
+
+        ``shutdown(wait=True)`` would hold APScheduler's job-store lock while waiting, and a job that
+        reads or moves its own schedule (``get_job``, ``modify``) at that moment would never return."""
         self._stopping.set()
         proc = self._proc.get("proc")
         if proc is not None and proc.poll() is None:
-            log.info("stopping the running retraining subprocess %d", proc.pid)
+            log.info("stopping the running training subprocess %d", proc.pid)
             proc.kill()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+            self.scheduler.shutdown(wait=False)
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                log.warning("%d scheduled job(s) still running after %.0f s", self._in_flight, timeout)
+
+    def _tracked(self, job: Callable):
+        """``job`` counted while it runs, so :meth:`stop` can wait for it."""
+        def run(*args, **kwargs):
+            with self._idle:
+                self._in_flight += 1
+            try:
+                return job(*args, **kwargs)
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+        run.__name__ = getattr(job, "__name__", "job")
+        return run
 
     def _retrain_trigger(self):
         cron = getattr(self.cfg, "retrain_cron", None)
@@ -172,7 +215,7 @@ class LifecycleScheduler:
 
     def retrain_now(self, reason: str) -> bool:
         """Move the next retraining to now (drift); False when retraining is not scheduled."""
-        job = self.scheduler.get_job("retrain")
+        job = None if self._stopping.is_set() else self.scheduler.get_job("retrain")
         if job is None:
             return False
         log.info("early retraining: %s", reason)
@@ -193,6 +236,10 @@ class LifecycleScheduler:
     def run_retrain(self) -> Outcome | None:
         if self._stopping.is_set():
             return None
+        with self._training:
+            return self._retrain()
+
+    def _retrain(self) -> Outcome:
         started_at = datetime.now(UTC)
         self.state.record("retrain", started_at, status="running")
         m = self.service.metrics
@@ -209,6 +256,8 @@ class LifecycleScheduler:
         except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
             outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - t0
+        if self._stopping.is_set():
+            return outcome
         self.retrain_seconds.observe(seconds)
         m.retrain_runs.labels(outcome=outcome.outcome).inc()
         if outcome.outcome != "failed":
@@ -228,6 +277,102 @@ class LifecycleScheduler:
         if job is not None and job.next_run_time is not None:
             self.next_retrain.set(job.next_run_time.timestamp())
         return outcome
+
+    def finetune_command(self, stations: list[str]) -> list[str]:
+        c = self.cfg
+        cmd = [
+            sys.executable, "-m", "pipeline.finetune", "--store-url", c.store_url, "--registry", c.registry,
+            "--base", c.model_name, "--min-history-days", str(c.finetune_min_history_days),
+            "--history-days", str(c.finetune_history_days), "--holdout-days", str(c.finetune_holdout_days),
+            "--margin", str(c.finetune_margin), "--retry-days", str(c.finetune_retry_days),
+            "--epochs", str(c.finetune_epochs), "--max-stations", str(c.finetune_max_stations),
+            "--torch-threads", "1", "--no-progress",
+        ]
+        for station in stations:
+            cmd += ["--station", station]
+        return cmd
+
+    def run_finetune(self) -> list[Outcome]:
+        """Fine-tune the stations queued by the drift check, else every eligible station."""
+        if self._stopping.is_set():
+            return []
+        with self._training:
+            stations = sorted(self._finetune_queue)
+            self._finetune_queue.difference_update(stations)
+            return self._finetune(stations)
+
+    def _finetune(self, stations: list[str]) -> list[Outcome]:
+        started_at = datetime.now(UTC)
+        self.state.record("finetune", started_at, status="running")
+        m = self.service.metrics
+        cmd = self.finetune_command(stations)
+        log.info("fine-tuning: %s", " ".join(cmd))
+        t0 = time.perf_counter()
+        try:
+            rc, out, err = self.runner(cmd, float(getattr(self.cfg, "finetune_timeout_s", 3600)))
+            outcomes = [Outcome.from_json(ln) for ln in out.splitlines() if ln.strip().startswith("{")]
+            if rc != 0 and not outcomes:
+                outcomes = [Outcome("failed", reason=f"fine-tuning exited {rc} without an outcome: {err[-500:]}",
+                                    stations=stations)]
+        except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
+            outcomes = [Outcome("failed", reason=f"{type(exc).__name__}: {exc}", stations=stations)]
+        seconds = time.perf_counter() - t0
+        if self._stopping.is_set():  # killed by the shutdown: not an outcome of the job
+            return []
+        for o in outcomes:
+            m.finetune_runs.labels(outcome=o.outcome).inc()
+            log.info("fine-tuning %s %s: %s holdout MAE %s vs %s %s; %s", ",".join(o.stations), o.outcome,
+                     o.challenger, _fmt(o.challenger_mae), o.champion, _fmt(o.champion_mae), o.reason)
+        self.state.record("finetune", started_at, status="done", seconds=round(seconds, 1),
+                          outcomes={",".join(o.stations): o.outcome for o in outcomes})
+        self.finetune_outcomes += outcomes
+        if any(o.outcome == "promoted" for o in outcomes):
+            self.lifecycle.request_swap()
+        return outcomes
+
+    def finetune_now(self, stations: list[str], reason: str) -> bool:
+        """Queue stations for fine-tuning and move the next fine-tuning run to now."""
+        job = None if self._stopping.is_set() else self.scheduler.get_job("finetune")
+        if job is None:
+            return False
+        log.info("early fine-tuning of %s: %s", ", ".join(stations), reason)
+        self._finetune_queue.update(stations)
+        job.modify(next_run_time=datetime.now(UTC))
+        return True
+
+    def drift_checks(self) -> None:
+        self.check_drift()
+        self.check_station_drift()
+
+    def check_station_drift(self) -> list[str]:
+        """Stations whose rolling MAE has fallen behind persistence (or behind their own model's holdout MAE)
+        for ``drift_for_s``; they are queued for fine-tuning."""
+        s, c = self.service, self.cfg
+        min_errors = int(getattr(c, "drift_station_min_errors", 200))
+        tolerance = float(getattr(c, "drift_tolerance", 0.25))
+        hold = float(getattr(c, "drift_for_s", 3600))
+        now = time.monotonic()
+        skill = s.skill
+        due = []
+        for station, mae in list(skill.station_model.items()):
+            if skill.station_count.get(station, 0) < min_errors:
+                continue
+            pers = skill.station_persistence.get(station, math.nan)
+            own = s.models.stations.get(station)
+            reference = (own.card.metrics or {}).get("holdout_mae") if own is not None else None
+            drifting = (math.isfinite(pers) and mae > pers) or (
+                reference is not None and mae > float(reference) * (1 + tolerance))
+            if not drifting:
+                self._station_drift_since.pop(station, None)
+                continue
+            since = self._station_drift_since.setdefault(station, now)
+            if now - since >= hold:
+                due.append(station)
+                self._station_drift_since.pop(station, None)
+        if due:
+            self.state.record("station_drift", datetime.now(UTC), stations=due)
+            self.finetune_now(due, "rolling MAE behind persistence or the station model's holdout MAE")
+        return due
 
     def check_drift(self) -> bool:
         """True when drift has lasted ``drift_for_s`` and an early retraining was requested."""

@@ -22,6 +22,7 @@ class RollingSkill:
     halflife: float = 2000.0  # errors (all horizons of about 80 hourly forecasts of one station)
     station_model: dict[str, float] = field(default_factory=dict)
     station_persistence: dict[str, float] = field(default_factory=dict)
+    station_count: dict[str, int] = field(default_factory=dict)
     fleet_model: float = float("nan")
     fleet_persistence: float = float("nan")
     count: int = 0
@@ -48,7 +49,9 @@ class RollingSkill:
         grouped = errors.groupby("station", sort=False).agg(
             m=("abs_error", "mean"), p=("persistence_abs_error", "mean"), n=("abs_error", "size"))
         weight = 1 - (1 - a) ** grouped["n"].to_numpy()  # n errors at once weigh as n single updates
-        for station, m, p, w in zip(grouped.index, grouped["m"], grouped["p"], weight, strict=True):
+        for station, m, p, w, k in zip(grouped.index, grouped["m"], grouped["p"], weight, grouped["n"],
+                                       strict=True):
+            self.station_count[station] = self.station_count.get(station, 0) + int(k)
             old_m = self.station_model.get(station)
             old_p = self.station_persistence.get(station)
             self.station_model[station] = m if old_m is None else old_m + w * (m - old_m)

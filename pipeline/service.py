@@ -23,7 +23,7 @@ import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 
-from forecaster.predict import Predictor
+from forecaster.predict import Forecast, Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import make_producer
 from pipeline.config import ServiceConfig
@@ -32,6 +32,7 @@ from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
 from pipeline.scoring import RollingSkill, Scoreboard
+from pipeline.serving import Served, ServingModels
 from pipeline.store import Store
 from pipeline.windows import Outcome, RollingWindows, WindowConfig
 
@@ -79,7 +80,10 @@ class Service:
         self._unsaved_forecasts: list[pd.DataFrame] = []
         self._unsaved_errors: list[pd.DataFrame] = []
         self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
+        self.models = ServingModels(cfg.device)
         self._load_model(ensure_champion(self.registry, cfg.model_name))
+        if cfg.station_models:
+            self.metrics.station_models.set(len(self.models.refresh(self.registry)))
         self.producer = make_producer(cfg.broker, bootstrap)
         self.consumer = KafkaConsumer(
             **cfg.broker.client_kwargs(bootstrap),
@@ -104,14 +108,17 @@ class Service:
         unknown = [f for f in features if f not in SENSOR_INDEX]
         if unknown:
             raise ValueError(f"model {info.tag} uses sensors {unknown} that readings cannot carry")
+        old = getattr(self, "windows", None)
         wcfg = WindowConfig(
             lookback=card.data.lookback, n_sensors=len(features), cadence_s=card.cadence_s,
             lateness_steps=self.cfg.lateness_steps, max_fill_steps=self.cfg.max_fill_steps,
+            # Rows for every station the store knows, so a big fleet is not grown by doubling copies.
+            initial_stations=old.config.initial_stations if old is not None else max(64, self.store.n_stations()),
         )
-        old = getattr(self, "windows", None)
         if old is not None and old.config != wcfg:
             raise ValueError(f"new champion {info.tag} needs different windows ({wcfg}); restart the service")
         self.predictor, self.model_info, self.card = predictor, info, card
+        self.models.set_fleet(Served(predictor, info, card))
         self.feature_index = np.array([SENSOR_INDEX[f] for f in features])
         if old is None:
             self.windows = RollingWindows(wcfg)
@@ -123,20 +130,24 @@ class Service:
                  len(features), card.data.lookback, list(card.data.horizons), predictor.device)
 
     def maybe_swap_model(self, force: bool = False) -> bool:
-        """Pick up a new champion between batches: no forecast is dropped or made twice across the swap."""
+        """Pick up new champions (global and per station) between batches: no forecast is dropped or made
+        twice across the swap."""
         if not force and time.monotonic() - self._model_checked < self.cfg.model_check_s:
             return False
         self._model_checked = time.monotonic()
+        swapped = 0
         champion = self.registry.champion(self.cfg.model_name)
-        if champion is None or champion.version == self.model_info.version:
-            return False
-        try:
-            self._load_model(champion)
-        except Exception as exc:  # a broken artifact must not stop the service: keep the current model
-            log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
-            return False
-        self.metrics.model_swaps.inc()
-        return True
+        if champion is not None and champion.version != self.model_info.version:
+            try:
+                self._load_model(champion)
+                swapped += 1
+            except Exception as exc:  # a broken artifact must not stop the service: keep the current model
+                log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
+        if self.cfg.station_models:
+            swapped += len(self.models.refresh(self.registry))
+            self.metrics.station_models.set(len(self.models.stations))
+        self.metrics.model_swaps.inc(swapped)
+        return swapped > 0
 
     # ------------------------------------------------------------------ main loop
 
@@ -294,10 +305,11 @@ class Service:
             return pd.DataFrame()
         values, origin = self.windows.windows(stations)
         started = time.perf_counter()
-        fc = self.predictor.predict(values, origin)
+        out, tags = self.models.predict(stations, values, origin)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(stations))
-        card, tag = self.card, self.model_info.tag
+        card = self.card
+        fc = Forecast(out, card.model.horizons, card.model.quantiles, card.model.median_index)
         horizons = np.asarray(fc.horizons, dtype=np.int64)
         n, h = len(stations), len(horizons)
         persistence = values[:, -1, list(card.data.features).index(card.data.target)].astype(np.float64)
@@ -308,7 +320,7 @@ class Service:
             "issue_ts": np.repeat(origin, h),
             "horizon": np.tile(horizons, n),
             "target_ts": (origin[:, None] + horizons[None, :] * card.cadence_s).reshape(-1),
-            "model_version": tag,
+            "model_version": np.repeat(tags, h),
             "value": fc.point.reshape(-1).astype(np.float64),
             "persistence": np.repeat(persistence, h),
         }
@@ -320,7 +332,7 @@ class Service:
         targets = frame["target_ts"].to_numpy().reshape(n, h)
         for i, station in enumerate(stations.tolist()):  # one message per station forecast
             msg = {
-                "station": station, "issue_ts": int(origin[i]), "model_version": tag, "cadence_s": card.cadence_s,
+                "station": station, "issue_ts": int(origin[i]), "model_version": tags[i], "cadence_s": card.cadence_s,
                 "horizons": horizons.tolist(), "target_ts": targets[i].tolist(), "values": fc.point[i].tolist(),
                 "persistence": float(persistence[i]),
             }
@@ -457,12 +469,13 @@ class Service:
             recent = {s: list(d) for s, d in self._recent.items()}
             latest = dict(self._latest_forecast)
         stations = []
-        for s in sorted(recent):
+        names = sorted(recent)
+        ready = self.windows.ready(np.asarray(names, dtype=object)).tolist() if names else []
+        for s, is_ready in zip(names, ready, strict=True):
             points = recent[s]
             fc = latest.get(s)
-            arr = np.asarray([s], dtype=object)
             stations.append({
-                "station": s, "cadence_s": self.card.cadence_s, "ready": bool(self.windows.ready(arr)[0]),
+                "station": s, "cadence_s": self.card.cadence_s, "ready": is_ready,
                 "last_reading_ts": int(points[-1][0]), "model_version": fc["model_version"] if fc else None,
                 "recent": {"ts": [int(p[0]) for p in points], "T": [_num(p[1]) for p in points]},
                 "forecast": None if fc is None else {

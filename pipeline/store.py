@@ -425,6 +425,17 @@ class Store:
         """Stations with at least one stored reading, sorted."""
         return [r[0] for r in self._query(f"SELECT DISTINCT station FROM {self._p}readings ORDER BY station")]
 
+    def n_stations(self) -> int:
+        """How many stations have stored readings."""
+        return int(self._query(f"SELECT COUNT(DISTINCT station) FROM {self._p}readings")[0][0])
+
+    def spans(self) -> pd.DataFrame:
+        """Per station: first and last reading time (epoch s) and the number of readings."""
+        rows = self._query(f"SELECT station, MIN(ts), MAX(ts), COUNT(*) FROM {self._p}readings "
+                           "GROUP BY station ORDER BY station")
+        frame = pd.DataFrame(rows, columns=["station", "first_ts", "last_ts", "n"])
+        return frame.astype({"first_ts": "int64", "last_ts": "int64", "n": "int64"})
+
     def stations_in_partitions(self, partitions: Sequence[int]) -> list[str]:
         """Stations whose readings arrived on these Kafka partitions (what a new partition owner rebuilds)."""
         partitions = [int(x) for x in partitions]

@@ -1,0 +1,231 @@
+"""Station fine-tuning job: a station's stored history -> a transfer-learned model -> served only if it beats
+the global model on that station.
+
+Runs as its own process (``python -m pipeline.finetune --store-url ... --registry ... [--station ID ...]``;
+the scheduler starts it so forecasting is undisturbed) or as a function (:func:`finetune_stations`). For each
+station:
+
+1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
+2. the last ``holdout_days`` are the holdout, the rows before it train (and validate, for early stopping);
+3. fine-tune a copy of the global champion (:func:`forecaster.transfer.finetune`: frozen Conv1D front-end,
+   the station's own normalization, GRU and head at a lower learning rate);
+4. score it and the global champion on the same holdout windows; register it as ``station-<id>`` and promote
+   it only if it beats the global model there by ``margin`` (relative), else keep it marked rejected.
+
+Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
+``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected or failed
+more than ``retry_days`` ago. One JSON line per station is printed on stdout (a :class:`pipeline.retrain.Outcome`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import pandas as pd
+import torch
+
+from forecaster.artifact import load_artifact
+from forecaster.dataset import make_splits
+from forecaster.evaluate import evaluate
+from forecaster.registry import Registry, RegistryError, station_model_name
+from forecaster.train import TrainConfig
+from forecaster.transfer import finetune
+from pipeline.retrain import DAY, Outcome, _ranges, beats, load_series
+from pipeline.store import Store
+
+log = logging.getLogger("stationcast.finetune")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    store_url: str
+    registry: str
+    base: str = "global"  # registry name of the model every station model starts from
+    stations: tuple[str, ...] = ()  # () = every eligible station
+    min_history_days: float = 30.0  # stored history a station needs before it is fine-tuned
+    history_days: float = 60.0  # at most this much of its newest history is read
+    holdout_days: float = 3.0
+    margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve the station model
+    retry_days: float = 7.0  # a rejected or failed station is tried again after this long
+    epochs: int = 30
+    lr: float = 2e-4
+    batch_size: int = 64
+    patience: int = 5
+    val_fraction: float = 0.2
+    freeze_frontend: bool = True
+    max_stations: int = 0  # 0 = no limit per run
+    end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: station's newest reading
+    max_fill_steps: int = 3
+    seed: int = 0
+    torch_threads: int = 1
+    progress: bool = True
+
+
+def eligible_stations(store: Store, registry: Registry, min_history_days: float, retry_days: float,
+                      now: datetime | None = None) -> list[str]:
+    """Stations with enough stored history that have no station model, or a stale failed/rejected attempt."""
+    now = now or datetime.now(UTC)
+    spans = store.spans()
+    enough = spans[(spans["last_ts"] - spans["first_ts"]) >= min_history_days * DAY]["station"].tolist()
+    out = []
+    for station in enough:
+        name = station_model_name(station)
+        versions = registry.versions(name) if name in set(registry.names()) else []
+        if not versions:
+            out.append(station)
+            continue
+        if registry.champion(name) is not None:
+            continue
+        newest = max(datetime.fromisoformat(v.created_at) for v in versions)
+        if (now - newest).total_seconds() >= retry_days * DAY:
+            out.append(station)
+    return out
+
+
+def finetune_stations(s: FinetuneSettings) -> list[Outcome]:
+    """Fine-tune the requested (or every eligible) station; never raises (a failure is an outcome)."""
+    if s.torch_threads:
+        torch.set_num_threads(s.torch_threads)
+    registry = Registry(s.registry)
+    stations = list(s.stations)
+    if not stations:
+        with Store.open(s.store_url) as store:
+            stations = eligible_stations(store, registry, s.min_history_days, s.retry_days)
+    if s.max_stations:
+        stations = stations[: s.max_stations]
+    log.info("fine-tuning %d station(s) from %s: %s", len(stations), s.base, ", ".join(stations) or "-")
+    return [finetune_station(replace(s, stations=(st,)), st, registry) for st in stations]
+
+
+def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> Outcome:
+    started = time.perf_counter()
+    out = Outcome("failed", margin=s.margin, stations=[station])
+    name = station_model_name(station)
+    try:
+        _run(s, station, name, registry, out)
+    except Exception as exc:  # noqa: BLE001 - a failure must leave the station on the global model and be reported
+        out.outcome, out.reason = "failed", f"{type(exc).__name__}: {exc}"
+        log.error("fine-tuning %s failed, it stays on %s: %s", station, out.champion or s.base, out.reason)
+        if out.challenger is not None:
+            try:
+                registry.reject(name, int(out.challenger.rpartition("@v")[2]), note=f"failed: {out.reason}")
+            except RegistryError as exc2:
+                log.error("could not mark %s rejected: %s", out.challenger, exc2)
+    out.seconds = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: Outcome) -> None:
+    base, card, info = registry.load(s.base)
+    out.champion = info.tag
+    with Store.open(s.store_url) as store:
+        newest = store.max_ts([station])
+    if newest is None:
+        raise ValueError(f"the store holds no readings of station {station!r}")
+    end_ts = newest + 1 if s.end_ts is None else int(s.end_ts)
+    start_ts = end_ts - int(s.history_days * DAY)
+    holdout_start = pd.Timestamp(end_ts - int(s.holdout_days * DAY), unit="s")
+    series = load_series(s.store_url, start_ts, end_ts, list(card.data.features), card.cadence_s, s.max_fill_steps,
+                         stations=[station])
+    if not series:
+        raise ValueError(f"station {station!r} has no readings in the history window")
+    ranges = _ranges(series[0], holdout_start, s.val_fraction)
+    if ranges[0].stop <= card.data.lookback or ranges[2].stop <= ranges[2].start:
+        raise ValueError(f"station {station!r} has too little history before its holdout "
+                         f"({ranges[0].stop} training rows, lookback {card.data.lookback})")
+    train_cfg = TrainConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, patience=s.patience, seed=s.seed,
+                            device="cpu", progress=s.progress)
+    trained = finetune(base, card, series[0], ranges, train_cfg, freeze_frontend=s.freeze_frontend,
+                       label=f"{name} from {info.tag}", parent=info.tag)
+    tuned_mae = float(trained.test["mae"])
+    out.challenger_mae = tuned_mae
+    out.holdout_samples = int(trained.test["samples"])
+    out.train_span = trained.card.training_span
+    out.holdout_span = (str(holdout_start), str(series[0].times[-1]))
+    # The global model on exactly the same holdout windows, with its own normalization, as it serves.
+    base_test = make_splits(series, card.data, card.normalizer, [ranges]).test
+    base_mae = float(evaluate(base, base_test, card.normalizer, card.data.target, card.data.horizons)["mae"])
+    out.champion_mae = base_mae
+    if not math.isfinite(tuned_mae):
+        raise FloatingPointError(f"fine-tuned holdout MAE is {tuned_mae}")
+    trained.card.metrics |= {"holdout_mae": tuned_mae, "base_holdout_mae": base_mae,
+                             "holdout_samples": out.holdout_samples, "holdout_span": list(out.holdout_span)}
+    note = (f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}; holdout MAE "
+            f"{tuned_mae:.4f} vs {info.tag} {base_mae:.4f} (margin {s.margin:+.1%})")
+    new = registry.register(name, trained.model, trained.card, note=note)
+    out.challenger = new.tag
+    load_artifact(registry.path(name, new.version))  # what was written must load back
+    current = registry.champion(name)
+    if current is not None:  # a station model already serves: the new one must beat it too
+        cur_model, cur_card, _ = registry.load(name)
+        cur_test = make_splits(series, cur_card.data, cur_card.normalizer, [ranges]).test
+        cur_mae = float(evaluate(cur_model, cur_test, cur_card.normalizer, cur_card.data.target,
+                                 cur_card.data.horizons)["mae"])
+        base_mae = min(base_mae, cur_mae)
+    if not beats(tuned_mae, base_mae, s.margin):
+        registry.reject(name, new.version, note=f"rejected: {note}")
+        out.outcome, out.reason = "rejected", f"fine-tuned model did not beat the serving model by {s.margin:.1%}"
+        log.info("rejected %s: %s", new.tag, note)
+        return
+    registry.promote(name, new.version, note=f"promoted: {note}")
+    out.outcome, out.reason = "promoted", f"fine-tuned model beat {info.tag} on the station by more than {s.margin:.1%}"
+    log.info("promoted %s for station %s: %s", new.tag, station, note)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = FinetuneSettings("", "")
+    p.add_argument("--store-url", required=True)
+    p.add_argument("--registry", required=True)
+    p.add_argument("--base", default=d.base, help="registry name of the model to start from")
+    p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
+    p.add_argument("--min-history-days", type=float, default=d.min_history_days)
+    p.add_argument("--history-days", type=float, default=d.history_days)
+    p.add_argument("--holdout-days", type=float, default=d.holdout_days)
+    p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to serve the station")
+    p.add_argument("--retry-days", type=float, default=d.retry_days)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--max-stations", type=int, default=d.max_stations)
+    p.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
+    p.add_argument("--end-ts", type=int)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    return FinetuneSettings(
+        store_url=args.store_url, registry=args.registry, base=args.base, stations=tuple(args.station),
+        min_history_days=args.min_history_days, history_days=args.history_days, holdout_days=args.holdout_days,
+        margin=args.margin, retry_days=args.retry_days, epochs=args.epochs, lr=args.lr, patience=args.patience,
+        max_stations=args.max_stations, freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed,
+        torch_threads=args.torch_threads, progress=not args.no_progress,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    outcomes = finetune_stations(settings_from_args(args))
+    for o in outcomes:
+        print(o.to_json(), flush=True)
+    return 1 if any(o.outcome == "failed" for o in outcomes) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.finetune", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
