@@ -419,6 +419,23 @@ def build() -> dict[str, Any]:
     b.stat("Since last successful retraining",
            _targets((f"time() - max(stationcast_retrain_last_success_timestamp_seconds{{{JOB}}} > 0)", "age")),
            unit="s", thresholds=_green_red(2 * 86400), w=4, h=7, options={"graphMode": "none"})
+    b.layout.newline()
+    b.timeseries(
+        "Stations on their own fine-tuned model",
+        _targets((f"sum(stationcast_station_models{{{JOB}}})", "station models")),
+        unit="none", w=8, h=7, defaults={"decimals": 0},
+        description="Stations served by a fine-tuned model of their own; every other station uses the global model.",
+    )
+    b.timeseries(
+        "Station fine-tunings",
+        _targets((f"sum by (outcome) (increase(stationcast_finetune_runs_total{{{JOB}}}[{RATE}]))",
+                  "fine-tune {{outcome}}")),
+        unit="short", w=8, h=7, custom={"drawStyle": "bars", "fillOpacity": 80},
+        description="promoted: the station now has its own model; rejected: it did not beat the global model on "
+                    "the station's holdout (kept, retried later); failed: see the service log.",
+        overrides=[{"matcher": {"id": "byName", "options": "fine-tune failed"},
+                    "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "#F2495C"}}]}],
+    )
 
     return {
         "uid": UID,

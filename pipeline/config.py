@@ -60,7 +60,7 @@ class ServiceConfig:
     finetune_holdout_days: float = 3.0  # its last days score the fine-tuned model against the global one
     finetune_epochs: int = 30  # early-stopped (patience 5); a month of hourly rows takes seconds
     finetune_margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve it
-    finetune_retry_days: float = 7.0  # a station whose fine-tuned model was rejected is tried again after this
+    finetune_retry_days: float = 7.0  # a rejected station is tried again once it has this many more days of data
     finetune_max_stations: int = 10  # stations fine-tuned per run (the rest wait for the next run)
     finetune_timeout_s: float = 3600.0
     schedule_state_path: str | None = None  # default: <sqlite db>.schedule.json, else in the registry folder

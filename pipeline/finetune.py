@@ -13,8 +13,9 @@ station:
    it only if it beats the global model there by ``margin`` (relative), else keep it marked rejected.
 
 Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
-``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected or failed
-more than ``retry_days`` ago. One JSON line per station is printed on stdout (a :class:`pipeline.retrain.Outcome`).
+``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected and that has
+gathered ``retry_days`` more data since. One JSON line per station is printed on stdout
+(a :class:`pipeline.retrain.Outcome`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 import pandas as pd
 import torch
@@ -34,7 +34,7 @@ import torch
 from forecaster.artifact import load_artifact
 from forecaster.dataset import make_splits
 from forecaster.evaluate import evaluate
-from forecaster.registry import Registry, RegistryError, station_model_name
+from forecaster.registry import Registry, RegistryError, VersionInfo, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
 from pipeline.retrain import DAY, Outcome, _ranges, beats, load_series
@@ -68,25 +68,28 @@ class FinetuneSettings:
     progress: bool = True
 
 
-def eligible_stations(store: Store, registry: Registry, min_history_days: float, retry_days: float,
-                      now: datetime | None = None) -> list[str]:
-    """Stations with enough stored history that have no station model, or a stale failed/rejected attempt."""
-    now = now or datetime.now(UTC)
+def eligible_stations(store: Store, registry: Registry, min_history_days: float, retry_days: float) -> list[str]:
+    """Stations with enough stored history that have no station model, or whose last attempt was rejected or
+    failed and that have gathered ``retry_days`` more data since (data time, so a replayed backlog retries as
+    live traffic would)."""
     spans = store.spans()
-    enough = spans[(spans["last_ts"] - spans["first_ts"]) >= min_history_days * DAY]["station"].tolist()
+    spans = spans[(spans["last_ts"] - spans["first_ts"]) >= min_history_days * DAY]
+    names = set(registry.names())
     out = []
-    for station in enough:
+    for station, last_ts in zip(spans["station"].tolist(), spans["last_ts"].tolist(), strict=True):
         name = station_model_name(station)
-        versions = registry.versions(name) if name in set(registry.names()) else []
-        if not versions:
-            out.append(station)
-            continue
-        if registry.champion(name) is not None:
-            continue
-        newest = max(datetime.fromisoformat(v.created_at) for v in versions)
-        if (now - newest).total_seconds() >= retry_days * DAY:
+        versions = registry.versions(name) if name in names else []
+        retry = bool(versions) and registry.champion(name) is None and \
+            last_ts - _last_attempt_ts(versions) >= retry_days * DAY
+        if not versions or retry:
             out.append(station)
     return out
+
+
+def _last_attempt_ts(versions: Sequence[VersionInfo]) -> int:
+    """The newest data time an earlier attempt saw (its holdout's end; its creation time if unknown)."""
+    ends = [(v.metrics.get("holdout_span") or [None, None])[1] or v.created_at for v in versions]
+    return max(int(pd.Timestamp(when).timestamp()) for when in ends)  # naive stamps are UTC
 
 
 def finetune_stations(s: FinetuneSettings) -> list[Outcome]:

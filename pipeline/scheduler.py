@@ -40,8 +40,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import Gauge, Histogram
 
 from forecaster.artifact import _atomic_write
+from forecaster.registry import Registry
+from pipeline.finetune import eligible_stations
 from pipeline.metrics import NS
 from pipeline.retrain import Outcome
+from pipeline.store import Store
 
 if TYPE_CHECKING:
     from pipeline.lifecycle import Lifecycle
@@ -299,7 +302,24 @@ class LifecycleScheduler:
         with self._training:
             stations = sorted(self._finetune_queue)
             self._finetune_queue.difference_update(stations)
-            return self._finetune(stations)
+            if not stations:
+                stations = self._eligible()
+                if not stations:
+                    log.debug("fine-tuning: no station is ready")
+                    return []
+            return self._finetune(stations[: max(1, int(self.cfg.finetune_max_stations))])
+
+    def _eligible(self) -> list[str]:
+        """Stations ready for their first (or a retried) fine-tuning, checked here so that no subprocess
+        starts when there is nothing to do."""
+        c = self.cfg
+        try:
+            with Store.open(c.store_url) as store:
+                return eligible_stations(store, Registry(c.registry), c.finetune_min_history_days,
+                                         c.finetune_retry_days)
+        except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
+            log.error("fine-tuning: could not list eligible stations: %s", exc)
+            return []
 
     def _finetune(self, stations: list[str]) -> list[Outcome]:
         started_at = datetime.now(UTC)

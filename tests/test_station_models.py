@@ -196,13 +196,15 @@ def test_eligible_stations_follow_history_and_previous_attempts(tmp_path):
         registry = Registry(tmp_path / "registry")
         ensure_champion(registry, "global")
         model, card, _ = registry.load("global")
+        seen = str(pd.Timestamp(t0 + 35 * DAY, unit="s"))
         for station, promote in (("tried", False), ("served", True)):
-            v = registry.register(station_model_name(station), model, replace(card, stations=[station]))
+            tried = replace(card, stations=[station], metrics={"holdout_span": [seen, seen]})
+            v = registry.register(station_model_name(station), model, tried)
             (registry.promote if promote else registry.reject)(v.name, v.version)
-        now = datetime.now(UTC)
-        assert eligible_stations(store, registry, 30, 7, now) == ["long"]
-        assert eligible_stations(store, registry, 30, 7, now + timedelta(days=8)) == ["long", "tried"]
-        assert eligible_stations(store, registry, 5, 7, now) == ["long", "short"]
+        # "tried" was rejected after seeing data up to day 35; it is retried once 7 more days are stored.
+        assert eligible_stations(store, registry, 30, 7) == ["long"]
+        assert eligible_stations(store, registry, 30, 4) == ["long", "tried"]
+        assert eligible_stations(store, registry, 5, 7) == ["long", "short"]
     # A station without enough history before its holdout fails cleanly and leaves nothing serving.
     [out] = finetune_stations(FinetuneSettings(url, str(tmp_path / "registry"), stations=("short",),
                                                history_days=3, holdout_days=2, progress=False))
