@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install run test lint bench bench-quick pretrained data deploy deploy-local clean
+.PHONY: help install run test lint bench pretrained data deploy deploy-local clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,8 @@ bench: install  ## all benchmarks, results written to docs/ (long: tens of minut
 	$(BIN)/python -m bench.transfer
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.forecast_batch
+	$(BIN)/python -m bench.retrain_latency
+	$(BIN)/python -m bench.lifecycle_transfer
 
 pretrained: install  ## retrain the shipped default model (Jena + NOAA records, not the NY replay data)
 	rm -rf var/pretrain && $(BIN)/stationcast train \
@@ -48,7 +50,7 @@ pretrained: install  ## retrain the shipped default model (Jena + NOAA records, 
 	  --data ../shared/data/noaa_rapid_city_2010_2016_hourly.csv.gz \
 	  --features T,Tdew,rh,wv --time-features --residual --horizons 1-24 --quantiles 0.1,0.5,0.9 \
 	  --lookback 168 --hidden 64 --dropout 0.2 --optimizer adam --lr 1e-3 --epochs 12 --steps-per-epoch 400 \
-	  --patience 3 --registry var/pretrain --plots docs/figures/pretrained --promote
+	  --patience 3 --conv 32x5/3,32x5/2 --registry var/pretrain --plots docs/figures/pretrained --promote
 	rm -rf pipeline/pretrained_models/global && cp -r var/pretrain/global/v0001 pipeline/pretrained_models/global
 
 data:  ## download the full Jena climate archive (needs the internet)

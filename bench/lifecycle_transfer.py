@@ -135,7 +135,7 @@ def summarize(store_url: str, records: pd.DataFrame, registry: Registry, base_ta
                 "after_persistence": float(own["persistence_abs_error"].mean()) if len(own) else None,
                 "errors_before": len(before), "errors_after": len(own),
             })
-            frame = err.assign(day=(err["target_ts"] - first_ts) // 86_400)
+            frame = err.assign(day=(err["issue_ts"] - first_ts) // 86_400)  # a day's forecasts, all horizons
             if len(own):
                 frame.loc[own.index, "shadow"] = shadow
             daily[station] = {
@@ -168,7 +168,7 @@ def chart(daily: dict, path: Path, window: int) -> None:
         ax.set_ylabel(f"MAE °C ({window}-day mean)")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
-    np.atleast_1d(axes)[-1].set_xlabel("days since the station's first reading (target time)")
+    np.atleast_1d(axes)[-1].set_xlabel("days since the station's first reading (forecast issue time)")
     fig.suptitle("New NOAA stations on a Jena-trained service: rolling MAE before and after the automatic fine-tune")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ a challenger on that history, then idle again. Per tick two latencies are record
 
 Target (issue 4): p99 during retraining within 1.5x of idle.
 
-    python -m bench.retrain_latency          # about 4 minutes
+    python -m bench.retrain_latency          # about 10 minutes
 
 Writes docs/retrain_latency.md, docs/results/retrain_latency.json and docs/figures/retrain_latency.png.
 """
@@ -72,10 +72,10 @@ def percentiles(xs: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stations", type=int, default=300)
-    p.add_argument("--history-days", type=int, default=14)
+    p.add_argument("--history-days", type=int, default=28)
     p.add_argument("--tick-s", type=float, default=0.5, help="wall seconds between ticks (one hour of data each)")
-    p.add_argument("--idle-ticks", type=int, default=120)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--idle-ticks", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -189,7 +189,7 @@ def main() -> None:
         [[name, d["end_to_end"]["ticks"], d["service"]["p50_ms"], d["service"]["p99_ms"], d["end_to_end"]["p50_ms"],
           d["end_to_end"]["p99_ms"], d["end_to_end"]["max_ms"]] for name, d in by_phase.items()])
     o, nan = result["outcome"], float("nan")
-    verdict = "met" if ratio <= 1.5 and ratio_service <= 1.5 else "**not met**"
+    verdict = "met" if ratio <= 1.5 and ratio_service <= 1.5 else "not met"
     body = f"""
 {args.stations} stations, one reading each per tick, a tick every {args.tick_s} s (each tick is the next hour of
 real NOAA records); the service runs the shipped model with one inference thread on this 2-core machine. The
@@ -201,8 +201,9 @@ of the stored history ({args.stations * args.history_days * 24:,} readings), {ar
 {table}
 
 **Target: p99 during retraining within 1.5x of idle: {verdict}** (end to end {ratio:.2f}x, service
-{ratio_service:.2f}x). Training runs in its own process, so it never holds the service's GIL; with one inference
-thread and one training thread the two cores are shared without contention.
+{ratio_service:.2f}x). Training runs in its own process with one thread, so it never holds the service's GIL and
+leaves the service a core of its own on this 2-core machine. The p99 of a phase with few ticks is close to its
+maximum; the plot shows every tick.
 
 ![latency per tick](figures/retrain_latency.png)
 """

@@ -39,6 +39,8 @@ class Predictor:
         self._mean = np.asarray(card.normalizer.mean, np.float32)
         self._std = np.asarray(card.normalizer.std, np.float32)
         self._rows = np.asarray(card.data.spec.input_offsets + card.data.lookback - 1)
+        self._all_rows = np.array_equal(self._rows, np.arange(card.data.lookback))  # step 1: no gather needed
+        self._n_time = time_encodings(np.zeros(1, dtype="datetime64[s]")).shape[-1]
         self._offsets_s = card.data.spec.input_offsets.astype(np.int64) * card.cadence_s
         t_mean, t_std = card.normalizer.scale_of(card.data.target)
         self._t_mean, self._t_std = np.float32(t_mean), np.float32(t_std)
@@ -53,14 +55,17 @@ class Predictor:
             parts = [self.predict(values[i : i + self.max_chunk], origin_ts[i : i + self.max_chunk])
                      for i in range(0, len(values), self.max_chunk)]
             return replace(parts[0], values=np.concatenate([p.values for p in parts]))
-        x = (values[:, self._rows, :] - self._mean) / self._std
-        if self.card.data.time_features:
+        n_feat = len(self.features)
+        n_time = self._n_time if self.card.data.time_features else 0
+        x = np.empty((len(values), len(self._rows), n_feat + n_time), dtype=np.float32)  # one buffer, no concat
+        np.subtract(values if self._all_rows else values[:, self._rows, :], self._mean, out=x[..., :n_feat])
+        np.divide(x[..., :n_feat], self._std, out=x[..., :n_feat])
+        if n_time:
             # Time features depend on the origin only, and the stations of a live tick share one.
             uniq, inv = np.unique(origin_ts.astype(np.int64), return_inverse=True)
             ts = uniq[:, None] + self._offsets_s[None, :]
-            enc = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)[inv]
-            x = np.concatenate([x, enc], axis=2)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            x[..., n_feat:] = time_encodings(ts.reshape(-1).astype("datetime64[s]")).reshape(*ts.shape, -1)[inv]
+        xt = torch.from_numpy(x)
         if self.device.type == "cuda":
             xt = xt.pin_memory().to(self.device, non_blocking=True)
         with _autocast(self.device):

@@ -139,6 +139,10 @@ def test_new_noaa_station_is_fine_tuned_served_and_beats_the_global_model(
     # Live: the station model's scored errors against the global model's on the very same windows and targets.
     with Store.open(setup.cfg.store_url) as store:
         errors = store.errors("DEN")
+    before = errors[errors["model_version"] == base.tag]
+    # The offline replay is faithful: on the global model's own live forecasts it reproduces their errors.
+    np.testing.assert_allclose(shadow_errors(jena_global.model, jena_global.card, denver, before),
+                               before["abs_error"].to_numpy(), atol=2e-3)
     errors = errors[errors["model_version"] == out.challenger]
     assert len(errors) > 200 * n_h // 24
     global_err = shadow_errors(jena_global.model, jena_global.card, denver, errors)
