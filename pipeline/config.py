@@ -44,6 +44,7 @@ class ServiceConfig:
     retrain_holdout_days: float = 3.0  # its last days: never trained on, champion vs challenger scored on them
     retrain_epochs: int = 3
     retrain_timeout_s: float = 3600.0
+    training_nice: int = 10  # CPU niceness of retraining/fine-tuning subprocesses: forecasting wins contention
     retrain_misfire_grace_s: int = 3600  # a run missed by less than this still runs (once, coalesced)
     promote_margin: float = 0.02  # relative holdout-MAE gain a challenger needs to be promoted
     drift_check_s: float = 0  # drift check every N seconds; 0 = disabled

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,12 +33,10 @@ import pandas as pd
 import torch
 
 from forecaster.artifact import load_artifact
-from forecaster.dataset import make_splits
-from forecaster.evaluate import evaluate
 from forecaster.registry import Registry, RegistryError, VersionInfo, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
-from pipeline.retrain import DAY, Outcome, _ranges, beats, load_series
+from pipeline.retrain import DAY, Outcome, _ranges, beats, holdout_mae, load_series
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
@@ -152,9 +151,7 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
     out.holdout_samples = int(trained.test["samples"])
     out.train_span = trained.card.training_span
     out.holdout_span = (str(holdout_start), str(series[0].times[-1]))
-    # The global model on exactly the same holdout windows, with its own normalization, as it serves.
-    base_test = make_splits(series, card.data, card.normalizer, [ranges]).test
-    base_mae = float(evaluate(base, base_test, card.normalizer, card.data.target, card.data.horizons)["mae"])
+    base_mae = holdout_mae(base, card, series, [ranges])  # the global model on the same holdout windows
     out.champion_mae = base_mae
     if not math.isfinite(tuned_mae):
         raise FloatingPointError(f"fine-tuned holdout MAE is {tuned_mae}")
@@ -168,10 +165,7 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
     current = registry.champion(name)
     if current is not None:  # a station model already serves: the new one must beat it too
         cur_model, cur_card, _ = registry.load(name)
-        cur_test = make_splits(series, cur_card.data, cur_card.normalizer, [ranges]).test
-        cur_mae = float(evaluate(cur_model, cur_test, cur_card.normalizer, cur_card.data.target,
-                                 cur_card.data.horizons)["mae"])
-        base_mae = min(base_mae, cur_mae)
+        base_mae = min(base_mae, holdout_mae(cur_model, cur_card, series, [ranges]))
     if not beats(tuned_mae, base_mae, s.margin):
         registry.reject(name, new.version, note=f"rejected: {note}")
         out.outcome, out.reason = "rejected", f"fine-tuned model did not beat the serving model by {s.margin:.1%}"
@@ -201,6 +195,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-ts", type=int)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
+                                                       "passes its training_nice so forecasting wins contention)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -215,6 +211,8 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "nice", 0):
+        os.nice(args.nice)
     outcomes = finetune_stations(settings_from_args(args))
     for o in outcomes:
         print(o.to_json(), flush=True)

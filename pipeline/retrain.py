@@ -23,6 +23,7 @@ import argparse
 import copy
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -123,6 +124,12 @@ def load_series(store_url: str, start_ts: int, end_ts: int, features: list[str],
     return series
 
 
+def holdout_mae(model, card, series: list[StationSeries], ranges: list) -> float:
+    """A registered model's MAE on the holdout windows of ``ranges``, with its own normalization, as it serves."""
+    test = make_splits(series, card.data, card.normalizer, ranges).test
+    return float(evaluate(model, test, card.normalizer, card.data.target, card.data.horizons)["mae"])
+
+
 def _ranges(series: StationSeries, holdout_start: pd.Timestamp, val_fraction: float) -> tuple[slice, slice, slice]:
     n = len(series.frame)
     hold = int(np.searchsorted(series.times.to_numpy(), holdout_start.to_datetime64()))
@@ -191,10 +198,7 @@ def _run(s: RetrainSettings, registry: Registry, out: Outcome) -> None:
     out.train_span = trained.card.training_span
     times = [x.times for x in series]
     out.holdout_span = (str(holdout_start), str(max(t[-1] for t in times)))
-    # The champion on exactly the same holdout windows (its own normalization, as it serves).
-    champion_test = make_splits(series, card.data, card.normalizer, ranges).test
-    champion_mae = float(evaluate(champion, champion_test, card.normalizer, card.data.target,
-                                  card.data.horizons)["mae"])
+    champion_mae = holdout_mae(champion, card, series, ranges)  # exactly the same holdout windows
     out.champion_mae = champion_mae
     if not math.isfinite(challenger_mae):
         raise FloatingPointError(f"challenger holdout MAE is {challenger_mae}")
@@ -243,6 +247,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-ts", type=int, help="end of the history window (epoch s); default newest reading")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
+                                                       "passes its training_nice so forecasting wins contention)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "nice", 0):
+        os.nice(args.nice)
     settings = RetrainSettings(
         store_url=args.store_url, registry=args.registry, name=args.name, history_days=args.history_days,
         holdout_days=args.holdout_days, margin=args.margin, epochs=args.epochs, lr=args.lr,

@@ -234,6 +234,7 @@ class LifecycleScheduler:
             "--name", c.model_name, "--history-days", str(c.retrain_history_days),
             "--holdout-days", str(c.retrain_holdout_days), "--margin", str(c.promote_margin),
             "--epochs", str(getattr(c, "retrain_epochs", 3)), "--torch-threads", "1", "--no-progress",
+            "--nice", str(getattr(c, "training_nice", 10)),
         ]
 
     def run_retrain(self) -> Outcome | None:
@@ -289,7 +290,7 @@ class LifecycleScheduler:
             "--history-days", str(c.finetune_history_days), "--holdout-days", str(c.finetune_holdout_days),
             "--margin", str(c.finetune_margin), "--retry-days", str(c.finetune_retry_days),
             "--epochs", str(c.finetune_epochs), "--max-stations", str(c.finetune_max_stations),
-            "--torch-threads", "1", "--no-progress",
+            "--torch-threads", "1", "--no-progress", "--nice", str(getattr(c, "training_nice", 10)),
         ]
         for station in stations:
             cmd += ["--station", station]

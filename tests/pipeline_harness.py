@@ -135,5 +135,19 @@ def expected_origins(records: pd.DataFrame, card: ModelCard, max_fill: int = 3) 
     return pd.concat(out, ignore_index=True)
 
 
+def stored_forecasts(url: str) -> pd.DataFrame:
+    """Every forecast row in the store, ordered by station, issue time and horizon."""
+    from pipeline.store import Store
+
+    with Store.open(url) as s:
+        return s._table_frame("forecasts", "1 = 1", [], order="station, issue_ts, horizon")
+
+
+def metric(service: Service, name: str, labels: dict | None = None) -> float:
+    """A sample of the service's Prometheus registry (0 when absent)."""
+    v = service.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if v is None else v
+
+
 def fast_cfg(setup: Setup, **changes) -> Setup:
     return replace(setup, cfg=replace(setup.cfg, **changes))

@@ -25,15 +25,16 @@ from pipeline.config import ServiceConfig
 from pipeline.metrics import Metrics
 from pipeline.retrain import Outcome, RetrainSettings, beats, retrain
 from pipeline.scheduler import LifecycleScheduler, ScheduleState, state_path
-from pipeline.store import Store
 from tests.broker_fixture import kafka_broker  # noqa: F401
 from tests.pipeline_harness import (
     ROOT,
     ServiceThread,
     expected_origins,
     make_setup,
+    metric,
     month_of_records,
     publish,
+    stored_forecasts,
     wait_until,
 )
 
@@ -70,16 +71,6 @@ def _copy_into(filled, bootstrap: str, tmp: Path, **cfg_changes):
 
 def _settings(setup, **changes) -> RetrainSettings:
     return RetrainSettings(store_url=setup.cfg.store_url, registry=setup.cfg.registry, **{**FAST, **changes})
-
-
-def _forecasts(url: str):
-    with Store.open(url) as s:
-        return s._table_frame("forecasts", "1 = 1", [], order="station, issue_ts, horizon")
-
-
-def _metric(service, name: str, labels: dict | None = None) -> float:
-    v = service.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
 
 
 def test_retrain_end_to_end_decision_follows_holdout_maes(filled, kafka_broker, tmp_path):  # noqa: F811
@@ -179,8 +170,8 @@ def test_failed_runs_leave_the_champion_serving(filled, kafka_broker, tmp_path, 
         wait_until(lambda: service.totals.consumed >= stats.sent and service.totals.forecasts > n0 + 50, 60,
                    "forecasts after the failed runs")
         assert service.model_info.tag == before.tag
-        assert _metric(service, "stationcast_model_swaps_total") == 0
-    fc = _forecasts(setup.cfg.store_url)
+        assert metric(service, "stationcast_model_swaps_total") == 0
+    fc = stored_forecasts(setup.cfg.store_url)
     assert set(fc["model_version"]) == {before.tag}
 
 
@@ -206,14 +197,14 @@ def test_scheduled_retraining_promotes_and_hot_swaps(filled, kafka_broker, tmp_p
         s2 = publish(setup, filled.rest.iloc[half:])
         wait_until(lambda: service.totals.consumed >= s1.sent + s2.sent, 60, "second part consumed")
         wait_until(lambda: service.totals.forecasts > swapped_at + 100, 30, "forecasts by the new model")
-        assert _metric(service, "stationcast_model_swaps_total") >= 1
-        assert _metric(service, "stationcast_retrain_runs_total", {"outcome": "promoted"}) >= 1
-        assert _metric(service, "stationcast_retrain_last_success_timestamp_seconds") > 0
-        assert _metric(service, "stationcast_retrain_seconds_count") >= 1
-        assert _metric(service, "stationcast_retrain_holdout_mae_celsius", {"model": "challenger"}) == \
+        assert metric(service, "stationcast_model_swaps_total") >= 1
+        assert metric(service, "stationcast_retrain_runs_total", {"outcome": "promoted"}) >= 1
+        assert metric(service, "stationcast_retrain_last_success_timestamp_seconds") > 0
+        assert metric(service, "stationcast_retrain_seconds_count") >= 1
+        assert metric(service, "stationcast_retrain_holdout_mae_celsius", {"model": "challenger"}) == \
             pytest.approx(first.challenger_mae)
     assert registry.champion("global").tag != before.tag
-    fc = _forecasts(setup.cfg.store_url)
+    fc = stored_forecasts(setup.cfg.store_url)
     per_issue = fc.groupby(["station", "issue_ts"]).size()
     assert (per_issue == n_h).all(), "a forecast was made twice or is incomplete across the swap"
     tags = fc.groupby(["station", "issue_ts"])["model_version"].agg(set)
@@ -296,12 +287,12 @@ def test_models_rollback_command_switches_a_running_service_back(filled, kafka_b
                                setup.cfg.registry], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and v1.tag in proc.stdout, proc.stderr
         wait_until(lambda: service.model_info.tag == v1.tag, 20, "the switch back to v1")
-        wait_until(lambda: _metric(service, "stationcast_rollbacks_total") == 1, 5, "the rollback counted")
+        wait_until(lambda: metric(service, "stationcast_rollbacks_total") == 1, 5, "the rollback counted")
         n0 = service.totals.forecasts
         stats = publish(setup, filled.rest.iloc[:150])
         wait_until(lambda: service.totals.consumed >= stats.sent and service.totals.forecasts > n0, 60,
                    "forecasts after the rollback")
-    fc = _forecasts(setup.cfg.store_url)
+    fc = stored_forecasts(setup.cfg.store_url)
     assert set(fc["model_version"]) == {v1.tag}
     assert registry.info("global", v2.version).status == "rejected"
 
@@ -324,7 +315,7 @@ def test_auto_rollback_when_promoted_model_is_worse_live(filled, kafka_broker, t
         wait_until(lambda: service.model_info.version == bad_version, 20, "the swap to the bad model")
         s2 = publish(setup, filled.rest.iloc[third:])
         wait_until(lambda: service.model_info.tag == v1.tag, 60, "the automatic rollback")
-        assert _metric(service, "stationcast_rollbacks_total") == 1
+        assert metric(service, "stationcast_rollbacks_total") == 1
         decisions = [d["decision"] for d in service.lifecycle.decisions]
         assert "probation" in decisions and "rolled_back" in decisions
         wait_until(lambda: service.totals.consumed >= s1.sent + s2.sent, 60, "all consumed")

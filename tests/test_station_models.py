@@ -42,8 +42,10 @@ from tests.pipeline_harness import (
     ServiceThread,
     expected_origins,
     make_setup,
+    metric,
     month_of_records,
     publish,
+    stored_forecasts,
     wait_until,
 )
 
@@ -75,16 +77,6 @@ def _with_jena_champion(setup, trained):
     return replace(setup, card=trained.card), info
 
 
-def _forecasts(url: str) -> pd.DataFrame:
-    with Store.open(url) as s:
-        return s._table_frame("forecasts", "1 = 1", [], order="station, issue_ts, horizon")
-
-
-def _metric(service, name: str, labels: dict | None = None) -> float:
-    v = service.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
-
-
 def test_new_noaa_station_is_fine_tuned_served_and_beats_the_global_model(
         jena_global, denver, kafka_broker, tmp_path):  # noqa: F811
     setup = make_setup(kafka_broker.bootstrap, tmp_path)
@@ -113,8 +105,8 @@ def test_new_noaa_station_is_fine_tuned_served_and_beats_the_global_model(
         s2 = publish(setup, rest)
         wait_until(lambda: service.totals.consumed >= s1.sent + s2.sent, 60, "the rest consumed")
         wait_until(lambda: service.totals.forecasts >= before + 14 * 24 - 30, 30, "forecasts by the station model")
-        assert _metric(service, "stationcast_finetune_runs_total", {"outcome": "promoted"}) == 1
-        assert _metric(service, "stationcast_station_models") == 1
+        assert metric(service, "stationcast_finetune_runs_total", {"outcome": "promoted"}) == 1
+        assert metric(service, "stationcast_station_models") == 1
     registry = Registry(setup.cfg.registry)
     served = registry.station_champions()
     assert list(served) == ["DEN"] and served["DEN"].tag == out.challenger
@@ -125,7 +117,7 @@ def test_new_noaa_station_is_fine_tuned_served_and_beats_the_global_model(
     assert any(ln.split()[:2] == ["DEN", out.challenger] for ln in listing.stdout.splitlines()), listing.stdout
     assert f"every other station          {base.tag}" in listing.stdout
 
-    fc = _forecasts(setup.cfg.store_url)
+    fc = stored_forecasts(setup.cfg.store_url)
     per_issue = fc.groupby(["station", "issue_ts"]).size()
     assert (per_issue == n_h).all(), "a forecast was made twice or is incomplete across the swap"
     assert set(fc[fc["station"] == "JFK"]["model_version"]) == {base.tag}
