@@ -44,18 +44,18 @@ class BrokerConfig:
     kafka-python client only when set, so a plain local cluster needs no configuration at all.
     """
 
-    bootstrap_servers: str | None = None
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    readings_topic: str = "stationcast.readings"
-    forecasts_topic: str = "stationcast.forecasts"
-    deadletter_topic: str = "stationcast.deadletter"
-    partitions: int = 4
+    bootstrap_servers: str | None = None  # a Kafka cluster, host:port[,...]; unset starts the embedded broker
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None  # SASL credentials
+    sasl_password: str | None = None  # (prefer the environment variable to a file)
+    ssl_cafile: str | None = None  # CA bundle that signed the brokers' certificates
+    ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: str | None = None  # its private key
+    readings_topic: str = "stationcast.readings"  # readings in, keyed by station
+    forecasts_topic: str = "stationcast.forecasts"  # one message per station forecast
+    deadletter_topic: str = "stationcast.deadletter"  # rejected readings with their reason and original bytes
+    partitions: int = 4  # partitions of the topics created here (the unit of scale-out)
 
     def client_kwargs(self, bootstrap: str | None = None) -> dict[str, Any]:
         """Kwargs every kafka-python client (producer, consumer, admin) needs: bootstrap and security.

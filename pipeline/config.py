@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,21 @@ DEFAULT_REGISTRY = "var/registry"
 @dataclass(frozen=True)
 class ServiceConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    store_url: str = DEFAULT_STORE
-    registry: str = DEFAULT_REGISTRY
-    model_name: str = "global"
-    group_id: str = "stationcast"
+    store_url: str = DEFAULT_STORE  # sqlite:///path.db (embedded, WAL) or postgresql://user@host/db (replicas)
+    registry: str = DEFAULT_REGISTRY  # model registry folder; a fresh one is seeded with the shipped model
+    model_name: str = "global"  # registry name of the global model
+    group_id: str = "stationcast"  # Kafka consumer group: replicas with the same id share the partitions
     max_batch: int = 10_000  # readings per poll
-    poll_timeout_ms: int = 200
+    poll_timeout_ms: int = 200  # longest wait of one poll when no readings arrive
     session_timeout_ms: int = 6000  # short: the first assignment waits about half of it (see kafka notes)
-    heartbeat_interval_ms: int = 1000
-    lateness_steps: int = 3
-    max_fill_steps: int = 3
+    heartbeat_interval_ms: int = 1000  # consumer heartbeats; keep well below session_timeout_ms
+    lateness_steps: int = 3  # a reading up to this many steps late still lands in its window slot
+    max_fill_steps: int = 3  # gaps up to this many steps are interpolated; longer ones make the window not ready
     max_future_s: int = 3600  # readings further ahead of the wall clock are dead-lettered
-    http_host: str = "127.0.0.1"
+    http_host: str = "127.0.0.1"  # address of /metrics, /healthz, /readyz, /status, /api/status
     http_port: int = 8000  # 0: any free port
     max_station_labels: int = 50  # per-station metric labels; 0 disables them
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda (inference)
     torch_threads: int = 1  # CPU threads for inference; 0 leaves torch's default
     model_check_s: float = 10.0  # how often the registry is checked for a new champion (hot swap)
     max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
@@ -42,8 +42,8 @@ class ServiceConfig:
     retrain_cron: str | None = None  # or a crontab line (UTC), e.g. "0 3 * * *"; wins over the interval
     retrain_history_days: float = 30.0  # sliding window of stored history a retraining reads
     retrain_holdout_days: float = 3.0  # its last days: never trained on, champion vs challenger scored on them
-    retrain_epochs: int = 3
-    retrain_timeout_s: float = 3600.0
+    retrain_epochs: int = 3  # epochs of a retraining (early-stopped)
+    retrain_timeout_s: float = 3600.0  # a retraining running longer is killed and counted as failed
     training_nice: int = 10  # CPU niceness of retraining/fine-tuning subprocesses: forecasting wins contention
     retrain_misfire_grace_s: int = 3600  # a run missed by less than this still runs (once, coalesced)
     promote_margin: float = 0.02  # relative holdout-MAE gain a challenger needs to be promoted
@@ -63,7 +63,7 @@ class ServiceConfig:
     finetune_margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve it
     finetune_retry_days: float = 7.0  # a rejected station is tried again once it has this many more days of data
     finetune_max_stations: int = 10  # stations fine-tuned per run (the rest wait for the next run)
-    finetune_timeout_s: float = 3600.0
+    finetune_timeout_s: float = 3600.0  # a fine-tuning run longer than this is killed and counted as failed
     schedule_state_path: str | None = None  # default: <sqlite db>.schedule.json, else in the registry folder
 
     def with_overrides(self, **values: Any) -> ServiceConfig:
@@ -99,6 +99,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
 
 def _coerce(raw: str, typ: Any, name: str) -> Any:
     t = str(typ)
+    if t.startswith("bool"):
+        value = raw.strip().lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"STATIONCAST_{name.upper()}={raw!r} is not a boolean (true/false)")
+        return value in ("1", "true", "yes", "on")
     try:
         if t.startswith("int"):
             return int(raw)
@@ -107,3 +112,36 @@ def _coerce(raw: str, typ: Any, name: str) -> Any:
     except ValueError as exc:
         raise ValueError(f"STATIONCAST_{name.upper()}={raw!r} is not a number") from exc
     return raw
+
+
+def reference() -> str:
+    """docs/configuration.md: every setting with its default and the comment beside it in the source."""
+    import inspect
+    import re
+
+    rows = []
+    for cls in (BrokerConfig, ServiceConfig):
+        comments = dict(re.findall(r"^    (\w+): [^=]+= [^#\n]+?(?:#\s*(.*))?$", inspect.getsource(cls), re.M))
+        for f in fields(cls):
+            if f.name == "broker":
+                continue
+            default = f.default if f.default is not MISSING else "-"
+            shown = "unset" if default is None else f"`{default}`"
+            meaning = (comments.get(f.name) or "").replace("|", "\\|")
+            rows.append(f"| `{f.name}` | `STATIONCAST_{f.name.upper()}` | {shown} | {meaning} |")
+    return "\n".join([
+        "# Configuration",
+        "",
+        "Every setting of `stationcast run` and `stationcast serve`: defaults, then `--config FILE.yaml` (the names "
+        "below as keys), then the environment variables, then command-line flags. Generated from "
+        "`pipeline/config.py` and `pipeline/broker.py` by `python -m pipeline.config > docs/configuration.md`.",
+        "",
+        "| setting | environment | default | meaning |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
