@@ -19,6 +19,7 @@ DEFAULT_REGISTRY = "var/registry"
 class ServiceConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store_url: str = DEFAULT_STORE  # sqlite:///path.db (embedded, WAL) or postgresql://user@host/db (replicas)
+    store_checkpoint_s: float = 1.0  # SQLite: WAL checkpoints on a background thread every N s (0: in the commit)
     registry: str = DEFAULT_REGISTRY  # model registry folder; a fresh one is seeded with the shipped model
     model_name: str = "global"  # registry name of the global model
     group_id: str = "stationcast"  # Kafka consumer group: replicas with the same id share the partitions

@@ -66,7 +66,7 @@ class Service:
             # spin-wait beside Kafka's I/O thread can slow inference a hundredfold on a busy machine.
             torch.set_num_threads(cfg.torch_threads)
         self.metrics = metrics or Metrics(cfg.max_station_labels)
-        self.store = Store.open(cfg.store_url)
+        self.store = Store.open(cfg.store_url, checkpoint_every_s=cfg.store_checkpoint_s)
         self.registry = Registry(cfg.registry)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards what the HTTP thread reads

@@ -237,3 +237,27 @@ def test_memory_url_and_validation() -> None:
         Store.open("mysql://x")
     with pytest.raises(ValueError, match="namespace"):
         Store.open("sqlite:///:memory:", namespace="Bad; DROP")
+
+
+def test_background_wal_checkpoints(tmp_path) -> None:
+    """With ``checkpoint_every_s`` the WAL is moved into the database file by the background thread (the
+    commit-time threshold is raised far above what these writes reach), and close() stops the thread."""
+    db = tmp_path / "bg.db"
+    store = Store.open(f"sqlite:///{db}", checkpoint_every_s=1.0)
+    n = 20_000
+    values = np.full((n, len(SENSORS)), np.nan)
+    values[:, :4] = np.random.default_rng(0).normal(size=(n, 4))
+    size0 = db.stat().st_size
+    store.add_readings(np.repeat([f"s{i}" for i in range(20)], n // 20), np.tile(np.arange(n // 20) * 3600, 20),
+                       values, SENSORS)
+    assert (tmp_path / "bg.db-wal").stat().st_size > 1_000_000  # the batch sits in the WAL after its commit,
+    assert db.stat().st_size < size0 + 1_000_000  # not checkpointed by the commit itself
+    deadline = time.monotonic() + 10
+    while db.stat().st_size <= size0 + 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.stat().st_size > size0 + 1_000_000, "no background checkpoint wrote the pages back"
+    thread = store._checkpointer
+    store.close()
+    assert not thread.is_alive()
+    with Store.open(f"sqlite:///{db}") as again:
+        assert again.count("readings") == n
