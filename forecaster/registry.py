@@ -104,18 +104,24 @@ class Registry:
             self._event(index, "register", version, note)
         return self.info(name, version)
 
-    def info(self, name: str, version: int) -> VersionInfo:
-        v = self._read(name)["versions"].get(str(version))
+    @staticmethod
+    def _info(index: dict, name: str, version: int) -> VersionInfo:
+        """A version's entry of an index already read (one file read serves a whole listing)."""
+        v = index["versions"].get(str(version))
         if v is None:
             raise RegistryError(f"{name} has no version {version}")
         return VersionInfo(name, version, v["status"], v["created_at"], v["metrics"], v.get("note", ""))
 
+    def info(self, name: str, version: int) -> VersionInfo:
+        return self._info(self._read(name), name, version)
+
     def versions(self, name: str) -> list[VersionInfo]:
-        return [self.info(name, int(v)) for v in sorted(self._read(name)["versions"], key=int)]
+        index = self._read(name)
+        return [self._info(index, name, int(v)) for v in sorted(index["versions"], key=int)]
 
     def champion(self, name: str) -> VersionInfo | None:
-        v = self._read(name)["champion"]
-        return None if v is None else self.info(name, v)
+        index = self._read(name)
+        return None if index["champion"] is None else self._info(index, name, index["champion"])
 
     def station_champions(self) -> dict[str, VersionInfo]:
         """Stations served by a fine-tuned model of their own: station id -> that model's champion.
@@ -125,12 +131,8 @@ class Registry:
             if not name.startswith(STATION_PREFIX):
                 continue
             index = self._read(name)
-            version = index["champion"]
-            station = index.get("station")
-            if version is None or station is None:
-                continue
-            v = index["versions"][str(version)]
-            out[station] = VersionInfo(name, version, v["status"], v["created_at"], v["metrics"], v.get("note", ""))
+            if index["champion"] is not None and index.get("station") is not None:
+                out[index["station"]] = self._info(index, name, index["champion"])
         return out
 
     def path(self, name: str, version: int) -> Path:

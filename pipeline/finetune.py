@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
@@ -32,11 +31,20 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from forecaster.artifact import load_artifact
-from forecaster.registry import Registry, RegistryError, VersionInfo, station_model_name
+from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
-from pipeline.retrain import DAY, Outcome, _ranges, beats, holdout_mae, load_series
+from pipeline.retrain import (
+    DAY,
+    Outcome,
+    _ranges,
+    beats,
+    holdout_mae,
+    load_series,
+    record_holdout,
+    register_challenger,
+    reject_failed,
+)
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
@@ -78,7 +86,7 @@ def eligible_stations(store: Store, registry: Registry, min_history_days: float,
     for station, last_ts in zip(spans["station"].tolist(), spans["last_ts"].tolist(), strict=True):
         name = station_model_name(station)
         versions = registry.versions(name) if name in names else []
-        retry = bool(versions) and registry.champion(name) is None and \
+        retry = bool(versions) and all(v.status != "champion" for v in versions) and \
             last_ts - _last_attempt_ts(versions) >= retry_days * DAY
         if not versions or retry:
             out.append(station)
@@ -115,11 +123,7 @@ def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> O
     except Exception as exc:  # noqa: BLE001 - a failure must leave the station on the global model and be reported
         out.outcome, out.reason = "failed", f"{type(exc).__name__}: {exc}"
         log.error("fine-tuning %s failed, it stays on %s: %s", station, out.champion or s.base, out.reason)
-        if out.challenger is not None:
-            try:
-                registry.reject(name, int(out.challenger.rpartition("@v")[2]), note=f"failed: {out.reason}")
-            except RegistryError as exc2:
-                log.error("could not mark %s rejected: %s", out.challenger, exc2)
+        reject_failed(registry, name, out)
     out.seconds = round(time.perf_counter() - started, 3)
     return out
 
@@ -146,22 +150,12 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
                             device="cpu", progress=s.progress)
     trained = finetune(base, card, series[0], ranges, train_cfg, freeze_frontend=s.freeze_frontend,
                        label=f"{name} from {info.tag}", parent=info.tag)
-    tuned_mae = float(trained.test["mae"])
-    out.challenger_mae = tuned_mae
-    out.holdout_samples = int(trained.test["samples"])
-    out.train_span = trained.card.training_span
-    out.holdout_span = (str(holdout_start), str(series[0].times[-1]))
+    tuned_mae = record_holdout(out, trained, holdout_start, series[0].times[-1])
     base_mae = holdout_mae(base, card, series, [ranges])  # the global model on the same holdout windows
     out.champion_mae = base_mae
-    if not math.isfinite(tuned_mae):
-        raise FloatingPointError(f"fine-tuned holdout MAE is {tuned_mae}")
-    trained.card.metrics |= {"holdout_mae": tuned_mae, "base_holdout_mae": base_mae,
-                             "holdout_samples": out.holdout_samples, "holdout_span": list(out.holdout_span)}
     note = (f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}; holdout MAE "
             f"{tuned_mae:.4f} vs {info.tag} {base_mae:.4f} (margin {s.margin:+.1%})")
-    new = registry.register(name, trained.model, trained.card, note=note)
-    out.challenger = new.tag
-    load_artifact(registry.path(name, new.version))  # what was written must load back
+    new = register_challenger(registry, name, trained, out, {"base_holdout_mae": base_mae}, note)
     current = registry.champion(name)
     if current is not None:  # a station model already serves: the new one must beat it too
         cur_model, cur_card, _ = registry.load(name)

@@ -130,6 +130,38 @@ def holdout_mae(model, card, series: list[StationSeries], ranges: list) -> float
     return float(evaluate(model, test, card.normalizer, card.data.target, card.data.horizons)["mae"])
 
 
+def record_holdout(out: Outcome, trained, holdout_start: pd.Timestamp, last: pd.Timestamp) -> float:
+    """Copy a trained challenger's holdout score and spans into the outcome; its holdout MAE."""
+    out.challenger_mae = float(trained.test["mae"])
+    out.holdout_samples = int(trained.test["samples"])
+    out.train_span = trained.card.training_span
+    out.holdout_span = (str(holdout_start), str(last))
+    return out.challenger_mae
+
+
+def register_challenger(registry: Registry, name: str, trained, out: Outcome, reference: dict, note: str):
+    """Register a scored challenger (its holdout numbers and ``reference`` MAEs in the card) as a candidate and
+    check that what was written loads back; a NaN score is refused before anything is written."""
+    if not math.isfinite(out.challenger_mae):
+        raise FloatingPointError(f"challenger holdout MAE is {out.challenger_mae}")
+    trained.card.metrics |= {"holdout_mae": out.challenger_mae, **reference, "holdout_samples": out.holdout_samples,
+                             "holdout_span": list(out.holdout_span)}
+    new = registry.register(name, trained.model, trained.card, note=note)
+    out.challenger = new.tag
+    load_artifact(registry.path(name, new.version))
+    return new
+
+
+def reject_failed(registry: Registry, name: str, out: Outcome) -> None:
+    """A challenger registered before the run failed must never stay a candidate."""
+    if out.challenger is None:
+        return
+    try:
+        registry.reject(name, int(out.challenger.rpartition("@v")[2]), note=f"failed: {out.reason}")
+    except Exception as exc:  # noqa: BLE001 - reporting the first failure matters more
+        log.error("could not mark %s rejected: %s", out.challenger, exc)
+
+
 def _ranges(series: StationSeries, holdout_start: pd.Timestamp, val_fraction: float) -> tuple[slice, slice, slice]:
     n = len(series.frame)
     hold = int(np.searchsorted(series.times.to_numpy(), holdout_start.to_datetime64()))
@@ -150,11 +182,7 @@ def retrain(s: RetrainSettings) -> Outcome:
         out.outcome = "failed"
         out.reason = f"{type(exc).__name__}: {exc}"
         log.error("retraining failed, champion %s unchanged: %s", out.champion, out.reason)
-        if out.challenger is not None:  # registered but unusable: never leave it as a candidate
-            try:
-                registry.reject(s.name, int(out.challenger.rpartition("@v")[2]), note=f"failed: {out.reason}")
-            except Exception as exc2:  # noqa: BLE001
-                log.error("could not mark %s rejected: %s", out.challenger, exc2)
+        reject_failed(registry, s.name, out)
     out.seconds = round(time.perf_counter() - started, 3)
     return out
 
@@ -192,23 +220,12 @@ def _run(s: RetrainSettings, registry: Registry, out: Outcome) -> None:
     # normalizer=None: re-fit on the training rows of the window (make_splits inside fit).
     trained = fit(series, card.data, card.model, train_cfg, label=f"challenger of {info.tag}", ranges=ranges,
                   model=start_model, parent=None if s.from_scratch else info.tag)
-    challenger_mae = float(trained.test["mae"])
-    out.challenger_mae = challenger_mae
-    out.holdout_samples = int(trained.test["samples"])
-    out.train_span = trained.card.training_span
-    times = [x.times for x in series]
-    out.holdout_span = (str(holdout_start), str(max(t[-1] for t in times)))
+    challenger_mae = record_holdout(out, trained, holdout_start, max(x.times[-1] for x in series))
     champion_mae = holdout_mae(champion, card, series, ranges)  # exactly the same holdout windows
     out.champion_mae = champion_mae
-    if not math.isfinite(challenger_mae):
-        raise FloatingPointError(f"challenger holdout MAE is {challenger_mae}")
-    trained.card.metrics |= {"holdout_mae": challenger_mae, "champion_holdout_mae": champion_mae,
-                             "holdout_samples": out.holdout_samples, "holdout_span": list(out.holdout_span)}
     note = (f"retrained on {out.train_span[0]} .. {out.train_span[1]}; holdout MAE {challenger_mae:.4f} "
             f"vs champion {info.tag} {champion_mae:.4f} (margin {s.margin:+.1%})")
-    new = registry.register(s.name, trained.model, trained.card, note=note)
-    out.challenger = new.tag
-    load_artifact(registry.path(s.name, new.version))  # what was written must load back
+    new = register_challenger(registry, s.name, trained, out, {"champion_holdout_mae": champion_mae}, note)
     if not beats(challenger_mae, champion_mae, s.margin):
         registry.reject(s.name, new.version, note=f"rejected: {note}")
         out.outcome, out.reason = "rejected", f"challenger did not beat the champion by {s.margin:.1%}"
