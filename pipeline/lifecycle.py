@@ -47,16 +47,16 @@ class Lifecycle:
     def __init__(self, service: Service):
         self.service = service
         cfg = service.cfg
-        self.rollback_margin = float(getattr(cfg, "rollback_margin", 0.1))
-        self.rollback_min_errors = int(getattr(cfg, "rollback_min_errors", 0))
+        self.rollback_margin = float(cfg.rollback_margin)
+        self.rollback_min_errors = int(cfg.rollback_min_errors)
         self._swap_requested = threading.Event()
         self._version = service.model_info.version
         self._tag = service.model_info.tag
         self.probation: Probation | None = None
         self.decisions: list[dict] = []  # what the lifecycle decided, newest last (tests and status read it)
         self.scheduler = None
-        if getattr(cfg, "retrain_interval_s", 0) or getattr(cfg, "retrain_cron", None) or \
-                getattr(cfg, "drift_check_s", 0) or getattr(cfg, "finetune_interval_s", 0):
+        if cfg.retrain_interval_s or cfg.retrain_cron or \
+                cfg.drift_check_s or cfg.finetune_interval_s:
             from pipeline.scheduler import LifecycleScheduler
 
             self.scheduler = LifecycleScheduler(service, self)

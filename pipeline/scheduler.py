@@ -58,7 +58,7 @@ Runner = Callable[[list[str], float], tuple[int, str, str]]
 
 def state_path(cfg) -> Path:
     """Where the schedule state lives: next to a SQLite store, else in the registry folder."""
-    explicit = getattr(cfg, "schedule_state_path", None)
+    explicit = cfg.schedule_state_path
     if explicit:
         return Path(explicit)
     url = cfg.store_url
@@ -138,7 +138,7 @@ class LifecycleScheduler:
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._in_flight = 0
-        grace = int(getattr(self.cfg, "retrain_misfire_grace_s", 3600))
+        grace = int(self.cfg.retrain_misfire_grace_s)
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": grace,
         })
@@ -162,7 +162,7 @@ class LifecycleScheduler:
                                    next_run_time=when)
             self.next_retrain.set(when.timestamp())
             log.info("retraining scheduled (%s), next run %s", trigger, when.isoformat(timespec="seconds"))
-        finetune_s = float(getattr(self.cfg, "finetune_interval_s", 0) or 0)
+        finetune_s = float(self.cfg.finetune_interval_s)
         if finetune_s > 0:
             trigger = IntervalTrigger(seconds=finetune_s)
             when = first_run_time(trigger, self.state.last_run("finetune"), now)
@@ -170,7 +170,7 @@ class LifecycleScheduler:
                                    next_run_time=when)
             log.info("station fine-tuning scheduled every %.0f s, next run %s", finetune_s,
                      when.isoformat(timespec="seconds"))
-        drift_s = float(getattr(self.cfg, "drift_check_s", 0) or 0)
+        drift_s = float(self.cfg.drift_check_s)
         if drift_s > 0:
             self.scheduler.add_job(self._tracked(self.drift_checks), IntervalTrigger(seconds=drift_s), id="drift",
                                    name="drift")
@@ -207,10 +207,10 @@ class LifecycleScheduler:
         return run
 
     def _retrain_trigger(self):
-        cron = getattr(self.cfg, "retrain_cron", None)
+        cron = self.cfg.retrain_cron
         if cron:
             return CronTrigger.from_crontab(cron, timezone=UTC)
-        interval = float(getattr(self.cfg, "retrain_interval_s", 0) or 0)
+        interval = float(self.cfg.retrain_interval_s)
         return IntervalTrigger(seconds=interval) if interval > 0 else None
 
     def job(self, job_id: str):
@@ -233,8 +233,8 @@ class LifecycleScheduler:
             sys.executable, "-m", "pipeline.retrain", "--store-url", c.store_url, "--registry", c.registry,
             "--name", c.model_name, "--history-days", str(c.retrain_history_days),
             "--holdout-days", str(c.retrain_holdout_days), "--margin", str(c.promote_margin),
-            "--epochs", str(getattr(c, "retrain_epochs", 3)), "--torch-threads", "1", "--no-progress",
-            "--nice", str(getattr(c, "training_nice", 10)),
+            "--epochs", str(c.retrain_epochs), "--torch-threads", "1", "--no-progress",
+            "--nice", str(c.training_nice),
         ]
 
     def run_retrain(self) -> Outcome | None:
@@ -251,7 +251,7 @@ class LifecycleScheduler:
         cmd = self.command()
         log.info("retraining: %s", " ".join(cmd))
         try:
-            rc, out, err = self.runner(cmd, float(getattr(self.cfg, "retrain_timeout_s", 3600)))
+            rc, out, err = self.runner(cmd, float(self.cfg.retrain_timeout_s))
             lines = [ln for ln in out.splitlines() if ln.strip().startswith("{")]
             if lines:
                 outcome = Outcome.from_json(lines[-1])
@@ -290,7 +290,7 @@ class LifecycleScheduler:
             "--history-days", str(c.finetune_history_days), "--holdout-days", str(c.finetune_holdout_days),
             "--margin", str(c.finetune_margin), "--retry-days", str(c.finetune_retry_days),
             "--epochs", str(c.finetune_epochs), "--max-stations", str(c.finetune_max_stations),
-            "--torch-threads", "1", "--no-progress", "--nice", str(getattr(c, "training_nice", 10)),
+            "--torch-threads", "1", "--no-progress", "--nice", str(c.training_nice),
         ]
         for station in stations:
             cmd += ["--station", station]
@@ -330,7 +330,7 @@ class LifecycleScheduler:
         log.info("fine-tuning: %s", " ".join(cmd))
         t0 = time.perf_counter()
         try:
-            rc, out, err = self.runner(cmd, float(getattr(self.cfg, "finetune_timeout_s", 3600)))
+            rc, out, err = self.runner(cmd, float(self.cfg.finetune_timeout_s))
             outcomes = [Outcome.from_json(ln) for ln in out.splitlines() if ln.strip().startswith("{")]
             if rc != 0 and not outcomes:
                 outcomes = [Outcome("failed", reason=f"fine-tuning exited {rc} without an outcome: {err[-500:]}",
@@ -369,9 +369,9 @@ class LifecycleScheduler:
         """Stations whose rolling MAE has fallen behind persistence (or behind their own model's holdout MAE)
         for ``drift_for_s``; they are queued for fine-tuning."""
         s, c = self.service, self.cfg
-        min_errors = int(getattr(c, "drift_station_min_errors", 200))
-        tolerance = float(getattr(c, "drift_tolerance", 0.25))
-        hold = float(getattr(c, "drift_for_s", 3600))
+        min_errors = int(c.drift_station_min_errors)
+        tolerance = float(c.drift_tolerance)
+        hold = float(c.drift_for_s)
         now = time.monotonic()
         skill = s.skill
         due = []
@@ -400,8 +400,8 @@ class LifecycleScheduler:
         s, c = self.service, self.cfg
         live, pers = s.skill.fleet_model, s.skill.fleet_persistence  # plain float reads
         reference = (s.card.metrics or {}).get("val_mae")
-        tolerance = float(getattr(c, "drift_tolerance", 0.25))
-        min_errors = int(getattr(c, "drift_min_errors", 500))
+        tolerance = float(c.drift_tolerance)
+        min_errors = int(c.drift_min_errors)
         if not math.isfinite(live) or s.skill.count < min_errors:
             return False
         worse_than_card = reference is not None and live > float(reference) * (1 + tolerance)
@@ -413,7 +413,7 @@ class LifecycleScheduler:
             self._drift_since = None
             return False
         self._drift_since = self._drift_since or now
-        if now - self._drift_since < float(getattr(c, "drift_for_s", 3600)):
+        if now - self._drift_since < float(c.drift_for_s):
             return False
         self._drift_since = None
         reason = (f"live MAE {live:.3f} vs card val MAE {_fmt(reference)} (+{tolerance:.0%}) "
