@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from forecaster.models import is_trainable
@@ -32,6 +33,10 @@ class TrainConfig:
     val_steps: int | None = None  # None: the whole validation split
     patience: int = 4  # epochs without validation improvement before stopping
     grad_clip: float | None = 1.0
+    schedule: str = "constant"  # constant | cosine (linear warm-up, then cosine decay to 0 over all epochs)
+    warmup: float = 0.02  # fraction of the cosine schedule's steps spent warming up
+    ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept instead
+    input_noise: float = 0.0  # std of Gaussian noise added to the normalized inputs while training
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
@@ -105,6 +110,22 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use rmsprop or adam")
 
 
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate factor; cosine lets long schedules settle instead of bouncing at a fixed rate."""
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: use constant or cosine")
+    warm = max(1, int(cfg.warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def train(
     model: nn.Module, train_w: Windows, val_w: Windows, cfg: TrainConfig = TrainConfig(), label: str = "train"
 ) -> TrainResult:
@@ -120,8 +141,11 @@ def train(
         return result
 
     opt = _optimizer(model, cfg)
-    best_state = copy.deepcopy(model.state_dict())
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
+    scored = ema.module if ema is not None else model  # the weights validated and kept
+    best_state = copy.deepcopy(scored.state_dict())
     n_batches = train_w.n_batches(cfg.batch_size, cfg.steps_per_epoch)
+    sched = _scheduler(opt, cfg, n_batches * cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -132,6 +156,8 @@ def train(
             leave=False, dynamic_ncols=True,
         )
         for x, y in bar:
+            if cfg.input_noise:
+                x = x + cfg.input_noise * torch.randn_like(x)
             with _autocast(device):
                 pred = model(x)
             loss = forecast_loss(pred.float(), y, quantiles)
@@ -142,20 +168,23 @@ def train(
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             running += float(loss.detach()) * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - start
-        val_loss = evaluate_loss(model, val_w, cfg.batch_size * 4, cfg.val_steps)
+        val_loss = evaluate_loss(scored, val_w, cfg.batch_size * 4, cfg.val_steps)
         result.history.append(
             {"epoch": epoch, "train_loss": running / max(seen, 1), "val_loss": val_loss, "seconds": train_seconds}
         )
         improved = val_loss < result.best_val_loss
         if improved:
             result.best_val_loss, result.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         if cfg.progress:
             tqdm.write(
                 f"{label} epoch {epoch:>3}: train {running / max(seen, 1):.4f}  val {val_loss:.4f}"

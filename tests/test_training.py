@@ -59,3 +59,38 @@ def test_finetune_freezes_frontend_and_refits_normalization(jena, noaa_denver):
     assert ft.card.normalizer != base.card.normalizer
     assert ft.test["samples"] > 10_000 and "band_coverage" in ft.test
     assert ft.model is not base.model and replace(ft.card.data) == base.card.data
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from torch import nn, optim
+
+    from forecaster.train import _scheduler
+
+    opt = optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    sched = _scheduler(opt, TrainConfig(schedule="cosine", warmup=0.1), total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    peak = lrs.index(max(lrs))
+    assert peak == 9 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
+    assert lrs[-1] < 1e-3
+    with pytest.raises(ValueError, match="unknown schedule"):
+        _scheduler(opt, TrainConfig(schedule="step"), 10)
+
+
+def test_weight_average_is_what_is_validated_and_kept(jena):
+    from forecaster.dataset import make_splits
+    from forecaster.models import build_model
+    from forecaster.train import evaluate_loss, train
+
+    data = DataConfig(lookback=48, horizons=(6,))
+    splits = make_splits([jena], data)
+    model = build_model(model_config(data, "gru", gru_hidden=8))
+    cfg = TrainConfig(optimizer="adam", lr=0.01, epochs=2, steps_per_epoch=20, val_steps=4, ema=0.9,
+                      input_noise=0.1, progress=False)
+    result = train(model, splits.train, splits.val, cfg)
+    kept = evaluate_loss(model, splits.val, cfg.batch_size * 4, cfg.val_steps)
+    assert kept == pytest.approx(result.best_val_loss, rel=1e-5)
