@@ -37,6 +37,7 @@ class TrainConfig:
     warmup: float = 0.02  # fraction of the cosine schedule's steps spent warming up
     ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept instead
     input_noise: float = 0.0  # std of Gaussian noise added to the normalized inputs while training
+    restore_best: bool = True  # False: no early stopping, keep the last weights (a refit whose validation is seen)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
@@ -190,8 +191,8 @@ def train(
                 f"{label} epoch {epoch:>3}: train {running / max(seen, 1):.4f}  val {val_loss:.4f}"
                 f"  {train_seconds:.1f}s{'  *' if improved else ''}"
             )
-        if epoch - result.best_epoch >= cfg.patience:
+        if cfg.restore_best and epoch - result.best_epoch >= cfg.patience:
             result.stopped_early = True
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state if cfg.restore_best else scored.state_dict())
     return result

@@ -94,3 +94,19 @@ def test_weight_average_is_what_is_validated_and_kept(jena):
     result = train(model, splits.train, splits.val, cfg)
     kept = evaluate_loss(model, splits.val, cfg.batch_size * 4, cfg.val_steps)
     assert kept == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_refit_mode_runs_every_epoch_and_keeps_the_last_weights(jena):
+    from forecaster.dataset import make_splits
+    from forecaster.models import build_model
+    from forecaster.train import evaluate_loss, train
+
+    data = DataConfig(lookback=48, horizons=(6,))
+    splits = make_splits([jena], data)
+    model = build_model(model_config(data, "gru", gru_hidden=8))
+    cfg = TrainConfig(lr=0.05, epochs=4, patience=1, steps_per_epoch=10, val_steps=4, restore_best=False,
+                      progress=False)
+    result = train(model, splits.train, splits.val, cfg)
+    assert len(result.history) == 4 and not result.stopped_early
+    last = evaluate_loss(model, splits.val, cfg.batch_size * 4, cfg.val_steps)
+    assert last == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
