@@ -15,7 +15,7 @@ from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
 from forecaster.evaluate import Predictions, predict_windows, score
 from forecaster.models import ModelConfig, build_model, n_parameters
 from forecaster.plots import forecast_vs_actual, learning_curve, slug
-from forecaster.train import TrainConfig, TrainResult, train
+from forecaster.train import TrainConfig, TrainResult, seed_everything, train
 from forecaster.windows import Normalizer
 
 
@@ -61,7 +61,9 @@ def fit(
             f"it needs at least {arch.min_input_length()}"
         )
     splits = make_splits(series, data, normalizer, ranges)
-    model = model if model is not None else build_model(arch)
+    if model is None:
+        seed_everything(train_cfg.seed)  # the initial weights too, not only the batch order, follow the seed
+        model = build_model(arch)
     result = train(model, splits.train, splits.val, train_cfg, label=label)
     val_p = predict_windows(model, splits.val, splits.normalizer, data.target)
     test_p = predict_windows(model, splits.test, splits.normalizer, data.target)

@@ -110,3 +110,18 @@ def test_refit_mode_runs_every_epoch_and_keeps_the_last_weights(jena):
     assert len(result.history) == 4 and not result.stopped_early
     last = evaluate_loss(model, splits.val, cfg.batch_size * 4, cfg.val_steps)
     assert last == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+
+
+def test_same_seed_same_model_whatever_ran_before(jena):
+    """Initial weights follow the seed too: a second fit in the same process reproduces the first."""
+    import torch
+
+    data = DataConfig(lookback=48, horizons=(6,))
+    arch = model_config(data, "conv_gru", conv=(ConvLayer(8, 3, 2),), gru_hidden=8)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=5, val_steps=2, progress=False)
+    first = fit([jena], data, arch, cfg, label="a")
+    torch.rand(1000)  # whatever else used the global generator in between
+    second = fit([jena], data, arch, cfg, label="b")
+    assert first.result.history[0]["val_loss"] == second.result.history[0]["val_loss"]
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
