@@ -34,6 +34,7 @@ lint: install  ## ruff
 
 bench: install  ## all benchmarks, results written to docs/ (long: tens of minutes on CPU)
 	$(BIN)/python -m bench.seed_table
+	$(BIN)/python -m bench.accuracy_floor
 	$(BIN)/python -m bench.long_sequence
 	$(BIN)/python -m bench.transfer
 	$(BIN)/python -m bench.ingest

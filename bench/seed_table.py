@@ -1,8 +1,9 @@
 """The book's table on Jena hourly: persistence, Conv1D (6.47), GRU, Conv1D+GRU (6.49) and our best.
 
 Chollet's split (first 200,000/420,551 of the rows train, next 100,000/420,551 validate, the rest
-test), 10-day lookback, temperature 24 h ahead. Writes docs/seed_table.md, PNG figures in
-docs/figures/ and the best model into the registry given by --registry (default: runs/registry).
+test), 10-day lookback, temperature 24 h ahead. The last row averages the forecasts of the regularized
+Conv1D+GRU and best rows. Writes docs/seed_table.md, PNG figures in docs/figures/ and the best single
+model into the registry given by --registry (default: runs/registry).
 
     python -m bench.seed_table            # full run (about 20 min on 2 CPU cores)
     python -m bench.seed_table --quick    # 2 epochs each, to check the plumbing
@@ -13,10 +14,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from bench.common import DOCS, ROOT, markdown_table, shared_file, write_results
+import numpy as np
+
+from bench.common import DOCS, ROOT, machine, markdown_table, shared_file, write_results
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
+from forecaster.evaluate import Predictions, predict_windows
 from forecaster.experiment import fit, model_config
 from forecaster.models import ConvLayer
 from forecaster.registry import GLOBAL, Registry
@@ -24,6 +28,9 @@ from forecaster.train import TrainConfig
 
 BOOK = DataConfig(lookback=240, horizons=(24,))  # 10 days of hourly rows, 24 h ahead
 BEST = replace(BOOK, time_features=True)
+REGULARIZED = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.05, batch_size=128, epochs=12, patience=4,
+                          ema=0.998)
+ENSEMBLE = ("Conv1D+GRU, regularized", "best")  # rows whose forecasts the ensemble row averages
 
 
 def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
@@ -40,21 +47,43 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
             book_train,
         ),
         (
-            # Selected on validation by bench/tune.py (docs/tuning.md): the book's inputs, regularized.
-            "Conv1D+GRU, regularized (pool 2, dropout 0.3, residual)", BOOK,
+            # Selected on validation by bench/accuracy_floor.py (docs/accuracy_floor.md): the book's inputs,
+            # regularized; full passes, weights averaged (EMA) and decayed.
+            "Conv1D+GRU, regularized (pool 2, dropout 0.3, residual, EMA, wd 0.05)", BOOK,
             {"kind": "conv_gru", "conv": (ConvLayer(32, 5, 2), ConvLayer(32, 5, 1)), "gru_hidden": 32,
              "dropout": 0.3, "residual": True},
-            TrainConfig(optimizer="adam", lr=3e-4, weight_decay=1e-3, batch_size=128, epochs=30, steps_per_epoch=150,
-                        patience=4),
+            REGULARIZED,
         ),
         (
-            "best: Conv1D+GRU(64), time features, residual", BEST,
+            "best: Conv1D+GRU(64), time features, residual, EMA, wd 0.05", BEST,
             {"kind": "conv_gru", "conv": (ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)), "gru_hidden": 64,
              "dropout": 0.2, "residual": True},
-            TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=30, steps_per_epoch=150,
-                        patience=4),
+            REGULARIZED,
         ),
     ]
+
+
+def ensemble_mae(parts: list[Predictions]) -> float:
+    """MAE of the mean point forecast of several models over the same windows."""
+    for p in parts[1:]:
+        if not np.array_equal(p.origins, parts[0].origins):
+            raise ValueError("ensemble members were scored on different windows")
+    point = np.mean([p.point for p in parts], axis=0)
+    return float(np.abs(point - parts[0].actual).mean())
+
+
+def verdicts(results: dict[str, dict]) -> str:
+    """The two targets, judged on the rows' test MAE; the best configuration is picked on validation."""
+    lines = ["| target | row | test MAE °C | verdict |", "|---|---|---|---|"]
+    cg = next((k for k in results if k.startswith("Conv1D+GRU, regularized")), None)
+    candidates = [k for k in results if k.startswith("best")]
+    best = min(candidates, key=lambda k: results[k]["val_mae"]) if candidates else None
+    for target, row, limit in (("Conv1D+GRU at most 2.30 °C test", cg, 2.30),
+                               ("best configuration at most 2.25 °C test", best, 2.25)):
+        if row is not None:
+            mae = results[row]["test_mae"]
+            lines.append(f"| {target} | {row} | {mae:.3f} | **{'met' if mae <= limit else 'not met'}** |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -68,7 +97,7 @@ def main() -> None:
     series = clean_station(load_records(path))
     data_hash = file_sha256(path)
     figures = DOCS / "figures"
-    rows, results, scores = [], {}, {}
+    rows, results, forecasts = [], {}, {}
     best = None
     for label, data, arch, train_cfg in configurations():
         if args.only and not any(label.startswith(o) for o in args.only):
@@ -83,23 +112,35 @@ def main() -> None:
         results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"], "val_persistence": pers_val,
                           "test_persistence": pers_test, "seconds_per_epoch": t.result.seconds_per_epoch,
                           "parameters": t.n_parameters, "history": t.result.history}
-        scores[label] = t.test
+        val_p = predict_windows(t.model, t.splits.val, t.splits.normalizer, data.target)
+        forecasts[label] = (val_p, t.test_predictions)
         if label.startswith("best"):
             best = t
         print(f"{label}: val {t.val['mae']:.3f}  test {t.test['mae']:.3f} °C", flush=True)
 
+    members = [label for label in forecasts if label.startswith(ENSEMBLE)]
+    if len(members) == len(ENSEMBLE):
+        ens = {split: ensemble_mae([forecasts[m][i] for m in members]) for i, split in enumerate(("val", "test"))}
+        label = "best ensemble: mean of the two rows above"
+        rows.append([label, ens["val"], ens["test"], ens["test"] / pers_test, "-",
+                     sum(results[m]["parameters"] for m in members), "-"])
+        results[label] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": members}
+
     body = markdown_table(
         ["model", "val MAE °C", "test MAE °C", "test / persistence", "s / epoch", "parameters", "best epoch"], rows
     )
-    body += (
-        "\n\nTargets: Conv1D+GRU at most 2.30 °C test, best configuration at most 2.25 °C test. "
-        "Persistence reference: 2.46 °C validation, 2.59 °C test; the book's best model reaches 2.45 °C test. "
-        "The regularized and best rows use the recipes bench/tune.py selected on validation (docs/tuning.md); the "
-        "book rows train full passes with RMSprop as in the book. No GPU was available to this run."
-        " The s / epoch column is per epoch as trained: a full pass (259 batches of 128) for the book rows, 150"
-        " batches for the regularized and best rows (up to 30 epochs, early-stopped on validation, patience 4).\n\n"
+    body += "\n\n" + verdicts(results) + (
+        "\n\nPersistence reference: 2.46 °C validation, 2.59 °C test; the book's best model reaches 2.45 °C test. "
+        "The book rows train with RMSprop 1e-3 as in the book; the regularized and best rows use the recipe "
+        "bench/accuracy_floor.py selected on validation (docs/accuracy_floor.md: AdamW 1e-3, weight decay 0.05, "
+        "the exponential moving average of the weights validated and kept). Every trained row runs full passes "
+        "(259 batches of 128), early-stopped on validation (patience 4), best weights restored; s / epoch is the "
+        "training time of one pass. The ensemble row averages the two rows' 24 h forecasts; \"our best "
+        "configuration\" is whichever of the best and ensemble rows has the lower validation MAE. "
+        f"Machine: {machine()}.\n\n"
         "Figures: `docs/figures/*_learning_curve.png` (training vs validation MAE per epoch) and "
-        "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts).\n"
+        "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts). Why the targets are out of reach "
+        "of these data: docs/accuracy_floor.md.\n"
     )
     if args.quick:
         body = "**Quick plumbing run (2 short epochs per model): not a result.**\n\n" + body
