@@ -217,7 +217,8 @@ def run_all(plan: list[Trial], quick: bool, workers: int) -> tuple[dict[str, dic
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     with ProcessPoolExecutor(workers) as pool:
-        futures = {t.name: pool.submit(run_trial, t, quick) for t in plan}
+        longest_first = sorted(plan, key=lambda t: -t.train.epochs * (4 if t.arch["kind"] == "gru" else 1))
+        futures = {t.name: pool.submit(run_trial, t, quick) for t in longest_first}
         for i, (name, fut) in enumerate(futures.items(), 1):
             results[name] = fut.result()
             r = results[name]
