@@ -119,6 +119,11 @@ def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) or L2 (RMSprop) weight decay")
+    p.add_argument("--ema", type=float, help="validate and keep an exponential moving average of the weights "
+                   "with this decay (e.g. 0.998)")
+    p.add_argument("--input-noise", type=float, default=0.0, help="std of Gaussian noise on the normalized inputs")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant", help="learning-rate schedule")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: a full pass)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -131,6 +136,7 @@ def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
 def _train_cfg(args) -> TrainConfig:
     return TrainConfig(
         optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, patience=args.patience,
+        weight_decay=args.weight_decay, ema=args.ema, input_noise=args.input_noise, schedule=args.schedule,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, device=args.device, seed=args.seed,
     )
 
