@@ -77,15 +77,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Each child in its own session: Ctrl-C then reaches this script alone, whose trap stops both. Sharing the
-# terminal's signal, Prometheus could exit first and be reported as a crash instead of an interrupt.
-DETACH=()
-command -v setsid >/dev/null 2>&1 && DETACH=(setsid)
 echo "+ ${STATIONCAST[*]} run --keep-serving --http-port $PORT $*   (log: $VAR/log/stationcast.log)"
-"${DETACH[@]}" "${STATIONCAST[@]}" run --keep-serving --http-port "$PORT" "$@" >"$VAR/log/stationcast.log" 2>&1 &
+"${STATIONCAST[@]}" run --keep-serving --http-port "$PORT" "$@" >"$VAR/log/stationcast.log" 2>&1 &
 SVC_PID=$!
 echo "+ $PROMETHEUS --config.file=$CONFIG --storage.tsdb.path=$VAR/prometheus --web.listen-address=$PROM_LISTEN"
-"${DETACH[@]}" "$PROMETHEUS" --config.file="$CONFIG" --storage.tsdb.path="$VAR/prometheus" --web.listen-address="$PROM_LISTEN" \
+"$PROMETHEUS" --config.file="$CONFIG" --storage.tsdb.path="$VAR/prometheus" --web.listen-address="$PROM_LISTEN" \
   >"$VAR/log/prometheus.log" 2>&1 &
 PROM_PID=$!
 
