@@ -629,6 +629,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a runner started in the background (``cmd &``, nohup) hands its children SIGINT
+    ignored, and bash can neither trap nor reset a signal ignored on entry."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_deploy_local_runs_prometheus_on_the_service_and_stops_both_on_ctrl_c(tmp_path, dashboard_mod):
     """The script with a stand-in service (real exporter) and a real Prometheus: rules load, the target is
@@ -642,7 +648,7 @@ def test_deploy_local_runs_prometheus_on_the_service_and_stops_both_on_ctrl_c(tm
            "PROMETHEUS_LISTEN": prom, "STATIONCAST_VAR_DIR": str(tmp_path / "var"),
            "STATIONCAST_START_TIMEOUT": "60", "FAKE_PID_FILE": str(tmp_path / "fake.pid")}
     proc = subprocess.Popen([str(DEPLOY / "deploy-local.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=_default_sigint)
     out = []
     try:
         deadline = time.monotonic() + 90
