@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import numpy as np
-
 from bench.accuracy_floor import trials
 from bench.common import DOCS, ROOT, machine, markdown_table, shared_file, write_results
+from bench.tune import ensemble_mae
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
-from forecaster.evaluate import Predictions, predict_windows
 from forecaster.experiment import fit, model_config
 from forecaster.models import ConvLayer
 from forecaster.registry import GLOBAL, Registry
@@ -55,15 +53,6 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
     ] + [(label, study[name].data, study[name].arch, study[name].train) for label, name in STUDY_ROWS.items()]
 
 
-def ensemble_mae(parts: list[Predictions]) -> float:
-    """MAE of the mean point forecast of several models over the same windows."""
-    for p in parts[1:]:
-        if not np.array_equal(p.origins, parts[0].origins):
-            raise ValueError("ensemble members were scored on different windows")
-    point = np.mean([p.point for p in parts], axis=0)
-    return float(np.abs(point - parts[0].actual).mean())
-
-
 def verdicts(results: dict[str, dict]) -> str:
     """The two targets, judged on the rows' test MAE; the best configuration is picked on validation."""
     lines = ["| target | row | test MAE °C | verdict |", "|---|---|---|---|"]
@@ -89,7 +78,7 @@ def main() -> None:
     series = clean_station(load_records(path))
     data_hash = file_sha256(path)
     figures = DOCS / "figures"
-    rows, results, forecasts = [], {}, {}
+    rows, results, trained = [], {}, {}
     best = None
     for label, data, arch, train_cfg in configurations():
         if args.only and not any(label.startswith(o) for o in args.only):
@@ -104,17 +93,16 @@ def main() -> None:
         results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"], "val_persistence": pers_val,
                           "test_persistence": pers_test, "seconds_per_epoch": t.result.seconds_per_epoch,
                           "parameters": t.n_parameters, "history": t.result.history}
-        val_p = predict_windows(t.model, t.splits.val, t.splits.normalizer, data.target)
-        forecasts[label] = (val_p, t.test_predictions)
+        trained[label] = t
         if label in STUDY_ROWS and (best is None or t.val["mae"] < best.val["mae"]):
             best = t  # the best single model on validation goes into the registry
         print(f"{label}: val {t.val['mae']:.3f}  test {t.test['mae']:.3f} °C", flush=True)
 
-    members = [m for m in ENSEMBLE if m in forecasts]
+    members = [m for m in ENSEMBLE if m in trained]
     if len(members) == len(ENSEMBLE):
-        ens = {split: ensemble_mae([forecasts[m][i] for m in members]) for i, split in enumerate(("val", "test"))}
+        ens = {split: ensemble_mae([trained[m] for m in members], split) for split in ("val", "test")}
         label = ENSEMBLE_LABEL
-        rows.append([label, ens["val"], ens["test"], ens["test"] / pers_test, "-",
+        rows.append([label, ens["val"], ens["test"], ens["test"] / results[members[0]]["test_persistence"], "-",
                      sum(results[m]["parameters"] for m in members), "-"])
         results[label] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": members}
 

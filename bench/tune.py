@@ -29,7 +29,6 @@ from bench.transfer import NOAA, load_noaa  # noqa: E402
 from forecaster.clean import CHOLLET_FRACTIONS, StationSeries, clean_station, split_by_fraction  # noqa: E402
 from forecaster.data import file_sha256, load_records  # noqa: E402
 from forecaster.dataset import DataConfig, fit_normalizer, split_rows  # noqa: E402
-from forecaster.evaluate import predict_windows  # noqa: E402
 from forecaster.experiment import Trained, fit, model_config  # noqa: E402
 from forecaster.models import ConvLayer  # noqa: E402
 from forecaster.plots import learning_curve  # noqa: E402
@@ -133,15 +132,15 @@ def run_trial(trial: Trial, jena, noaa, data_hash: str, quick: bool) -> None:
 
 def column24(t: Trained, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point forecast, actual and persistence of the 24 h column for a split ('val' or 'test')."""
-    if split == "test":
-        p = t.test_predictions
-    else:
-        p = predict_windows(t.model, t.splits.val, t.splits.normalizer, t.card.data.target)
+    p = t.test_predictions if split == "test" else t.val_predictions
     i = list(t.card.data.horizons).index(HORIZON)
     return p.point[:, i], p.actual[:, i], p.persistence
 
 
 def ensemble_mae(members: list[Trained], split: str) -> float:
+    origins = [(t.test_predictions if split == "test" else t.val_predictions).origins for t in members]
+    if any(not np.array_equal(o, origins[0]) for o in origins[1:]):
+        raise ValueError("ensemble members were scored on different windows")
     cols = [column24(t, split) for t in members]
     point = np.mean([c[0] for c in cols], axis=0)
     return float(np.abs(point - cols[0][1]).mean())

@@ -28,6 +28,7 @@ class Trained:
     val: dict
     test: dict
     test_predictions: Predictions
+    val_predictions: Predictions
 
     @property
     def n_parameters(self) -> int:
@@ -98,7 +99,7 @@ def fit(
             f"{label}: test forecasts +{h} steps ({series[0].station})", quantiles=arch.quantiles,
             length=min(24 * 14, int((test_p.origins < len(series[0].frame)).sum())),
         )
-    return Trained(model, card, splits, result, val, test, test_p)
+    return Trained(model, card, splits, result, val, test, test_p, val_p)
 
 
 def with_horizons(data: DataConfig, horizons: Sequence[int]) -> DataConfig:
