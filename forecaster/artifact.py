@@ -2,12 +2,25 @@
 
 Loading never unpickles: the card is JSON, the weights are safetensors, and the model is rebuilt from
 the card's architecture. Anything that does not fit (checksum, keys, shapes) is refused by name.
+
+Two required checksums make a hand-edited or damaged artifact fail like any corrupt one:
+
+- ``weights_sha256``: SHA-256 (hex) of ``model.safetensors``.
+- ``card_sha256``: SHA-256 (hex) of every other field of ``card.json`` (``weights_sha256`` included), as
+  compact JSON with sorted keys: ``orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)`` over the parsed
+  object less ``card_sha256``. Whitespace and key order in the file do not matter; any value does.
+
+They catch edits and corruption, not a forger who recomputes them: they are not a signature. A card
+written before ``card_sha256`` existed is refused too; once its weights are checked against its
+``weights_sha256``, ``python -m forecaster.artifact DIR`` seals it (see :func:`seal_card`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,9 +36,11 @@ from forecaster.dataset import DataConfig
 from forecaster.models import ModelConfig, build_model
 from forecaster.windows import Normalizer
 
-CARD_FORMAT = 1
+CARD_FORMAT = 1  # card_sha256 is an added required field: cards stay readable by older releases
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
+CARD_CHECKSUM = "card_sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactError(ValueError):
@@ -88,6 +103,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def card_checksum(fields: dict) -> str:
+    """The ``card_sha256`` of a card's parsed JSON fields (any ``card_sha256`` among them is left out)."""
+    body = {k: v for k, v in fields.items() if k != CARD_CHECKSUM}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _card_bytes(fields: dict) -> bytes:
+    """The file content of a card: its fields, then its checksum over them."""
+    fields = orjson.loads(orjson.dumps(fields))  # as a reader will parse them (tuples -> lists, NaN -> null)
+    fields[CARD_CHECKSUM] = card_checksum(fields)
+    return orjson.dumps(fields, option=orjson.OPT_INDENT_2)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as fh:
@@ -106,17 +134,45 @@ def save_artifact(directory: str | Path, model: nn.Module, card: ModelCard) -> P
     save_file(tensors, str(tmp), metadata={"kind": card.model.kind})
     os.replace(tmp, directory / WEIGHTS)
     card.weights_sha256 = _sha256(directory / WEIGHTS)
-    _atomic_write(directory / CARD, orjson.dumps(card.to_dict(), option=orjson.OPT_INDENT_2))
+    _atomic_write(directory / CARD, _card_bytes(card.to_dict()))
     return directory
 
 
+def _card_fields(path: Path) -> dict:
+    """The card's parsed JSON object, refused unless it is one with a well-formed ``weights_sha256``."""
+    try:
+        fields = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: corrupt model card: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise ArtifactError(f"{path}: corrupt model card: not a JSON object")
+    if not (isinstance(fields.get("weights_sha256"), str) and _HEX64.fullmatch(fields["weights_sha256"])):
+        raise ArtifactError(f"{path}: corrupt model card: weights_sha256 is missing or not a SHA-256 hex digest")
+    return fields
+
+
 def read_card(directory: str | Path) -> ModelCard:
+    """The card of an artifact, verified against its ``card_sha256`` (the weights are checked on load)."""
     path = Path(directory) / CARD
     if not path.exists():
         raise ArtifactError(f"{directory}: no {CARD} (not a model artifact, or an interrupted save)")
+    fields = _card_fields(path)
+    stored = fields.get(CARD_CHECKSUM)
+    if stored is None:
+        raise ArtifactError(
+            f"{path}: no {CARD_CHECKSUM} (a card written before card checksums were required, or edited): "
+            f"retrain or re-register the model, or check it and seal it with `python -m forecaster.artifact "
+            f"{path.parent}`"
+        )
+    if stored != card_checksum(fields):
+        raise ArtifactError(f"{path}: {CARD_CHECKSUM} does not match the card's content (edited or corrupt card)")
+    return _parse_card(path, fields)
+
+
+def _parse_card(path: Path, fields: dict) -> ModelCard:
     try:
-        return ModelCard.from_dict(orjson.loads(path.read_bytes()))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return ModelCard.from_dict(fields)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: corrupt model card: {exc}") from exc
 
 
@@ -124,10 +180,15 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     """Rebuild the model from its card and load the weights; refuse anything that does not match."""
     directory = Path(directory)
     card = read_card(directory)
+    return _load_weights(directory, card, device), card
+
+
+def _load_weights(directory: Path, card: ModelCard, device: str | torch.device = "cpu") -> nn.Module:
+    """The card's model with the weights of ``directory``, which must match its ``weights_sha256`` and shapes."""
     weights = directory / WEIGHTS
     if not weights.exists():
         raise ArtifactError(f"{directory}: {WEIGHTS} is missing")
-    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+    if _sha256(weights) != card.weights_sha256:
         raise ArtifactError(f"{weights}: checksum does not match the card (corrupt or replaced weights)")
     try:
         tensors = load_file(str(weights), device=str(device))
@@ -148,4 +209,44 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
         if not torch.isfinite(t).all():
             raise ArtifactError(f"{weights}: {name} holds NaN or infinite values")
     model.load_state_dict(tensors)
-    return model.to(device).eval(), card
+    return model.to(device).eval()
+
+
+def seal_card(directory: str | Path) -> bool:
+    """Add the ``card_sha256`` of a card written before it existed; False when it already has a valid one.
+
+    Only the card is rewritten, and only after the weights are checked against its ``weights_sha256`` and the
+    model loads. Whether the card's other fields are the ones its trainer wrote cannot be checked: seal only
+    cards you trust (a model of yours or the shipped one), else retrain.
+    """
+    directory = Path(directory)
+    path = directory / CARD
+    if not path.exists():
+        raise ArtifactError(f"{directory}: no {CARD} (not a model artifact, or an interrupted save)")
+    fields = _card_fields(path)
+    if fields.get(CARD_CHECKSUM) is not None:
+        read_card(directory)  # a card whose checksum fails is refused, never resealed
+        return False
+    _load_weights(directory, _parse_card(path, fields))
+    _atomic_write(path, _card_bytes(fields))
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m forecaster.artifact DIR...``: seal cards written before ``card_sha256`` existed."""
+    dirs = sys.argv[1:] if argv is None else argv
+    if not dirs or any(d.startswith("-") for d in dirs):
+        print("usage: python -m forecaster.artifact ARTIFACT_DIR... (adds card_sha256 to trusted older cards)",
+              file=sys.stderr)
+        return 2
+    for d in dirs:
+        try:
+            print(f"{d}: {'sealed' if seal_card(d) else 'already sealed'}")
+        except ArtifactError as exc:
+            print(f"python -m forecaster.artifact: error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

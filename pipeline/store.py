@@ -16,6 +16,17 @@ Column conventions: times are epoch seconds UTC (BIGINT); sensor columns are nam
 canonical sensors of :data:`forecaster.schema.SENSOR_RANGES` (double-quoted in SQL, so in psql write
 ``"T"``), NULL when absent; ``offset`` is stored as ``kafka_offset`` (reserved in PostgreSQL).
 
+Migrations are literal DDL, frozen once released: a database created today and one created a year ago by
+the same migrations are the same, whatever the live dictionaries say since. :data:`SENSORS` lists the sensor
+columns they create, and the store reads and writes only those. A sensor added to ``SENSOR_RANGES`` later
+gets its column from a new migration, appended to ``_MIGRATIONS`` (never edit a released one), e.g.::
+
+    ('ALTER TABLE {p}readings ADD COLUMN "X" DOUBLE PRECISION',),  # migration 2: sensor X
+
+and ``"X"`` appended to :data:`SENSORS`. Both engines run the same text (``{p}`` is the namespace prefix);
+a step that ever needs engine-specific SQL must branch on the engine in :func:`_migrations`. Until then,
+readings that carry the new sensor are refused by :meth:`Store.add_readings` rather than losing it.
+
 ``namespace`` prefixes every table and index (``Store.open(url, namespace="t_abc")`` -> ``t_abc_readings``
 ...), so tests or tenants can share one database; :meth:`Store.drop` removes a namespace's tables.
 
@@ -29,7 +40,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -40,19 +51,17 @@ import pandas as pd
 
 from forecaster.schema import SENSOR_RANGES
 
-SENSORS: tuple[str, ...] = tuple(SENSOR_RANGES)
+# The sensor columns of the readings table, as the migrations below create them (see the module doc).
+SENSORS: tuple[str, ...] = (
+    "T", "Tdew", "Tpot", "Tlog", "p", "rh", "VPmax", "VPact", "VPdef", "sh", "H2OC", "rho", "wv", "max_wv", "wd",
+    "rain", "raining", "SWDR", "PAR", "max_PAR", "OT",
+)
 TABLES: tuple[str, ...] = ("readings", "forecasts", "errors", "station_state")
 
 Kind = Literal["text", "int", "bigint", "float"]
-_SQL_TYPE: dict[str, str] = {
-    "text": "TEXT",
-    "int": "INT",
-    "bigint": "BIGINT",
-    "float": "DOUBLE PRECISION",
-}
 _COPY_TYPE: dict[str, str] = {"text": "text", "int": "int4", "bigint": "int8", "float": "float8"}
 
-# (name, kind, NOT NULL) per table, in column order. Sensor names are quoted when rendered.
+# (name, kind, NOT NULL) per table, in column order, as the migrations create them. Sensor names are quoted.
 _COLUMNS: dict[str, list[tuple[str, Kind, bool]]] = {
     "readings": [
         ("station", "text", True),
@@ -85,8 +94,6 @@ _COLUMNS: dict[str, list[tuple[str, Kind, bool]]] = {
 }
 _KIND: dict[str, dict[str, Kind]] = {t: {n: k for n, k, _ in cols} for t, cols in _COLUMNS.items()}
 _REQUIRED: dict[str, list[str]] = {t: [n for n, _, nn in cols if nn] for t, cols in _COLUMNS.items()}
-_PRIMARY_KEY = {"readings": "station, ts", "forecasts": "station, issue_ts, horizon"}
-_PRIMARY_KEY["errors"] = _PRIMARY_KEY["forecasts"]
 
 log = logging.getLogger("stationcast.store")
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -94,28 +101,48 @@ _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 def _q(column: str) -> str:
     """Quote sensor columns (case-sensitive data-defined names); fixed columns stay bare for psql users."""
-    return f'"{column}"' if column in SENSOR_RANGES else column
+    return f'"{column}"' if column in SENSORS else column
+
+
+# Ordered schema steps, literal SQL with {p} for the namespace prefix; step i brings the schema to version
+# i + 1. Append, never edit: a released step is what every existing database has run.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1
+        'CREATE TABLE IF NOT EXISTS {p}readings (station TEXT NOT NULL, ts BIGINT NOT NULL, "T" DOUBLE PRECISION, '
+        '"Tdew" DOUBLE PRECISION, "Tpot" DOUBLE PRECISION, "Tlog" DOUBLE PRECISION, "p" DOUBLE PRECISION, '
+        '"rh" DOUBLE PRECISION, "VPmax" DOUBLE PRECISION, "VPact" DOUBLE PRECISION, "VPdef" DOUBLE PRECISION, '
+        '"sh" DOUBLE PRECISION, "H2OC" DOUBLE PRECISION, "rho" DOUBLE PRECISION, "wv" DOUBLE PRECISION, '
+        '"max_wv" DOUBLE PRECISION, "wd" DOUBLE PRECISION, "rain" DOUBLE PRECISION, "raining" DOUBLE PRECISION, '
+        '"SWDR" DOUBLE PRECISION, "PAR" DOUBLE PRECISION, "max_PAR" DOUBLE PRECISION, "OT" DOUBLE PRECISION, '
+        'partition INT, kafka_offset BIGINT, PRIMARY KEY (station, ts))',
+        "CREATE TABLE IF NOT EXISTS {p}forecasts (station TEXT NOT NULL, issue_ts BIGINT NOT NULL, "
+        "horizon INT NOT NULL, target_ts BIGINT NOT NULL, model_version TEXT NOT NULL, "
+        "value DOUBLE PRECISION NOT NULL, lo DOUBLE PRECISION, hi DOUBLE PRECISION, persistence DOUBLE PRECISION, "
+        "PRIMARY KEY (station, issue_ts, horizon))",
+        "CREATE TABLE IF NOT EXISTS {p}errors (station TEXT NOT NULL, issue_ts BIGINT NOT NULL, "
+        "horizon INT NOT NULL, target_ts BIGINT NOT NULL, model_version TEXT NOT NULL, "
+        "actual DOUBLE PRECISION NOT NULL, abs_error DOUBLE PRECISION NOT NULL, "
+        "persistence_abs_error DOUBLE PRECISION, PRIMARY KEY (station, issue_ts, horizon))",
+        "CREATE TABLE IF NOT EXISTS {p}station_state (station TEXT PRIMARY KEY, json TEXT NOT NULL)",
+        # Cross-station time-range scans (history for retraining, pending/errors since a time).
+        "CREATE INDEX IF NOT EXISTS {p}readings_ts ON {p}readings (ts)",
+        "CREATE INDEX IF NOT EXISTS {p}forecasts_issue ON {p}forecasts (issue_ts)",
+        "CREATE INDEX IF NOT EXISTS {p}errors_target ON {p}errors (target_ts)",
+    ),
+)
 
 
 def _migrations(p: str) -> list[list[str]]:
-    """Ordered schema steps; step i brings the schema to version i + 1. Append, never edit."""
+    """The migrations' statements for the namespace prefix ``p`` (``""`` or ``"name_"``)."""
+    return [[statement.replace("{p}", p) for statement in step] for step in _MIGRATIONS]
 
-    def table(name: str) -> str:
-        cols = ", ".join(f"{_q(n)} {_SQL_TYPE[k]}{' NOT NULL' if nn else ''}" for n, k, nn in _COLUMNS[name])
-        return f"CREATE TABLE IF NOT EXISTS {p}{name} ({cols}, PRIMARY KEY ({_PRIMARY_KEY[name]}))"
 
-    return [
-        [
-            table("readings"),
-            table("forecasts"),
-            table("errors"),
-            f"CREATE TABLE IF NOT EXISTS {p}station_state (station TEXT PRIMARY KEY, json TEXT NOT NULL)",
-            # Cross-station time-range scans (history for retraining, pending/errors since a time).
-            f"CREATE INDEX IF NOT EXISTS {p}readings_ts ON {p}readings (ts)",
-            f"CREATE INDEX IF NOT EXISTS {p}forecasts_issue ON {p}forecasts (issue_ts)",
-            f"CREATE INDEX IF NOT EXISTS {p}errors_target ON {p}errors (target_ts)",
-        ],
-    ]
+def _check_columns(sensors: Iterable[str]) -> None:
+    """Refuse canonical sensors the schema has no column for yet (they need a migration, see the module doc)."""
+    missing = [s for s in sensors if s not in SENSORS]
+    if missing:
+        raise ValueError(f"the store has no column for sensors {missing}: a sensor added to "
+                         "forecaster.schema.SENSOR_RANGES needs a store migration (see pipeline.store)")
 
 
 def _epoch(values: Any, n: int, name: str) -> list[int]:
@@ -336,6 +363,7 @@ class Store:
         unknown = [s for s in sensors if s not in SENSOR_RANGES]
         if unknown:
             raise ValueError(f"unknown sensors {unknown}; canonical names are {SENSORS}")
+        _check_columns(sensors)
         cols = ", ".join(["station", "ts", *(_q(s) for s in sensors)])
         rows = self._query(f"SELECT {cols} FROM {self._p}readings WHERE {where} ORDER BY {order}", params)
         return self._readings_frame(rows, sensors)
@@ -382,6 +410,7 @@ class Store:
         columns: dict[str, list[Any]] = {"station": _texts(st[order], n), "ts": _epoch(sort(ts), n, "ts")}
         for j, s in enumerate(sensors):
             if not np.isnan(values[:, j]).all():  # a sensor none of the batch has: its column stays NULL anyway
+                _check_columns([s])
                 columns[s] = _floats(values[order, j], n)
         if partition is not None:
             columns["partition"] = _epoch(sort(partition), n, "partition")
