@@ -235,9 +235,12 @@ def seal_card(directory: str | Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``python -m forecaster.artifact DIR...``: seal cards written before ``card_sha256`` existed."""
     dirs = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m forecaster.artifact ARTIFACT_DIR... (adds card_sha256 to trusted older cards)"
+    if dirs in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not dirs or any(d.startswith("-") for d in dirs):
-        print("usage: python -m forecaster.artifact ARTIFACT_DIR... (adds card_sha256 to trusted older cards)",
-              file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     for d in dirs:
         try:
