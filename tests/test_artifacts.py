@@ -3,6 +3,7 @@ registry promotes and rolls back."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,20 @@ def test_shipped_model_is_sealed_and_loads():
     model, card = load_artifact(path)
     assert card.to_dict() == read_card(path).to_dict()
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_tampered_shipped_model_is_not_seeded(tmp_path, monkeypatch):
+    """A fresh registry is seeded from the shipped model only if its card is intact."""
+    import pipeline.pretrained as pretrained
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(shipped_artifact("global"), shipped / "global")
+    _edit_card(shipped / "global", _shift_mean)
+    monkeypatch.setattr(pretrained, "SHIPPED", shipped)
+    registry = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match="shipped model is unusable: .*card_sha256 does not match"):
+        pretrained.ensure_champion(registry, "global")
+    assert registry.champion("global") is None
 
 
 def _seal(*dirs: Path) -> subprocess.CompletedProcess:
