@@ -439,3 +439,20 @@ def test_inspect_reports_what_it_finds(tmp_path, capsys):
     assert main(["inspect", "--registry", str(tmp_path / "empty"), str(path)]) == 0
     text = capsys.readouterr().out
     assert "sentinels   wv: 3" in text and "rh: 2" in text and "can forecast" in text
+
+
+def test_readme_schema_files_load_their_example_rows(tmp_path):
+    """The README's worked schema files parse and read the example rows printed above them."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own stations", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")
+    yamls = [b.removeprefix("yaml\n") for b in blocks[1::2] if b.startswith("yaml\n")]
+    samples = [b.strip("\n") for b in blocks[1::2] if not b.startswith(("yaml", "bash")) and "," in b and "$" not in b]
+    assert len(yamls) == 2 and len(samples) == 2
+    for text, sample in zip(yamls, samples, strict=True):
+        schema = load_schema_file(write_yaml(tmp_path / "s.yaml", text))
+        data = tmp_path / "sample.csv"
+        data.write_text(sample + "\n")
+        records = load_records(data, schema)
+        assert len(records) == len(sample.splitlines()) - 1
+        assert {"T", "Tdew", "rh"} <= set(records.columns) and records.attrs["derived"]
