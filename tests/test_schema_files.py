@@ -210,6 +210,9 @@ def test_year_month_day_hour_columns_without_humidity(multisite, tmp_path):
     export, schema, originals = multisite
     records = load_records(export, schema)
     assert records.attrs["derived"] == {"rh": "from T and Tdew (Magnus)"}
+    by_role = write_yaml(export.parent / "by-role.yaml", schema.read_text().replace(
+        "time_columns: [year, month, day, hour]", "time_columns: {hour: hour, day: day, month: month, year: year}"))
+    pd.testing.assert_frame_equal(load_records(export, by_role), records)
     report = _inspect_json(tmp_path, "--schema", schema, export)
     assert [s["station"] for s in report["stations"]] == list(originals)
     for site, path in originals.items():
@@ -379,6 +382,12 @@ def test_missing_sensor_names_it_and_the_model(tmp_path, capsys):
     assert main(["train", "--data", str(only_t), "--features", "T,rh", "--registry", str(registry)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--features" in err and "rh" in err and "\n" not in err
+    # run checks the serving model's sensors from the header before it starts anything.
+    assert main(["run", "--data", str(only_t), "--registry", str(registry), "--store-url",
+                 f"sqlite:///{tmp_path}/run.db", "--http-port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"model {champion.tag}" in err and "no sensor Tdew" in err and "\n" not in err
+    assert not (tmp_path / "run.db").exists()
 
 
 def test_missing_dew_point_through_the_api_is_not_a_key_error(tmp_path):
