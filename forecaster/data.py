@@ -228,34 +228,17 @@ def load_records(
     schema = resolve_schema(schema, path)
     header = read_header(path, schema.encoding, schema.separator)
     layout = _layout(schema, header, path)
-    time_cols = list(schema.time_columns.values()) if schema.time_columns else [schema.time_column]
-    time_cols = [resolve_column(header, c, path, "time_columns" if schema.time_columns else "time_column")
-                 for c in time_cols]
-    if schema.time_columns:
-        schema = replace(schema, time_columns=dict(zip(schema.time_columns, time_cols, strict=True)))
-    else:
-        schema = replace(schema, time_column=time_cols[0])
-    station_col = resolve_column(header, schema.station_column, path, "station_column") if schema.station_column \
-        else None
-    usecols = list(dict.fromkeys([*time_cols, *(c for cols in layout.values() for c in cols.values()),
-                                  *([station_col] if station_col else [])]))
-    try:
-        raw = pd.read_csv(path, encoding=schema.encoding, sep=schema.separator, usecols=usecols, dtype=str,
-                          keep_default_na=False, na_filter=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
-        raise DataError(f"{path}: malformed CSV: {_excerpt(exc, 300)}") from exc
-    if raw.empty:
-        raise DataError(f"{path}: no data rows")
-    na = set(schema.na_values) | {""}
-    for c in raw.columns:
-        raw[c] = raw[c].where(~raw[c].str.strip().isin(na))
+    schema, time_cols = _resolve_time_columns(schema, header, path)
+    station_col = resolve_column(header, schema.station_column, path, "station_column") \
+        if schema.station_column else None
+    sensor_cols = list(dict.fromkeys(c for cols in layout.values() for c in cols.values()))
+    raw = _read_raw(path, schema, list(dict.fromkeys([*time_cols, *sensor_cols, *filter(None, [station_col])])))
 
     times, shown = _parse_times(raw, schema, path, header)
     lines = np.arange(2, len(raw) + 2)
     what = f"time columns {time_cols}" if schema.time_columns else f"time column {time_cols[0]!r}"
-    values = {}
-    sentinels: dict[str, int] = {}
-    for col in dict.fromkeys(c for cols in layout.values() for c in cols.values()):
+    values, sentinels = {}, {}
+    for col in sensor_cols:
         v = _parse_numeric(raw[col], schema, path, col, header)
         hit = np.isin(v, schema.sentinels)
         v[hit] = np.nan
@@ -263,11 +246,12 @@ def load_records(
 
     frames, derived = [], {}
     for station, cols in layout.items():
-        if station is None:
-            ids = raw[station_col].to_numpy() if station_col else np.full(len(raw), schema.station or
-                                                                         path.name.split(".")[0], dtype=object)
-        else:
+        if station is not None:
             ids = np.full(len(raw), station, dtype=object)
+        elif station_col:
+            ids = raw[station_col].to_numpy()
+        else:
+            ids = np.full(len(raw), schema.station or path.name.split(".")[0], dtype=object)
         frame = pd.DataFrame({"station": ids, "time": times.to_numpy(), "_line": lines})
         for name, col in cols.items():
             v, n_sentinels = values[col]
@@ -292,6 +276,32 @@ def load_records(
     out.attrs["sentinels"] = {k: v for k, v in sentinels.items() if v}
     out.attrs["columns"] = {s if s is not None else "*": cols for s, cols in layout.items()}
     return out
+
+
+def _resolve_time_columns(schema: Schema, header: list[str], path: Path) -> tuple[Schema, list[str]]:
+    """The schema with its time column(s) matched to the header, and those header names."""
+    if schema.time_columns:
+        cols = [resolve_column(header, c, path, f"time_columns.{role}") for role, c in schema.time_columns.items()]
+        return replace(schema, time_columns=dict(zip(schema.time_columns, cols, strict=True))), cols
+    if not schema.time_column:
+        raise DataError(f"{path}: schema {schema.name!r} names no time_column or time_columns")
+    col = resolve_column(header, schema.time_column, path, "time_column")
+    return replace(schema, time_column=col), [col]
+
+
+def _read_raw(path: Path, schema: Schema, usecols: list[str]) -> pd.DataFrame:
+    """The used columns as text, NA markers (and empty fields) as missing."""
+    try:
+        raw = pd.read_csv(path, encoding=schema.encoding, sep=schema.separator, usecols=usecols, dtype=str,
+                          keep_default_na=False, na_filter=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
+        raise DataError(f"{path}: malformed CSV: {_excerpt(exc, 300)}") from exc
+    if raw.empty:
+        raise DataError(f"{path}: no data rows")
+    na = set(schema.na_values) | {""}
+    for c in raw.columns:
+        raw[c] = raw[c].where(~raw[c].str.strip().isin(na))
+    return raw
 
 
 def _layout(schema: Schema, header: list[str], path: Path) -> dict[str | None, dict[str, str]]:
