@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecaster.clean import clean_station, load_stations
+from forecaster.clean import CleanConfig, clean_station, load_stations
 from forecaster.data import DataError, load_records
 from forecaster.dataset import DataConfig, make_splits
 from forecaster.inspection import ServingModel, inspect_file
@@ -465,3 +465,22 @@ def test_readme_schema_files_load_their_example_rows(tmp_path):
         records = load_records(data, schema)
         assert len(records) == len(sample.splitlines()) - 1
         assert {"T", "Tdew", "rh"} <= set(records.columns) and records.attrs["derived"]
+
+
+def test_inspect_says_why_the_model_cannot_forecast(tmp_path):
+    """Another cadence than the model's, and a file too gappy for one complete window, are named."""
+    champion = ensure_champion(Registry(tmp_path / "registry"), "global")
+    card = Registry(tmp_path / "registry").card("global", champion.version)
+    model = ServingModel(champion.tag, card)
+    ten_min = pd.read_csv(shared_file("jena_2020_10min.csv.gz"), nrows=3000, encoding="latin-1")
+    ten_min.to_csv(tmp_path / "ten_min.csv", index=False, encoding="latin-1")
+    report = inspect_file(tmp_path / "ten_min.csv", model=model)
+    hours = card.cadence_s // 3600
+    assert report["stations"][0]["why_not"] == [f"cadence 10min differs from the model's {hours}h"]
+    jena = original("jena_2009_2016_hourly.csv.gz")
+    gappy = jena.drop(index=jena.index[::100])  # a reading missing every 100 hours: runs of 99 complete steps
+    no_fill = CleanConfig(max_fill_steps=0)
+    report = inspect_file(write_original(gappy, tmp_path / "gappy.csv"), model=model, config=no_fill)
+    window = card.data.lookback + max(card.data.horizons)
+    assert report["stations"][0]["why_not"] == [f"too gappy: the longest complete stretch is 99 steps, one window "
+                                                f"needs {window}"]
