@@ -36,10 +36,20 @@ class StationSeries:
 
     def segments(self, features: list[str]) -> np.ndarray:
         """Per row, the id of the contiguous run where ``features`` are all present; -1 in long gaps."""
-        return segments_from_valid(~self.frame[features].isna().any(axis=1).to_numpy())
+        return segments_from_valid(~self._columns(features).isna().any(axis=1).to_numpy())
 
     def values(self, features: list[str]) -> np.ndarray:
-        return self.frame[features].to_numpy(dtype=np.float32)
+        return self._columns(features).to_numpy(dtype=np.float32)
+
+    def _columns(self, features: list[str]) -> pd.DataFrame:
+        """The named sensors; one that the station lacks is a DataError naming it, not a KeyError."""
+        missing = [f for f in features if f not in self.frame.columns]
+        if missing:
+            from forecaster.data import DataError
+
+            raise DataError(f"station {self.station!r} has no sensor {', '.join(missing)} (it has "
+                            f"{', '.join(map(str, self.frame.columns))}; the model uses {', '.join(features)})")
+        return self.frame[list(features)]
 
 
 def infer_cadence(times: pd.Series | pd.DatetimeIndex) -> pd.Timedelta:
@@ -122,6 +132,9 @@ def clean_station(
     valid = ~regular.isna().any(axis=1).to_numpy()
     report["segments_all_sensors"] = int(segments_from_valid(valid).max() + 1) if valid.any() else 0
     report["incomplete_steps"] = int((~valid).sum())
+    for name in records.attrs.get("derived", {}):  # computed by load_records, e.g. Tdew from T and rh
+        if name in regular:
+            report[f"derived_{name}"] = int(regular[name].notna().sum())
     return StationSeries(station=station, cadence=cadence, frame=regular, report=report)
 
 
@@ -151,13 +164,14 @@ CHOLLET_FRACTIONS = (200_000 / 420_551, 100_000 / 420_551)
 
 def load_stations(
     path, schema=None, stations: list[str] | None = None, config: CleanConfig = CleanConfig(),
-    missing_ok: bool = False,
+    missing_ok: bool = False, needs: tuple[str, ...] = (), needed_by: str | None = None,
 ) -> list[StationSeries]:
     """Load a station file and clean each station in it (all of them unless ``stations`` names some).
-    A named station the file lacks is an error, or skipped with ``missing_ok`` (several files, one list)."""
+    A named station the file lacks is an error, or skipped with ``missing_ok`` (several files, one list).
+    ``needs``/``needed_by``: the sensors a model uses, see :func:`forecaster.data.load_records`."""
     from forecaster.data import DataError, load_records
 
-    records = load_records(path, schema)
+    records = load_records(path, schema, needs=needs, needed_by=needed_by)
     have = list(dict.fromkeys(records["station"]))
     wanted = stations or have
     unknown = sorted(set(wanted) - set(have))

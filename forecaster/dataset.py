@@ -67,6 +67,23 @@ def fit_normalizer(
     return Normalizer.fit(np.concatenate(parts), cfg.features)
 
 
+def check_long_enough(series: Sequence[StationSeries], cfg: DataConfig) -> None:
+    """Series shorter than one window (lookback + farthest horizon) can never give a sample: when no series is
+    long enough, say so plainly (a short station among long ones just contributes nothing)."""
+    need = cfg.lookback + cfg.spec.max_horizon
+    if not series or any(len(s.frame) >= need for s in series):
+        return
+    from forecaster.data import DataError
+
+    shown = "; ".join(
+        f"station {s.station!r}: {len(s.frame):,} steps at a {s.cadence} cadence"
+        + (f" ({s.times[0]} to {s.times[-1]})" if len(s.frame) else "")
+        for s in series[:3]
+    )
+    raise DataError(f"{shown}: shorter than one window of {need:,} steps (lookback {cfg.lookback} + horizon "
+                    f"{cfg.spec.max_horizon})")
+
+
 def make_splits(
     series: Sequence[StationSeries],
     cfg: DataConfig,
@@ -78,6 +95,7 @@ def make_splits(
     Each station is split by ``cfg.split`` fractions unless explicit row ``ranges`` are given; samples
     of several stations are pooled per split.
     """
+    check_long_enough(series, cfg)
     ranges = ranges or [split_rows(s, cfg) for s in series]
     normalizer = normalizer or fit_normalizer(series, cfg, ranges)
     out: dict[str, list[Windows]] = {"train": [], "val": [], "test": []}

