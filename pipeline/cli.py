@@ -7,7 +7,6 @@ importing Kafka only when they run.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -15,6 +14,8 @@ from forecaster import cli as forecaster_cli
 from forecaster.artifact import ArtifactError
 from forecaster.data import DataError
 from forecaster.registry import RegistryError
+from pipeline.logs import configure as configure_logging
+from pipeline.pretrained import seed_registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stationcast",
         description="Streaming temperature forecasts for weather-station networks (Kafka in, Conv1D+GRU out).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging: -v adds the libraries' (Kafka client, scheduler) INFO lines and "
+                             "stationcast's DEBUG ones, -vv everything")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    forecaster_cli.add_commands(sub)
+    forecaster_cli.add_commands(sub, seed=seed_registry)
     _stream_commands(sub)
     return parser
 
@@ -153,9 +156,7 @@ def cmd_replay(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (DataError, ArtifactError, RegistryError, FileNotFoundError, ValueError) as exc:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from forecaster.registry import Registry, VersionInfo, station_model_name
+from forecaster.registry import Registry, VersionInfo, default_registry, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
 from pipeline.retrain import (
@@ -173,7 +173,8 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
     p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
+    p.add_argument("--registry", default=default_registry(),
+                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
     p.add_argument("--base", default=d.base, help="registry name of the model to start from")
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
     p.add_argument("--min-history-days", type=float, default=d.min_history_days)

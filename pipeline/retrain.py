@@ -38,7 +38,7 @@ from forecaster.clean import CleanConfig, StationSeries, clean_station
 from forecaster.dataset import make_splits
 from forecaster.evaluate import evaluate
 from forecaster.experiment import fit
-from forecaster.registry import Registry
+from forecaster.registry import Registry, default_registry
 from forecaster.train import TrainConfig
 from pipeline.store import Store
 
@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RetrainSettings("", "")
     p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
+    p.add_argument("--registry", default=default_registry(),
+                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
     p.add_argument("--name", default=d.name)
     p.add_argument("--history-days", type=float, default=d.history_days)
     p.add_argument("--holdout-days", type=float, default=d.holdout_days)
