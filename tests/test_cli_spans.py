@@ -13,6 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from forecaster.clean import StationSeries
+from forecaster.evaluate import diurnal_offsets, steps_per_day
+from forecaster.spans import SpanError, finetune_ranges, resolve
+from forecaster.spans import test_rows as rows_of_test_span
 from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +175,37 @@ def test_bad_dates_and_spans_are_one_line_errors(jena_slice, seeded_registry, tm
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def _series(start: str, periods: int, freq: str = "h") -> StationSeries:
+    index = pd.date_range(start, periods=periods, freq=freq, name="time")
+    return StationSeries("s", pd.Timedelta(freq if freq[0].isdigit() else f"1{freq}"),
+                         pd.DataFrame({"T": np.arange(periods, dtype=float)}, index=index))
+
+
+def test_span_defaults_and_date_bounds():
+    s = _series("2015-01-01", 24 * 100)  # 100 days hourly
+    spans = resolve([s])
+    assert spans.test_start == s.times[0] + (s.times[-1] + pd.Timedelta(1, "ns") - s.times[0]) * 0.8
+    assert spans.train_end == spans.test_start
+    # "train until a day" covers that day; the test span then starts right after it.
+    spans = resolve([s], train_until="2015-02-10")
+    assert spans.train_end == spans.test_start == pd.Timestamp("2015-02-11")
+    r = rows_of_test_span(s, resolve([s], test_from="2015-03-01", test_until="2015-03-02"))
+    assert s.times[r][0] == pd.Timestamp("2015-03-01") and s.times[r][-1] == pd.Timestamp("2015-03-02 23:00")
+    r = rows_of_test_span(s, resolve([s], test_from="2015-03-01T06:00", test_until="2015-03-01T12:00"))
+    assert len(s.times[r]) == 7  # a timestamp as the end is inclusive
+    with pytest.raises(SpanError, match="--test-from"):
+        resolve([s], test_from="2015-02-30")
+    with pytest.raises(SpanError, match="reaches into the test span"):
+        resolve([s], train_until="2015-03-05", test_from="2015-03-01")
+    train, val, test = finetune_ranges(s, resolve([s], test_from="2015-03-01"), days=10)
+    assert s.times[train][0] == pd.Timestamp("2015-02-19") and s.times[val][-1] == pd.Timestamp("2015-02-28 23:00")
+    assert s.times[val][0] == pd.Timestamp("2015-02-27")  # the last 20 % of the 10 days validate
+
+
+def test_diurnal_baseline_reads_the_day_before_each_target():
+    assert diurnal_offsets((1, 12, 24), 24).tolist() == [-23, -12, 0]
+    assert diurnal_offsets((1, 144), 144).tolist() == [-143, 0]  # 10-minute cadence
+    assert diurnal_offsets((30,), 24).tolist() == [-18]  # beyond a day: whole days back, already observed
+    assert steps_per_day(600) == 144 and steps_per_day(3600) == 24 and steps_per_day(7 * 60) is None
