@@ -23,13 +23,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stationcast",
         description="Streaming temperature forecasts for weather-station networks (Kafka in, Conv1D+GRU out).",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging: -v adds the libraries' (Kafka client, scheduler) INFO lines and "
-                             "stationcast's DEBUG ones, -vv everything")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     forecaster_cli.add_commands(sub, seed=seed_registry)
     _stream_commands(sub)
+    _verbose_after_commands(sub)
     return parser
+
+
+VERBOSE_HELP = ("more logging: -v adds the libraries' (Kafka client, scheduler) INFO lines and stationcast's DEBUG "
+                "ones, -vv everything")
+
+
+def _verbose_after_commands(sub: argparse._SubParsersAction) -> None:
+    """``-v`` after the command too (``make run ARGS=-v``); unset there, it leaves the global count alone."""
+    for parser in set(sub.choices.values()):
+        parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_after_commands(action)
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:

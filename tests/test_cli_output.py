@@ -106,9 +106,10 @@ def test_every_help_renders_without_escapes_and_says_what_the_command_does():
     assert "--verbose" in helps["stationcast"]
 
 
-def test_verbose_is_a_global_flag_that_counts():
+def test_verbose_counts_before_or_after_the_command():
     parser = build_parser()
     assert parser.parse_args(["models", "list"]).verbose == 0
     assert parser.parse_args(["-vv", "models", "list"]).verbose == 2
-    with pytest.raises(SystemExit):
-        parser.parse_args(["models", "list", "-v"])  # before the command, as `stationcast -v run`
+    assert parser.parse_args(["-v", "run"]).verbose == 1
+    assert parser.parse_args(["run", "-v"]).verbose == 1  # `make run ARGS=-v`
+    assert parser.parse_args(["models", "list", "-vv"]).verbose == 2
