@@ -6,24 +6,44 @@ Registered on the top-level parser by :mod:`pipeline.cli`; nothing here touches 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from forecaster.clean import CleanConfig, load_stations, usable_features
-from forecaster.data import file_sha256
-from forecaster.dataset import DataConfig, make_splits
-from forecaster.evaluate import predict_windows, score
+from forecaster.artifact import ModelCard
+from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
+from forecaster.data import DataError, file_sha256
+from forecaster.dataset import DataConfig, split_rows
 from forecaster.experiment import fit, model_config
 from forecaster.models import MODEL_KINDS, ConvLayer
 from forecaster.plots import forecast_vs_actual, mae_by_horizon
-from forecaster.registry import GLOBAL, Registry, station_model_name
+from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
+from forecaster.scorecard import render, score_on_span
+from forecaster.spans import (
+    FINETUNE_VAL_FRACTION,
+    TEST_FRACTION,
+    TRAIN_VAL_FRACTION,
+    SpanError,
+    covered,
+    finetune_ranges,
+    require_windows,
+    resolve,
+    train_ranges,
+)
+from forecaster.table import format_table
 from forecaster.train import TrainConfig
-from forecaster.transfer import few_shot_ranges, finetune
+from forecaster.transfer import finetune
 
-DEFAULT_REGISTRY = "runs/registry"
 SCHEMA_HELP = ("built-in layout (jena, jena2020, nycflights13) or a YAML schema file (README: \"Your own "
                "stations\"); detected from the header when omitted")
 PREFERRED_FEATURES = ("p", "T", "Tdew", "rh", "VPmax", "wv")
+REGISTRY_HELP = f"model registry folder (default: $STATIONCAST_REGISTRY, else {DEFAULT_REGISTRY}, the service's)"
+SPAN_HELP = (
+    "Dates are ISO dates or timestamps in the file's clock; a bare date as an end covers that day. Without "
+    f"them the test span is the last {TEST_FRACTION:.0%} of the data's time span, the same for evaluate and finetune."
+)
 
 
 def _horizons(text: str) -> tuple[int, ...]:
@@ -48,68 +68,116 @@ def _conv(text: str) -> tuple[ConvLayer, ...]:
     return tuple(layers)
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, action="append",
-                   help="station CSV file (.csv or .csv.gz); repeat to train one model on several files")
+def _data_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("--data", required=True, action="append", help=f"station CSV file (.csv or .csv.gz); {data_help}")
     p.add_argument("--schema", help=SCHEMA_HELP)
     p.add_argument("--station", action="append", help="station id in a multi-station file (repeatable)")
     p.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a model on a station file and register it",
-                       description="Train a forecaster on the chronological train split, early-stop on validation, "
-                                   "report MAE vs persistence, register it (and optionally promote it).")
-    _data_args(t)
-    t.add_argument("--model", choices=list(MODEL_KINDS), default="conv_gru")
+def _pct(fraction: float) -> str:
+    """A fraction for an argparse help string (which %-formats, so the sign is doubled)."""
+    return f"{fraction * 100:g}%%"
+
+
+def _span_args(p: argparse.ArgumentParser, train_until_help: str) -> None:
+    g = p.add_argument_group("spans by date", SPAN_HELP)
+    g.add_argument("--train-until", metavar="DATE", help=train_until_help)
+    g.add_argument("--test-from", metavar="DATE",
+                   help=f"start of the test span (default: right after --train-until when given, else the last "
+                        f"{_pct(TEST_FRACTION)} of the time span up to --test-until)")
+    g.add_argument("--test-until", metavar="DATE",
+                   help="end of the test span, inclusive (default: the end of the data)")
+
+
+def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], object] | None = None) -> None:
+    """The model commands; ``seed`` (the shipped-model seeding, injected by :mod:`pipeline.cli`) runs on every
+    registry a command reads a champion from, so a fresh install works at once."""
+    t = sub.add_parser("train", help="train a model on station files and register it",
+                       description="Train a forecaster on the training span, early-stopped on the validation "
+                                   "span; report MAE against persistence on the validation and test spans; "
+                                   "register it (--promote: make it the champion). The spans are --split "
+                                   "fractions of each file's rows (default Chollet's: the first 47.6% train, the "
+                                   "next 23.8% validate, the rest tests), or dates: with --train-until / "
+                                   "--test-from / --test-until everything before the end of training is used, "
+                                   f"its last {TRAIN_VAL_FRACTION:.0%} (in time) validating.")
+    _data_args(t, "repeat to train one model on several files")
+    t.add_argument("--model", choices=list(MODEL_KINDS), default="conv_gru", help="architecture (default conv_gru)")
     t.add_argument("--features", help="comma-separated sensors (default: those of p,T,Tdew,rh,VPmax,wv the file has)")
-    t.add_argument("--target", default="T")
+    t.add_argument("--target", default="T", help="sensor to forecast (default T)")
     t.add_argument("--lookback", type=int, default=240, help="input steps at the station cadence (default 240)")
-    t.add_argument("--step", type=int, default=1, help="sampling step inside the lookback")
-    t.add_argument("--horizons", type=_horizons, default=(24,), help="24 | 1-24 | 6,12,24 (steps ahead)")
+    t.add_argument("--step", type=int, default=1, help="sampling step inside the lookback (default 1)")
+    t.add_argument("--horizons", type=_horizons, default=(24,), help="24 | 1-24 | 6,12,24 (steps ahead; default 24)")
     t.add_argument("--quantiles", type=_floats, default=(), help="e.g. 0.1,0.5,0.9 for an uncertainty band")
     t.add_argument("--time-features", action="store_true", help="add time-of-day and day-of-year encodings")
     t.add_argument("--residual", action="store_true", help="predict the change from the last observation")
     t.add_argument("--conv", type=_conv, default=(ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)),
                    help="front-end layers CHANNELSxKERNEL/POOL,... (default 32x5/3,32x5/1)")
-    t.add_argument("--hidden", type=int, default=32, help="GRU units")
-    t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--split", type=_floats, default=None, help="train,validation fractions (default Chollet's)")
-    _train_args(t, lr=1e-3, epochs=20)
+    t.add_argument("--hidden", type=int, default=32, help="GRU units (default 32)")
+    t.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default 0.1)")
+    t.add_argument("--split", type=_floats, default=None,
+                   help="train,validation fractions of each file's rows, the rest tests (default Chollet's "
+                        "0.476,0.238); not with dates")
+    _span_args(t, "end of the training data, inclusive; its last "
+                  f"{_pct(TRAIN_VAL_FRACTION)} (in time) validates (default: the start of the test span)")
+    _train_args(t, lr=1e-3, epochs=20, name_help=f"registry name to register under (default {GLOBAL})")
     t.add_argument("--promote", action="store_true", help="make the new version the champion")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="MAE per horizon vs persistence of a registered model on a file")
-    _data_args(e)
-    e.add_argument("--registry", default=DEFAULT_REGISTRY)
-    e.add_argument("--name", default=GLOBAL)
-    e.add_argument("--version", type=int, help="default: the champion")
-    e.add_argument("--plots", default="runs/plots", help="folder for the PNG figures")
-    e.set_defaults(func=cmd_evaluate)
+    e = sub.add_parser("evaluate", help="score a registered model on a file's test span against two baselines",
+                       description="Score a registered model (default: the champion; a fresh registry is seeded "
+                                   "with the shipped model) on the test span of station files: MAE per horizon "
+                                   "against persistence (the last reading) and diurnal persistence (the reading "
+                                   "24 h before the target), all on the same windows, and the P10-P90 coverage; "
+                                   "write forecast-vs-actual and MAE-by-horizon PNGs.")
+    _data_args(e, "repeat to score on several files together")
+    e.add_argument("--registry", help=REGISTRY_HELP)
+    e.add_argument("--name", default=GLOBAL, help=f"registry name of the model (default {GLOBAL})")
+    e.add_argument("--version", type=int, help="version number (default: the champion)")
+    e.add_argument("--plots", default="runs/plots", help="folder for the PNG figures (default runs/plots)")
+    _json_arg(e)
+    _span_args(e, "end of the model's training data: the test span starts right after it unless --test-from "
+                  "is given; an error if the test span starts before it")
+    e.set_defaults(func=cmd_evaluate, registry_seed=seed)
 
     f = sub.add_parser("finetune", help="fine-tune the global model to a station with little history",
-                       description="Transfer learning: frozen Conv1D front-end, the station's own normalization, "
-                                   "GRU and head re-trained at a lower learning rate on the last --days before "
-                                   "the test span (the last 20%% of the record).")
-    _data_args(f)
-    f.add_argument("--base", default=GLOBAL, help="registry name of the model to start from")
-    f.add_argument("--days", type=float, default=30, help="days of the station's history to train on")
+                       description="Transfer learning: a copy of the base model (default: the global champion; a "
+                                   "fresh registry is seeded with the shipped model) keeps its Conv1D front-end "
+                                   "frozen, gets the station's own normalization, and its GRU and head are "
+                                   "re-trained at a lower learning rate on the --days right before the test span "
+                                   f"(their last {FINETUNE_VAL_FRACTION:.0%} validate, with early stopping). It is "
+                                   "then scored next to the base model on the same test windows and registered "
+                                   "as a candidate (--promote: the station's champion).")
+    _data_args(f, "one station (pass --station for a multi-station file)")
+    f.add_argument("--base", default=GLOBAL, help=f"registry name of the model to start from (default {GLOBAL})")
+    f.add_argument("--days", type=float, default=30, help="days of the station's history to train on (default 30)")
     f.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
-    _train_args(f, lr=2e-4, epochs=30)
-    f.add_argument("--promote", action="store_true")
-    f.set_defaults(func=cmd_finetune)
+    _train_args(f, lr=2e-4, epochs=30, name_help="registry name to register under (default station-<id>)")
+    f.add_argument("--promote", action="store_true", help="make the new version the station's champion")
+    f.add_argument("--no-register", action="store_true", help="score only: register nothing")
+    _json_arg(f)
+    _span_args(f, "end of the fine-tuning history, inclusive (default: the start of the test span); the test "
+                  "span starts right after it unless --test-from is given")
+    f.set_defaults(func=cmd_finetune, registry_seed=seed)
 
-    m = sub.add_parser("models", help="list, promote or roll back registered models")
-    msub = m.add_subparsers(dest="models_cmd", required=True)
-    ml = msub.add_parser("list", help="every version with status and metrics")
+    m = sub.add_parser("models", help="list, promote, roll back or retire registered models",
+                       description="The model registry: numbered versions per name (global, station-<id>), "
+                                   "one champion each. A fresh registry is seeded with the shipped model.")
+    msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
+    ml = msub.add_parser("list", help="every version with status and metrics, then which model serves which station")
+    ml.add_argument("--name", help="one model name (default: all)")
     mp = msub.add_parser("promote", help="make a version the champion")
-    mp.add_argument("version", type=int)
-    mr = msub.add_parser("rollback", help="restore the previous champion")
-    mt = msub.add_parser("retire", help="withdraw a champion (a station model: the station goes back to global)")
+    mp.add_argument("version", type=int, help="version number")
+    mr = msub.add_parser("rollback", help="restore the previous champion; the current one is marked rejected")
+    mt = msub.add_parser("retire", help="withdraw a station model's champion: the station goes back to global")
+    mt.add_argument("--name", required=True, help="station model name, station-<id>")
     ms = msub.add_parser("serving", help="which model serves which station (fine-tuned, else the global one)")
+    ms.add_argument("--name", help=f"the fallback model's name (default {GLOBAL})")
+    for p in (mp, mr):
+        p.add_argument("--name", help=f"model name (default {GLOBAL})")
     for p in (ml, mp, mr, mt, ms):
-        p.add_argument("--registry", default=DEFAULT_REGISTRY)
-        p.add_argument("--name", help=f"model name (default: all for list, {GLOBAL} otherwise)")
+        p.add_argument("--registry", help=REGISTRY_HELP)
+        p.set_defaults(registry_seed=seed)
     ml.set_defaults(func=cmd_models_list)
     mp.set_defaults(func=cmd_models_promote)
     mr.set_defaults(func=cmd_models_rollback)
@@ -117,23 +185,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ms.set_defaults(func=cmd_models_serving)
 
 
-def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int) -> None:
-    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop")
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--patience", type=int, default=4)
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (model, test_span, windows, mae, skill, horizons; see "
+                        "README), everything else on stderr")
+
+
+def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int, name_help: str) -> None:
+    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop", help="default rmsprop")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"most epochs (default {epochs})")
+    p.add_argument("--patience", type=int, default=4,
+                   help="stop after this many epochs without a better validation loss (default 4)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) or L2 (RMSprop) weight decay")
     p.add_argument("--ema", type=float, help="validate and keep an exponential moving average of the weights "
                    "with this decay (e.g. 0.998)")
     p.add_argument("--input-noise", type=float, default=0.0, help="std of Gaussian noise on the normalized inputs")
     p.add_argument("--schedule", choices=["constant", "cosine"], default="constant", help="learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="default 128")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: a full pass)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--registry", default=DEFAULT_REGISTRY)
-    p.add_argument("--name", help="registry name to register under")
-    p.add_argument("--plots", default="runs/plots", help="folder for the PNG figures")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--registry", help=REGISTRY_HELP)
+    p.add_argument("--name", help=name_help)
+    p.add_argument("--plots", default="runs/plots", help="folder for the PNG figures (default runs/plots)")
 
 
 def _train_cfg(args) -> TrainConfig:
@@ -167,6 +242,33 @@ def _data_hash(paths: list[str]) -> str:
     return file_sha256(paths[0]) if len(paths) == 1 else ",".join(file_sha256(p)[:16] for p in paths)
 
 
+def _open_registry(args) -> Registry:
+    """The registry the command names (or the shared default), seeded with the shipped model when fresh."""
+    registry = Registry(args.registry or default_registry())
+    args.registry = str(registry.root)
+    seed = getattr(args, "registry_seed", None)
+    if seed is not None:
+        seed(registry)
+    return registry
+
+
+def _check_cadence(series: list[StationSeries], card: ModelCard, tag: str) -> None:
+    for s in series:
+        if int(s.cadence.total_seconds()) != card.cadence_s:
+            raise DataError(f"{s.station} has a cadence of {int(s.cadence.total_seconds())} s but {tag} was trained "
+                            f"at {card.cadence_s} s: use a model of the same cadence")
+
+
+@contextlib.contextmanager
+def _json_mode(args):
+    """With --json, stdout carries only the JSON: prints and progress lines made meanwhile go to stderr."""
+    if getattr(args, "json", False):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
 def _print_scores(name: str, val: dict, test: dict) -> None:
     print(f"{name}: validation MAE {val['mae']:.3f} °C (persistence {val['persistence_mae']:.3f}), "
           f"test MAE {test['mae']:.3f} °C (persistence {test['persistence_mae']:.3f}), skill {test['skill']:+.1%}")
@@ -176,90 +278,135 @@ def _print_scores(name: str, val: dict, test: dict) -> None:
             print(f"  {h:>7}  {v['mae']:8.3f}  {v['persistence_mae']:11.3f}")
 
 
+def _span_line(series: list[StationSeries], ranges: list) -> str:
+    parts = []
+    for i, label in enumerate(("train", "validation", "test")):
+        span = covered(series, [r[i] for r in ranges])
+        parts.append(f"{label} {span[0]} to {span[1]}" if span else f"{label}: no rows")
+    return "spans: " + ", ".join(parts)
+
+
 def cmd_train(args) -> int:
     requested = (*args.features.split(","), args.target) if args.features else ()
     series = _load(args, requested, "--features")
     features = tuple(args.features.split(",")) if args.features else usable_features(series, PREFERRED_FEATURES)
     if args.target not in features:
         features = (*features, args.target)
+    dated = bool(args.train_until or args.test_from or args.test_until)
+    if dated and args.split:
+        raise SpanError("--split and --train-until/--test-from/--test-until exclude each other: "
+                        "give fractions or dates")
     data = DataConfig(
         features=features, target=args.target, lookback=args.lookback, step=args.step, horizons=args.horizons,
         time_features=args.time_features, **({"split": tuple(args.split)} if args.split else {}),
     )
+    if dated:
+        spans = resolve(series, args.train_until, args.test_from, args.test_until)
+        ranges = [train_ranges(s, spans) for s in series]
+    else:
+        ranges = [split_rows(s, data) for s in series]
+    require_windows(series, data, ranges)
+    print(_span_line(series, ranges))
     season = int(86400 // series[0].cadence.total_seconds())
     arch = model_config(data, args.model, quantiles=args.quantiles, conv=args.conv, gru_hidden=args.hidden,
                         dropout=args.dropout, residual=args.residual, season=season)
     name = args.name or GLOBAL
-    trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots,
+    trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))
     _print_scores(name, trained.val, trained.test)
     note = "trained on " + ", ".join(Path(p).name for p in args.data)
-    info = Registry(args.registry).register(name, trained.model, trained.card, note=note)
-    print(f"registered {info.tag} in {args.registry}; figures in {args.plots}/")
+    registry = Registry(args.registry or default_registry())
+    info = registry.register(name, trained.model, trained.card, note=note)
+    print(f"registered {info.tag} in {registry.root}; figures in {args.plots}/")
     if args.promote:
-        Registry(args.registry).promote(name, info.version, note="--promote")
+        registry.promote(name, info.version, note="--promote")
         print(f"{info.tag} is now the champion")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    registry = Registry(args.registry)
+    registry = _open_registry(args)
     model, card, info = registry.load(args.name, args.version)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
-    data = card.data
-    splits = make_splits(series, data, normalizer=card.normalizer)
-    val = score(predict_windows(model, splits.val, card.normalizer, data.target), data.horizons)
-    test_p = predict_windows(model, splits.test, card.normalizer, data.target)
-    test = score(test_p, data.horizons)
-    _print_scores(info.tag, val, test)
-    plots = Path(args.plots)
-    h = data.horizons[-1]
-    n_first = int((test_p.origins < len(series[0].frame)).sum())
-    out = forecast_vs_actual(test_p, series[0].times, data.horizons, h, plots / f"{info.name}_v{info.version}_test.png",
-                             f"{info.tag} on {series[0].station}: +{h} steps", length=min(24 * 14, n_first),
-                             quantiles=card.model.quantiles)
-    if len(data.horizons) > 1:
-        mae_by_horizon({info.tag: test}, plots / f"{info.name}_v{info.version}_by_horizon.png", "test MAE by horizon")
-    print(f"figures in {out.parent}/")
+    _check_cadence(series, card, info.tag)
+    spans = resolve(series, args.train_until, args.test_from, args.test_until)
+    with _json_mode(args):
+        scored = score_on_span(model, info.tag, card, series, spans)
+        if not args.json:
+            print(render(scored.card))
+        _evaluation_plots(scored.predictions, series, card, info, Path(args.plots))
+    if args.json:
+        print(json.dumps(scored.card, indent=2))
     return 0
 
 
+def _evaluation_plots(p, series: list[StationSeries], card: ModelCard, info, plots: Path) -> None:
+    data = card.data
+    h = data.horizons[-1]
+    n_first = int((p.origins < len(series[0].frame)).sum())
+    out = forecast_vs_actual(p, series[0].times, data.horizons, h, plots / f"{info.name}_v{info.version}_test.png",
+                             f"{info.tag} on {series[0].station}: +{h} steps", length=min(24 * 14, n_first),
+                             quantiles=card.model.quantiles)
+    if len(data.horizons) > 1:
+        from forecaster.evaluate import score
+
+        mae_by_horizon({info.tag: score(p, data.horizons)}, plots / f"{info.name}_v{info.version}_by_horizon.png",
+                       "test MAE by horizon")
+    print(f"figures in {out.parent}/")
+
+
 def cmd_finetune(args) -> int:
-    registry = Registry(args.registry)
+    registry = _open_registry(args)
     base, card, info = registry.load(args.base)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
     if len(series) != 1:
-        print("finetune takes one station: pass --station")
-        return 2
+        raise DataError(f"finetune takes one station, the data has {len(series)}: pass --station "
+                        f"({', '.join(s.station for s in series)})")
     s = series[0]
-    steps = int(args.days * 86400 // card.cadence_s)
-    ranges = few_shot_ranges(s, steps)
+    _check_cadence(series, card, info.tag)
+    spans = resolve(series, args.train_until, args.test_from, args.test_until)
+    ranges = finetune_ranges(s, spans, args.days)
+    require_windows(series, card.data, [ranges])
     name = args.name or station_model_name(s.station)
-    t = finetune(base, card, s, ranges, _train_cfg(args), freeze_frontend=not args.no_freeze, label=name,
-                 plot_dir=args.plots, parent=info.tag)
-    print(f"base {info.tag} fine-tuned on {args.days:g} days of {s.station}")
-    _print_scores(name, t.val, t.test)
-    new = registry.register(name, t.model, t.card, note=f"fine-tuned from {info.tag} on {args.days:g} days")
-    print(f"registered {new.tag}")
-    if args.promote:
-        registry.promote(name, new.version, note="--promote")
-        print(f"{new.tag} is now the champion for station {s.station}")
+    with _json_mode(args):
+        print(_span_line(series, [ranges]))
+        t = finetune(base, card, s, ranges, _train_cfg(args), freeze_frontend=not args.no_freeze, label=name,
+                     plot_dir=args.plots, parent=info.tag)
+        tuned = score_on_span(t.model, name, t.card, series, spans).card
+        based = score_on_span(base, info.tag, card, series, spans).card
+        registered = promoted = False
+        if not args.no_register:
+            new = registry.register(name, t.model, t.card, note=f"fine-tuned from {info.tag} on {args.days:g} days")
+            tuned["model"], registered = new.tag, True
+            if args.promote:
+                registry.promote(name, new.version, note="--promote")
+                promoted = True
+        out = {**tuned, "base": based, "registered": registered, "promoted": promoted, "days": args.days}
+        if not args.json:
+            print(f"{info.tag} fine-tuned on {args.days:g} days of {s.station}")
+            print(render(tuned, base=based))
+            if registered:
+                print(f"registered {tuned['model']} in {registry.root} as a candidate"
+                      + (f"; now the champion for station {s.station}" if promoted else ""))
+    if args.json:
+        print(json.dumps(out, indent=2))
     return 0
 
 
 def cmd_models_list(args) -> int:
-    registry = Registry(args.registry)
+    registry = _open_registry(args)
     names = [args.name] if args.name else registry.names()
     if not names:
-        print(f"no models in {args.registry}")
+        print(f"no models in {registry.root}")
         return 0
-    print(f"{'model':<28} {'status':<10} {'created':<26} {'val MAE':>8} {'test MAE':>9}  note")
+    rows = [("model", "status", "created", "val MAE", "test MAE", "note")]
     for name in names:
         for v in registry.versions(name):
             m = v.metrics
             val = f"{m['val_mae']:.3f}" if "val_mae" in m else "-"
             test = f"{m['test_mae']:.3f}" if "test_mae" in m else "-"
-            print(f"{v.tag:<28} {v.status:<10} {v.created_at:<26} {val:>8} {test:>9}  {v.note}")
+            rows.append((v.tag, v.status, v.created_at, val, test, v.note))
+    print(format_table(rows, right=[False, False, False, True, True, False]))
     if not args.name:
         print()
         cmd_models_serving(args)
@@ -267,36 +414,34 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_retire(args) -> int:
-    if not args.name:
-        raise SystemExit("models retire needs --name (e.g. station-<id>); the global model can only be replaced")
-    info = Registry(args.registry).retire(args.name, note="by command")
+    info = _open_registry(args).retire(args.name, note="by command")
     print(f"retired {info.tag}: {args.name} has no champion now")
     return 0
 
 
 def cmd_models_serving(args) -> int:
     """Station -> serving model: fine-tuned station champions first, then the global fallback."""
-    registry = Registry(args.registry)
+    registry = _open_registry(args)
     base = args.name or GLOBAL
     fallback = registry.champion(base)
-    stations = registry.station_champions()
-    print(f"{'station':<28} {'served by':<28} {'holdout MAE':>11} {'base MAE':>9}")
-    for station, info in sorted(stations.items()):
+    rows = [("station", "served by", "holdout MAE", "base MAE")]
+    for station, info in sorted(registry.station_champions().items()):
         m = info.metrics
         own = f"{m['holdout_mae']:.3f}" if "holdout_mae" in m else "-"
         ref = f"{m['base_holdout_mae']:.3f}" if "base_holdout_mae" in m else "-"
-        print(f"{station:<28} {info.tag:<28} {own:>11} {ref:>9}")
-    print(f"{'every other station':<28} {fallback.tag if fallback else '(no champion yet)':<28}")
+        rows.append((station, info.tag, own, ref))
+    rows.append(("every other station", fallback.tag if fallback else "(no champion yet)", "", ""))
+    print(format_table(rows, right=[False, False, True, True]))
     return 0
 
 
 def cmd_models_promote(args) -> int:
-    info = Registry(args.registry).promote(args.name or GLOBAL, args.version, note="by command")
+    info = _open_registry(args).promote(args.name or GLOBAL, args.version, note="by command")
     print(f"{info.tag} is now the champion")
     return 0
 
 
 def cmd_models_rollback(args) -> int:
-    info = Registry(args.registry).rollback(args.name or GLOBAL, note="by command")
+    info = _open_registry(args).rollback(args.name or GLOBAL, note="by command")
     print(f"rolled back: {info.tag} is the champion again")
     return 0

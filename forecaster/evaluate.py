@@ -1,4 +1,5 @@
-"""Errors in degrees, per horizon, always next to the persistence forecast they must beat."""
+"""Errors in degrees, per horizon, always next to the baselines they must beat: persistence (the last
+observed value) and diurnal persistence (the value a day before the target)."""
 
 from __future__ import annotations
 
@@ -21,21 +22,39 @@ class Predictions:
     actual: np.ndarray
     persistence: np.ndarray  # [N]: the last observed value at each origin
     median_index: int
+    diurnal: np.ndarray | None = None  # [N, H]: the value one day before each target (see diurnal_offsets)
 
     @property
     def point(self) -> np.ndarray:
         return self.pred[..., self.median_index]
 
 
+def steps_per_day(cadence_s: float) -> int | None:
+    """Rows in a day at this cadence; None when a day is not a whole number of steps."""
+    n = 86400 / cadence_s
+    return int(n) if n >= 1 and n == int(n) else None
+
+
+def diurnal_offsets(horizons: tuple[int, ...], season: int) -> np.ndarray:
+    """Row offsets from the origin of the diurnal baseline: the target time minus 24 h (minus whole days
+    until the reading is already observed at the origin, for horizons beyond a day)."""
+    h = np.asarray(horizons, dtype=np.int64)
+    return h - np.ceil(h / season).astype(np.int64) * season
+
+
 @torch.no_grad()
 def predict_windows(
-    model: nn.Module, windows: Windows, normalizer: Normalizer, target: str, batch_size: int = 2048
+    model: nn.Module, windows: Windows, normalizer: Normalizer, target: str, batch_size: int = 2048,
+    season: int | None = None,
 ) -> Predictions:
+    """Forecasts on every window; with ``season`` (rows per day) the diurnal baseline too. The windows must
+    then hold a day of history before each origin (``windows_for(min_history=season)``)."""
     model.eval()
     device = next(model.parameters(), windows.inputs).device
     windows = windows.to(device)
     mean, std = normalizer.scale_of(target)
-    preds, ys, lasts = [], [], []
+    offsets = torch.from_numpy(diurnal_offsets(windows.spec.horizons, season)) if season else None
+    preds, ys, lasts, days = [], [], [], []
     for start in range(0, len(windows), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(windows)), device=device)
         x, y = windows.batch(idx)
@@ -44,6 +63,8 @@ def predict_windows(
         preds.append(out.float().cpu())
         ys.append(y.cpu())
         lasts.append(windows.last_target(idx).cpu())
+        if offsets is not None:
+            days.append(windows.target_at(idx, offsets).cpu())
     denorm = lambda t: torch.cat(t).numpy() * std + mean  # noqa: E731
     return Predictions(
         origins=windows.origins.cpu().numpy(),
@@ -51,6 +72,7 @@ def predict_windows(
         actual=denorm(ys),
         persistence=denorm(lasts),
         median_index=model.cfg.median_index,
+        diurnal=denorm(days) if offsets is not None and days else None,
     )
 
 
@@ -68,9 +90,17 @@ def score(p: Predictions, horizons: tuple[int, ...]) -> dict:
         },
         "samples": int(len(err)),
     }
+    if p.diurnal is not None:
+        day = np.abs(p.diurnal - p.actual)
+        out["diurnal_mae"] = float(day.mean())
+        for i, h in enumerate(horizons):
+            out["by_horizon"][int(h)]["diurnal_mae"] = float(day[:, i].mean())
     if p.pred.shape[-1] > 1:
         lo, hi = p.pred[..., 0], p.pred[..., -1]
-        out["band_coverage"] = float(((p.actual >= lo) & (p.actual <= hi)).mean())
+        inside = (p.actual >= lo) & (p.actual <= hi)
+        out["band_coverage"] = float(inside.mean())
+        for i, h in enumerate(horizons):
+            out["by_horizon"][int(h)]["coverage"] = float(inside[:, i].mean())
     return out
 
 

@@ -8,6 +8,7 @@ exclusive file lock and rewrites the index atomically, so a trainer process and 
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +23,17 @@ from torch import nn
 from forecaster.artifact import ArtifactError, ModelCard, _atomic_write, load_artifact, read_card, save_artifact
 
 GLOBAL = "global"
+DEFAULT_REGISTRY = "var/registry"  # the CLI's and the service's default: `make run` seeds it with the shipped model
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
 
 class RegistryError(ValueError):
     pass
+
+
+def default_registry() -> str:
+    """``$STATIONCAST_REGISTRY`` when set (the service reads the same variable), else ``var/registry``."""
+    return os.environ.get("STATIONCAST_REGISTRY") or DEFAULT_REGISTRY
 
 
 STATION_PREFIX = "station-"

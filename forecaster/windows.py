@@ -99,13 +99,19 @@ def model_inputs(
     return x
 
 
-def valid_origins(segment: np.ndarray, spec: WindowSpec, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Origins whose whole window and every target lie in one valid segment inside ``[start, stop)``."""
+def valid_origins(
+    segment: np.ndarray, spec: WindowSpec, start: int = 0, stop: int | None = None, min_history: int = 0
+) -> np.ndarray:
+    """Origins whose whole window and every target lie in one valid segment inside ``[start, stop)``.
+
+    ``min_history`` asks for at least that many valid rows up to the origin even when the lookback is
+    shorter (the diurnal baseline reads the value a day before each target)."""
     stop = len(segment) if stop is None else stop
-    t = np.arange(max(start + spec.lookback - 1, 0), stop - spec.max_horizon, dtype=np.int64)
+    history = max(spec.lookback, min_history)
+    t = np.arange(max(start + history - 1, 0), stop - spec.max_horizon, dtype=np.int64)
     if t.size == 0:
         return t
-    first = segment[t - spec.lookback + 1]
+    first = segment[t - history + 1]
     last = segment[t + spec.max_horizon]
     return t[(first >= 0) & (first == last)]
 
@@ -155,6 +161,10 @@ class Windows:
     def last_target(self, idx: torch.Tensor) -> torch.Tensor:
         return self.target[self.origins[idx]]
 
+    def target_at(self, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Targets ``[B, len(offsets)]`` at rows ``origin + offset`` (offsets <= 0: already observed)."""
+        return self.target[self.origins[idx][:, None] + offsets.to(self.origins.device)]
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -183,6 +193,7 @@ def windows_for(
     time_features: bool,
     rows: slice = slice(None),
     history_start: int = 0,
+    min_history: int = 0,
 ) -> Windows:
     """Samples whose origins and targets lie in ``rows`` of ``series``.
 
@@ -196,6 +207,6 @@ def windows_for(
     mean, std = normalizer.scale_of(target)
     y = np.nan_to_num((series.frame[target].to_numpy(np.float32) - mean) / std)
     start, stop, _ = rows.indices(len(values))
-    origins = valid_origins(series.segments(list(features)), spec, history_start, stop)
+    origins = valid_origins(series.segments(list(features)), spec, history_start, stop, min_history)
     origins = origins[origins >= start]
     return Windows(inputs, y, origins, spec)

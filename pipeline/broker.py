@@ -109,6 +109,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on the port (the broker has bound it)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the broker's process group: nothing to flush (memory storage) and no 5 s AddrInUse linger."""
     if proc.poll() is None:
@@ -203,6 +212,10 @@ class EmbeddedBroker:
                 )
                 time.sleep(min(0.2, left))
                 self._spawn()
+                continue
+            if not _listening(self.host, self.port):  # a Kafka client would log ECONNREFUSED as an ERROR
+                problem = "not listening yet"
+                time.sleep(0.02)
                 continue
             try:
                 admin = KafkaAdminClient(

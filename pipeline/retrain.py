@@ -38,7 +38,7 @@ from forecaster.clean import CleanConfig, StationSeries, clean_station
 from forecaster.dataset import make_splits
 from forecaster.evaluate import evaluate
 from forecaster.experiment import fit
-from forecaster.registry import Registry
+from forecaster.registry import Registry, default_registry
 from forecaster.train import TrainConfig
 from pipeline.store import Store
 
@@ -249,13 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RetrainSettings("", "")
-    p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
-    p.add_argument("--name", default=d.name)
-    p.add_argument("--history-days", type=float, default=d.history_days)
-    p.add_argument("--holdout-days", type=float, default=d.holdout_days)
+    p.add_argument("--store-url", required=True, help="the service's store: sqlite:///PATH or postgresql://...")
+    p.add_argument("--registry", default=default_registry(),
+                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
+    p.add_argument("--name", default=d.name, help="registry name of the model (default %(default)s)")
+    p.add_argument("--history-days", type=float, default=d.history_days,
+                   help="days of stored history read, holdout included (default %(default)s)")
+    p.add_argument("--holdout-days", type=float, default=d.holdout_days,
+                   help="last days, never trained on, that score challenger and champion (default %(default)s)")
     p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to promote")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--steps-per-epoch", type=int)
@@ -266,7 +269,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-threads", type=int, default=d.torch_threads)
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:

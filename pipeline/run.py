@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forecaster.table import format_table
 from pipeline.broker import connect, make_producer
 from pipeline.config import ServiceConfig
 from pipeline.http import HttpServer
@@ -161,8 +162,9 @@ def _summary(service: Service, cfg: ServiceConfig) -> None:
         return
     by = errors.groupby("station")[["abs_error", "persistence_abs_error"]].mean()
     by.loc["all"] = errors[["abs_error", "persistence_abs_error"]].mean()
-    print(f"{'station':<10} {'model MAE':>10} {'persistence':>12} {'skill':>7}", file=sys.stderr)
+    rows = [("station", "model MAE", "persistence", "skill")]
     for station, row in by.iterrows():
         skill = 1 - row["abs_error"] / row["persistence_abs_error"]
-        print(f"{station:<10} {row['abs_error']:>8.2f} °C {row['persistence_abs_error']:>9.2f} °C {skill:>+7.0%}",
-              file=sys.stderr)
+        rows.append((str(station), f"{row['abs_error']:.2f} °C", f"{row['persistence_abs_error']:.2f} °C",
+                     f"{skill:+.0%}"))
+    print(format_table(rows, right=[False, True, True, True]), file=sys.stderr)

@@ -1,0 +1,19 @@
+"""Log levels of the ``stationcast`` command: its own loggers at INFO, third-party libraries (kafka,
+apscheduler, urllib3, ...) at WARNING, so a normal run shows what the service does and not the client's
+chatter; ``-v`` adds their INFO and our DEBUG, ``-vv`` everything."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+OWN = ("stationcast", "pipeline", "forecaster", "bench")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure(verbosity: int = 0) -> None:
+    """Root (every third-party logger) at WARNING / INFO / DEBUG for 0 / 1 / 2+ ``-v``; ours at INFO, else DEBUG."""
+    third_party = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    logging.basicConfig(level=third_party, format=FORMAT, stream=sys.stderr, force=True)
+    for name in OWN:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity else logging.INFO)
