@@ -15,7 +15,7 @@ from pathlib import Path
 from forecaster.artifact import ModelCard
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
-from forecaster.dataset import DataConfig, split_rows
+from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
 from forecaster.models import MODEL_KINDS, ConvLayer
 from forecaster.plots import forecast_vs_actual, mae_by_horizon
@@ -329,6 +329,7 @@ def cmd_evaluate(args) -> int:
     model, card, info = registry.load(args.name, args.version)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
     _check_cadence(series, card, info.tag)
+    check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
     with _json_mode(args):
         scored = score_on_span(model, info.tag, card, series, spans)
@@ -364,6 +365,7 @@ def cmd_finetune(args) -> int:
                         f"({', '.join(s.station for s in series)})")
     s = series[0]
     _check_cadence(series, card, info.tag)
+    check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
     ranges = finetune_ranges(s, spans, args.days)
     require_windows(series, card.data, [ranges])

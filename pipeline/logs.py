@@ -11,9 +11,21 @@ OWN = ("stationcast", "pipeline", "forecaster", "bench")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: tests and tools swap (and close) it."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(verbosity: int = 0) -> None:
     """Root (every third-party logger) at WARNING / INFO / DEBUG for 0 / 1 / 2+ ``-v``; ours at INFO, else DEBUG."""
     third_party = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
-    logging.basicConfig(level=third_party, format=FORMAT, stream=sys.stderr, force=True)
+    logging.basicConfig(level=third_party, format=FORMAT, handlers=[_Stderr()], force=True)
     for name in OWN:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity else logging.INFO)
