@@ -38,8 +38,11 @@ from pipeline.retrain import (
     DAY,
     Outcome,
     _ranges,
+    add_store_arguments,
     beats,
     holdout_mae,
+    job_main,
+    job_store,
     load_series,
     record_holdout,
     register_challenger,
@@ -172,8 +175,7 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
-    p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
+    add_store_arguments(p)
     p.add_argument("--base", default=d.base, help="registry name of the model to start from")
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
     p.add_argument("--min-history-days", type=float, default=d.min_history_days)
@@ -195,8 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    store_url, registry = job_store(args)
     return FinetuneSettings(
-        store_url=args.store_url, registry=args.registry, base=args.base, stations=tuple(args.station),
+        store_url=store_url, registry=registry, base=args.base, stations=tuple(args.station),
         min_history_days=args.min_history_days, history_days=args.history_days, holdout_days=args.holdout_days,
         margin=args.margin, retry_days=args.retry_days, epochs=args.epochs, lr=args.lr, patience=args.patience,
         max_stations=args.max_stations, freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed,
@@ -205,9 +208,10 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
     if getattr(args, "nice", 0):
         os.nice(args.nice)
-    outcomes = finetune_stations(settings_from_args(args))
+    outcomes = finetune_stations(settings)
     for o in outcomes:
         print(o.to_json(), flush=True)
     return 1 if any(o.outcome == "failed" for o in outcomes) else 0
@@ -216,10 +220,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.finetune", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    return run_from_args(args)
+    return job_main("python -m pipeline.finetune", p.parse_args(argv), run_from_args)
 
 
 if __name__ == "__main__":

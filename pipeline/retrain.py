@@ -249,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RetrainSettings("", "")
-    p.add_argument("--store-url", required=True)
-    p.add_argument("--registry", required=True)
+    add_store_arguments(p)
     p.add_argument("--name", default=d.name)
     p.add_argument("--history-days", type=float, default=d.history_days)
     p.add_argument("--holdout-days", type=float, default=d.holdout_days)
@@ -269,18 +268,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a job reads and writes; resolved by :func:`job_store` like the service's own settings."""
+    p.add_argument("--config", help="YAML file of settings (store_url and registry are read from it)")
+    p.add_argument("--store-url", help="default: STATIONCAST_STORE_URL, else store_url in --config, else "
+                                       "sqlite:///var/stationcast.db; a password belongs in the variable or the file, "
+                                       "not here (ps shows it)")
+    p.add_argument("--registry", help="default: STATIONCAST_REGISTRY, else registry in --config, else var/registry")
+
+
+def job_store(args: argparse.Namespace) -> tuple[str, str]:
+    """(store URL, registry) of a job: flags, else ``STATIONCAST_*`` variables, else ``--config``, else the
+    defaults (:func:`pipeline.config.load_config`, as the service). The scheduler hands the store URL over in
+    the job's environment, never on its command line. The store must already exist: a job reads history, it
+    never creates a database."""
+    from pipeline.config import load_config
+    from pipeline.preflight import check_store, warn_password_on_command_line
+
+    cfg = load_config(args.config, store_url=args.store_url, registry=args.registry)
+    check_store(cfg.store_url, must_exist=True)
+    warn_password_on_command_line(args.store_url)
+    return cfg.store_url, cfg.registry
+
+
+def job_main(prog: str, args: argparse.Namespace, run) -> int:
+    """``python -m`` entry of a job: logging on stderr, and a bad setting is one line and exit code 2."""
+    from pipeline.validation import SettingError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    return run_from_args(args)
+    try:
+        return run(args)
+    except SettingError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main("python -m pipeline.retrain", build_parser().parse_args(argv), run_from_args)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    store_url, registry = job_store(args)
     if getattr(args, "nice", 0):
         os.nice(args.nice)
     settings = RetrainSettings(
-        store_url=args.store_url, registry=args.registry, name=args.name, history_days=args.history_days,
+        store_url=store_url, registry=registry, name=args.name, history_days=args.history_days,
         holdout_days=args.holdout_days, margin=args.margin, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
         from_scratch=args.from_scratch, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,
