@@ -10,12 +10,20 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from forecaster.registry import Registry
 from pipeline.broker import free_port
+from pipeline.config import ServiceConfig
+from pipeline.metrics import Metrics
+from pipeline.pretrained import ensure_champion
 from pipeline.redact import redact_url
+from pipeline.scheduler import LifecycleScheduler
+from pipeline.scoring import RollingSkill
 from tests.pipeline_harness import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +126,35 @@ def test_store_password_stays_out_of_argv_logs_status_and_metrics(pg_database, t
     # Binding every address is allowed, and said: a warning line, not an error.
     assert "WARNING" in text and "http_host 0.0.0.0" in text, text[:3000]
     assert proc.returncode == 0, text[-3000:]
+
+
+def test_finetune_job_reads_the_store_from_its_environment(pg_database, tmp_path):
+    """The scheduler's fine-tuning subprocess (real, started the scheduler's way) gets the store URL in its
+    environment, not its argv, and reads that store with the service's settings loader."""
+    cfg = ServiceConfig(store_url=pg_database, registry=str(tmp_path / "registry"), finetune_interval_s=3600.0)
+    ensure_champion(Registry(cfg.registry), "global")
+    service = SimpleNamespace(cfg=cfg, metrics=Metrics(), skill=RollingSkill(),
+                              card=SimpleNamespace(metrics={"val_mae": 1.0}), models=SimpleNamespace(stations={}))
+    sched = LifecycleScheduler(service, SimpleNamespace(request_swap=lambda: None))
+    sched.state.record("finetune", datetime.now(UTC))  # not due: only the request below runs it
+    sched.start()
+    seen: dict[int, tuple[bytes, bytes]] = {}
+
+    def done() -> bool:
+        for child in _children(os.getpid()):
+            argv = _read(f"/proc/{child}/cmdline")
+            if b"pipeline.finetune" in argv and child not in seen:
+                seen[child] = (argv, _read(f"/proc/{child}/environ"))
+        return bool(sched.finetune_outcomes)
+
+    try:
+        assert sched.finetune_now(["nowhere"], "test")
+        wait_until(done, 180, "the fine-tuning subprocess to report", interval=0.05)
+    finally:
+        sched.stop()
+    [out] = sched.finetune_outcomes
+    assert out.outcome == "failed" and "no readings of station 'nowhere'" in out.reason, out
+    assert seen, "no fine-tuning subprocess was seen"
+    for argv, environ in seen.values():
+        assert PASSWORD.encode() not in argv, argv
+        assert f"STATIONCAST_STORE_URL={pg_database}".encode() in environ.split(b"\0")
