@@ -1,9 +1,9 @@
 """Station fine-tuning job: a station's stored history -> a transfer-learned model -> served only if it beats
 the global model on that station.
 
-Runs as its own process (``python -m pipeline.finetune --store-url ... --registry ... [--station ID ...]``;
-the scheduler starts it so forecasting is undisturbed) or as a function (:func:`finetune_stations`). For each
-station:
+Runs as its own process (``python -m pipeline.finetune --registry ... [--station ID ...]``, the store from
+``STATIONCAST_STORE_URL`` as the scheduler passes it; forecasting is undisturbed) or as a function
+(:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
 2. the last ``holdout_days`` are the holdout, the rows before it train (and validate, for early stopping);

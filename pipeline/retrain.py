@@ -1,7 +1,8 @@
 """Retraining job: recent history from the store -> challenger -> champion/challenger on a holdout -> decision.
 
-Runs as its own process (``python -m pipeline.retrain --store-url ... --registry ...``; the scheduler starts it
-so forecasting is undisturbed) or as a function (:func:`retrain`). Steps:
+Runs as its own process (``python -m pipeline.retrain --registry ...``, the store from ``STATIONCAST_STORE_URL``
+as the scheduler passes it, so a password never shows in ``ps``; forecasting is undisturbed) or as a function
+(:func:`retrain`). Steps:
 
 1. read the last ``history_days`` of readings from the store and clean them per station at the champion's
    cadence (same features as the champion);

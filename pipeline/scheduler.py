@@ -12,7 +12,8 @@
   seconds moves the next retraining to now. A single station whose rolling MAE falls behind persistence (or
   behind its own model's holdout MAE) that long is queued for fine-tuning, and the fine-tuning runs now.
 
-Training jobs take turns (one training subprocess at a time), so the serving process keeps its core.
+Training jobs take turns (one training subprocess at a time), so the serving process keeps its core. A job gets
+the store URL in its environment (:func:`job_env`), never on its command line, which ``ps`` shows to every user.
 
 Jobs never overlap with themselves (``max_instances=1``), missed runs coalesce into one, and each job's last
 run time is persisted in a small JSON file next to the store (``<db>.schedule.json``; in the registry folder

@@ -25,6 +25,7 @@ from pipeline.redact import redact_url
 from pipeline.scheduler import LifecycleScheduler
 from pipeline.scoring import RollingSkill
 from tests.pipeline_harness import wait_until
+from tests.procs import descendants, read_proc
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-pw"  # trust auth: PostgreSQL accepts any password, so a real one can be passed along
@@ -50,31 +51,6 @@ def pg_database():
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _children(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        kids = [p for p, pp in parents.items() if pp in frontier]
-        found += kids
-        frontier = kids
-    return found
-
-
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError:
-        return b""
-
-
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read().decode()
@@ -97,11 +73,11 @@ def test_store_password_stays_out_of_argv_logs_status_and_metrics(pg_database, t
     def retraining_done() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        for child in _children(proc.pid):
-            argv = _read(f"/proc/{child}/cmdline")  # empty once it has exited (a zombie)
+        for child in descendants(proc.pid):
+            argv = read_proc(child, "cmdline")  # empty once it has exited (a zombie)
             argv_seen.setdefault(child, set()).add(argv)
             if b"pipeline.retrain" in argv:
-                job_env[child] = job_env.get(child) or _read(f"/proc/{child}/environ")
+                job_env[child] = job_env.get(child) or read_proc(child, "environ")
         return "retraining failed in" in log_path.read_text()
 
     try:
@@ -141,10 +117,10 @@ def test_finetune_job_reads_the_store_from_its_environment(pg_database, tmp_path
     seen: dict[int, tuple[bytes, bytes]] = {}
 
     def done() -> bool:
-        for child in _children(os.getpid()):
-            argv = _read(f"/proc/{child}/cmdline")
+        for child in descendants(os.getpid()):
+            argv = read_proc(child, "cmdline")
             if b"pipeline.finetune" in argv and child not in seen:
-                seen[child] = (argv, _read(f"/proc/{child}/environ"))
+                seen[child] = (argv, read_proc(child, "environ"))
         return bool(sched.finetune_outcomes)
 
     try:

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 
 from forecaster.registry import Registry
 from pipeline.pretrained import ensure_champion
+from tests.procs import descendants, read_proc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,22 +88,28 @@ def _listing(tmp: Path) -> set[str]:
     return {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
 
 
-def _run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 90) -> tuple[int | None, str]:
-    """(exit code, stderr) of ``stationcast ARGS``; a CLI that accepted the settings and kept serving is stopped
-    with SIGTERM (so its embedded broker goes with it) and reported as exit None."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-        return proc.returncode, stderr
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, stderr = proc.communicate()
-        return None, stderr
+def _run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 90) -> tuple[int | None, str, set]:
+    """(exit code, stderr, command lines of the processes it started) of ``stationcast ARGS``, watched through
+    /proc while it runs; a CLI that accepted the settings and kept serving is stopped with SIGTERM (so its
+    embedded broker goes with it) and reported as exit None."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        started: set[bytes] = set()
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            started |= {read_proc(p, "cmdline") for p in descendants(proc.pid)} - {b""}
+            time.sleep(0.05)
+        rc = proc.poll()
+        if rc is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        return rc, err.read().decode(errors="replace"), started
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -125,7 +134,7 @@ def test_bad_setting_is_one_line_and_exit_2(name, tmp_path):
             holder.listen()
             env["STATIONCAST_HTTP_PORT"] = str(holder.getsockname()[1])
         before = _listing(tmp_path)
-        rc, stderr = _run_cli(case.args, tmp_path, env)
+        rc, stderr, started = _run_cli(case.args, tmp_path, env)
     finally:
         holder.close()
     err = stderr.strip()
@@ -133,6 +142,7 @@ def test_bad_setting_is_one_line_and_exit_2(name, tmp_path):
     assert "Traceback" not in stderr, stderr[-3000:]
     assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{stderr[-3000:]}"
     assert case.mentions in err and "error:" in err, err
-    # Nothing created: no store, no registry, no var/ folder, no database file, no model folder.
+    # Nothing started (no embedded broker, no job) and nothing created: no store, registry, var/ or model folder.
+    assert not started, f"processes started: {started}"
     assert _listing(tmp_path) == before, f"created {_listing(tmp_path) - before}"
 
