@@ -84,8 +84,12 @@ class Registry:
         return orjson.loads(path.read_bytes())
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[dict]:
+    def _locked(self, name: str, create: bool = False) -> Iterator[dict]:
+        """The index under an exclusive lock, written back on exit; only ``create`` (register) may make a new
+        model's folder, so a command naming an unknown model leaves nothing behind."""
         d = self._dir(name)
+        if not create and not self._index_path(name).exists():
+            raise RegistryError(f"no model named {name!r} in registry {self.root} (`stationcast models list`)")
         d.mkdir(parents=True, exist_ok=True)
         with open(d / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -100,7 +104,7 @@ class Registry:
 
     def register(self, name: str, model: nn.Module, card: ModelCard, note: str = "") -> VersionInfo:
         """Save a new version as a candidate; it serves nothing until promoted."""
-        with self._locked(name) as index:
+        with self._locked(name, create=True) as index:
             version = max(map(int, index["versions"]), default=0) + 1
             save_artifact(self._dir(name) / f"v{version:04d}", model, card)
             index["versions"][str(version)] = {
@@ -158,6 +162,7 @@ class Registry:
 
     def promote(self, name: str, version: int, note: str = "") -> VersionInfo:
         """Make ``version`` the champion; the artifact is verified first so a corrupt one never serves."""
+        self.info(name, version)  # "no version N" before looking for its files
         load_artifact(self.path(name, version))
         with self._locked(name) as index:
             if str(version) not in index["versions"]:

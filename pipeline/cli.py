@@ -7,7 +7,6 @@ importing Kafka only when they run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from forecaster import cli as forecaster_cli
@@ -49,7 +48,8 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("service (also settable in --config YAML or STATIONCAST_* variables)")
     g.add_argument("--config", help="YAML file of settings (see docs/configuration.md)")
     g.add_argument("--bootstrap-servers", help="Kafka cluster; without it an embedded broker is started")
-    g.add_argument("--store-url", help="sqlite:///var/stationcast.db (default) or postgresql://user@host/db")
+    g.add_argument("--store-url", help="sqlite:///var/stationcast.db (default) or postgresql://user@host/db; a "
+                                       "password belongs in STATIONCAST_STORE_URL or --config, not here (ps shows it)")
     g.add_argument("--registry", help="model registry folder (default var/registry, seeded with the shipped model)")
     g.add_argument("--http-host", help="address for /metrics, /healthz, /readyz and /status (default 127.0.0.1)")
     g.add_argument("--http-port", type=int, help="port for them (default 8000; 0 = any free port)")
@@ -84,11 +84,17 @@ def _faults(args):
 
 
 def _service_config(args):
+    """Settings layered (defaults, --config, STATIONCAST_*, flags), validated and checked against the machine
+    and network before anything starts (:mod:`pipeline.preflight`)."""
     from pipeline.config import load_config
+    from pipeline.preflight import check_service, warn_password_on_command_line
 
     keys = ("bootstrap_servers", "store_url", "registry", "http_host", "http_port", "group_id", "device",
             "max_station_labels")
-    return load_config(args.config, **{k: getattr(args, k) for k in keys})
+    cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
+    check_service(cfg)
+    warn_password_on_command_line(args.store_url)
+    return cfg
 
 
 def _inspect_command(sub: argparse._SubParsersAction) -> None:
@@ -154,9 +160,10 @@ def _stream_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("replay", help="publish station records as live readings to the readings topic")
     _replay_args(p, required=True)
-    p.add_argument("--bootstrap-servers", default=os.environ.get("STATIONCAST_BOOTSTRAP_SERVERS"),
-                   help="Kafka bootstrap servers (default: $STATIONCAST_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", default="stationcast.readings", help="topic to publish to (default %(default)s)")
+    p.add_argument("--config", help="YAML file of settings: the Kafka ones (servers, security, readings_topic) apply")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (else bootstrap_servers from --config or "
+                                               "$STATIONCAST_BOOTSTRAP_SERVERS)")
+    p.add_argument("--topic", help="topic to publish to (default: the readings_topic setting, stationcast.readings)")
     p.set_defaults(func=cmd_replay)
     # `stationcast retrain ...` = `python -m pipeline.retrain ...`
     from pipeline.retrain import add_arguments as retrain_arguments
@@ -205,19 +212,26 @@ def cmd_tune_stations(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from pipeline.broker import BrokerConfig, make_producer
+    """Publishes with the service's Kafka settings (same layering and checks), security included."""
+    from pipeline.broker import make_producer
+    from pipeline.config import load_config
+    from pipeline.preflight import check_broker
     from pipeline.replay import records_for_replay, replay
 
-    if not args.bootstrap_servers:
-        print("stationcast replay: error: set --bootstrap-servers or STATIONCAST_BOOTSTRAP_SERVERS", file=sys.stderr)
+    cfg = load_config(args.config, bootstrap_servers=args.bootstrap_servers).broker
+    if not cfg.bootstrap_servers:
+        print("stationcast replay: error: set --bootstrap-servers, STATIONCAST_BOOTSTRAP_SERVERS or bootstrap_servers "
+              "in --config", file=sys.stderr)
         return 2
+    check_broker(cfg)
     records = records_for_replay(args.data, args.schema, args.station)
-    producer = make_producer(BrokerConfig(bootstrap_servers=args.bootstrap_servers), args.bootstrap_servers)
+    topic = args.topic or cfg.readings_topic
+    producer = make_producer(cfg, cfg.bootstrap_servers)
     try:
-        stats = replay(records, producer, args.topic, speedup=args.speedup, faults=_faults(args), limit=args.limit)
+        stats = replay(records, producer, topic, speedup=args.speedup, faults=_faults(args), limit=args.limit)
     finally:
         producer.close()
-    print(f"sent {stats.sent:,} readings to {args.topic}: {stats.to_dict()}")
+    print(f"sent {stats.sent:,} readings to {topic}: {stats.to_dict()}")
     return 0
 
 

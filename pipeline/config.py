@@ -11,6 +11,7 @@ import yaml
 
 from forecaster.registry import DEFAULT_REGISTRY
 from pipeline.broker import BrokerConfig
+from pipeline.validation import SettingError, validate
 
 DEFAULT_STORE = "sqlite:///var/stationcast.db"
 
@@ -75,18 +76,19 @@ class ServiceConfig:
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, **flags: Any) -> ServiceConfig:
-    """Merge the layers; unknown keys are refused by name rather than silently ignored."""
+    """Merge the layers and validate the result (:mod:`pipeline.validation`); a bad file, unknown key or value
+    is refused by a :class:`SettingError` naming the setting and where it came from."""
     cfg = ServiceConfig()
     known = {f.name: f for f in fields(ServiceConfig) if f.name != "broker"} | {
         f.name: f for f in fields(BrokerConfig)
     }
+    origins: dict[str, str] = {}
     if path:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        unknown = sorted(set(data) - set(known))
+        data = _read_yaml(Path(path))
+        unknown = sorted(map(str, set(data) - set(known)))
         if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+            raise SettingError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        origins |= dict.fromkeys(data, str(path))
         cfg = cfg.with_overrides(**data)
     env = os.environ if env is None else env
     from_env = {}
@@ -94,8 +96,32 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raw = env.get(f"STATIONCAST_{name.upper()}")
         if raw is not None:
             from_env[name] = _coerce(raw, f.type, name)
+            origins[name] = f"STATIONCAST_{name.upper()}"
     cfg = cfg.with_overrides(**from_env)
-    return cfg.with_overrides(**flags)
+    origins |= {k: f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None}
+    return validate(cfg.with_overrides(**flags), origins)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The settings mapping of a YAML file; every way it can be unreadable is one line."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except IsADirectoryError:
+        raise SettingError(f"--config {path}: is a directory, expected a YAML file of settings") from None
+    except FileNotFoundError:
+        raise SettingError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingError(f"--config {path}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SettingError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingError(f"--config {path}: expected a mapping of settings (name: value per line)")
+    return data
 
 
 def _coerce(raw: str, typ: Any, name: str) -> Any:
@@ -103,15 +129,17 @@ def _coerce(raw: str, typ: Any, name: str) -> Any:
     if t.startswith("bool"):
         value = raw.strip().lower()
         if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ValueError(f"STATIONCAST_{name.upper()}={raw!r} is not a boolean (true/false)")
+            raise SettingError(f"STATIONCAST_{name.upper()}={raw!r} is not a boolean (true/false)")
         return value in ("1", "true", "yes", "on")
     try:
         if t.startswith("int"):
             return int(raw)
         if t.startswith("float"):
             return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"STATIONCAST_{name.upper()}={raw!r} is not a number") from exc
+    except ValueError:
+        kind = "a whole number" if t.startswith("int") else "a number"
+        raise SettingError(f"STATIONCAST_{name.upper()}={raw!r} is not a number: setting {name} must be {kind}") \
+            from None
     return raw
 
 

@@ -1,9 +1,9 @@
 """Station fine-tuning job: a station's stored history -> a transfer-learned model -> served only if it beats
 the global model on that station.
 
-Runs as its own process (``python -m pipeline.finetune --store-url ... --registry ... [--station ID ...]``;
-the scheduler starts it so forecasting is undisturbed) or as a function (:func:`finetune_stations`). For each
-station:
+Runs as its own process (``python -m pipeline.finetune --registry ... [--station ID ...]``, the store from
+``STATIONCAST_STORE_URL`` as the scheduler passes it; forecasting is undisturbed) or as a function
+(:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
 2. the last ``holdout_days`` are the holdout, the rows before it train (and validate, for early stopping);
@@ -31,15 +31,18 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from forecaster.registry import Registry, VersionInfo, default_registry, station_model_name
+from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
 from pipeline.retrain import (
     DAY,
     Outcome,
     _ranges,
+    add_store_arguments,
     beats,
     holdout_mae,
+    job_main,
+    job_store,
     load_series,
     record_holdout,
     register_challenger,
@@ -172,9 +175,7 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
-    p.add_argument("--store-url", required=True, help="the service's store: sqlite:///PATH or postgresql://...")
-    p.add_argument("--registry", default=default_registry(),
-                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
+    add_store_arguments(p)
     p.add_argument("--base", default=d.base, help="registry name of the model to start from")
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
     p.add_argument("--min-history-days", type=float, default=d.min_history_days,
@@ -199,8 +200,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    store_url, registry = job_store(args)
     return FinetuneSettings(
-        store_url=args.store_url, registry=args.registry, base=args.base, stations=tuple(args.station),
+        store_url=store_url, registry=registry, base=args.base, stations=tuple(args.station),
         min_history_days=args.min_history_days, history_days=args.history_days, holdout_days=args.holdout_days,
         margin=args.margin, retry_days=args.retry_days, epochs=args.epochs, lr=args.lr, patience=args.patience,
         max_stations=args.max_stations, freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed,
@@ -209,9 +211,10 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
     if getattr(args, "nice", 0):
         os.nice(args.nice)
-    outcomes = finetune_stations(settings_from_args(args))
+    outcomes = finetune_stations(settings)
     for o in outcomes:
         print(o.to_json(), flush=True)
     return 1 if any(o.outcome == "failed" for o in outcomes) else 0
@@ -220,10 +223,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.finetune", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    return run_from_args(args)
+    return job_main("python -m pipeline.finetune", p.parse_args(argv), run_from_args)
 
 
 if __name__ == "__main__":

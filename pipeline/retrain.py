@@ -1,7 +1,8 @@
 """Retraining job: recent history from the store -> challenger -> champion/challenger on a holdout -> decision.
 
-Runs as its own process (``python -m pipeline.retrain --store-url ... --registry ...``; the scheduler starts it
-so forecasting is undisturbed) or as a function (:func:`retrain`). Steps:
+Runs as its own process (``python -m pipeline.retrain --registry ...``, the store from ``STATIONCAST_STORE_URL``
+as the scheduler passes it, so a password never shows in ``ps``; forecasting is undisturbed) or as a function
+(:func:`retrain`). Steps:
 
 1. read the last ``history_days`` of readings from the store and clean them per station at the champion's
    cadence (same features as the champion);
@@ -38,7 +39,7 @@ from forecaster.clean import CleanConfig, StationSeries, clean_station
 from forecaster.dataset import make_splits
 from forecaster.evaluate import evaluate
 from forecaster.experiment import fit
-from forecaster.registry import Registry, default_registry
+from forecaster.registry import Registry
 from forecaster.train import TrainConfig
 from pipeline.store import Store
 
@@ -249,9 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RetrainSettings("", "")
-    p.add_argument("--store-url", required=True, help="the service's store: sqlite:///PATH or postgresql://...")
-    p.add_argument("--registry", default=default_registry(),
-                   help="model registry folder (default: $STATIONCAST_REGISTRY, else var/registry)")
+    add_store_arguments(p)
     p.add_argument("--name", default=d.name, help="registry name of the model (default %(default)s)")
     p.add_argument("--history-days", type=float, default=d.history_days,
                    help="days of stored history read, holdout included (default %(default)s)")
@@ -272,18 +271,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a job reads and writes; resolved by :func:`job_store` like the service's own settings."""
+    p.add_argument("--config", help="YAML file of settings (store_url and registry are read from it)")
+    p.add_argument("--store-url", help="default: STATIONCAST_STORE_URL, else store_url in --config, else "
+                                       "sqlite:///var/stationcast.db; a password belongs in the variable or the file, "
+                                       "not here (ps shows it)")
+    p.add_argument("--registry", help="default: STATIONCAST_REGISTRY, else registry in --config, else var/registry")
+
+
+def job_store(args: argparse.Namespace) -> tuple[str, str]:
+    """(store URL, registry) of a job: flags, else ``STATIONCAST_*`` variables, else ``--config``, else the
+    defaults (:func:`pipeline.config.load_config`, as the service). The scheduler hands the store URL over in
+    the job's environment, never on its command line. The store must already exist: a job reads history, it
+    never creates a database."""
+    from pipeline.config import load_config
+    from pipeline.preflight import check_store, warn_password_on_command_line
+
+    cfg = load_config(args.config, store_url=args.store_url, registry=args.registry)
+    check_store(cfg.store_url, must_exist=True)
+    warn_password_on_command_line(args.store_url)
+    return cfg.store_url, cfg.registry
+
+
+def job_main(prog: str, args: argparse.Namespace, run) -> int:
+    """``python -m`` entry of a job: logging on stderr, and a bad setting is one line and exit code 2."""
+    from pipeline.validation import SettingError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    return run_from_args(args)
+    try:
+        return run(args)
+    except SettingError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main("python -m pipeline.retrain", build_parser().parse_args(argv), run_from_args)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    store_url, registry = job_store(args)
     if getattr(args, "nice", 0):
         os.nice(args.nice)
     settings = RetrainSettings(
-        store_url=args.store_url, registry=args.registry, name=args.name, history_days=args.history_days,
+        store_url=store_url, registry=registry, name=args.name, history_days=args.history_days,
         holdout_days=args.holdout_days, margin=args.margin, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
         from_scratch=args.from_scratch, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,

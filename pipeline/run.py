@@ -17,6 +17,7 @@ from forecaster.table import format_table
 from pipeline.broker import connect, make_producer
 from pipeline.config import ServiceConfig
 from pipeline.http import HttpServer
+from pipeline.redact import redact_url
 from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
 from pipeline.service import Service
 
@@ -46,7 +47,7 @@ def serve(cfg: ServiceConfig) -> int:
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         log.info("service up: broker %s, store %s, status page %s/status, metrics %s/metrics",
-                 bootstrap, cfg.store_url, http.url, http.url)
+                 bootstrap, redact_url(cfg.store_url), http.url, http.url)
         _on_signals(service.stop)
         try:
             service.run()
@@ -156,7 +157,7 @@ def _summary(service: Service, cfg: ServiceConfig) -> None:
         errors = store.errors()
         counts = {t: store.count(t) for t in ("readings", "forecasts", "errors")}
     print(f"\nstored: {counts['readings']:,} readings, {counts['forecasts']:,} forecast rows, "
-          f"{counts['errors']:,} scored errors in {cfg.store_url}", file=sys.stderr)
+          f"{counts['errors']:,} scored errors in {redact_url(cfg.store_url)}", file=sys.stderr)
     if errors.empty:
         print("no forecast was scored yet (replay longer than the model's lookback plus horizon)", file=sys.stderr)
         return

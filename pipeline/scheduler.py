@@ -12,7 +12,8 @@
   seconds moves the next retraining to now. A single station whose rolling MAE falls behind persistence (or
   behind its own model's holdout MAE) that long is queued for fine-tuning, and the fine-tuning runs now.
 
-Training jobs take turns (one training subprocess at a time), so the serving process keeps its core.
+Training jobs take turns (one training subprocess at a time), so the serving process keeps its core. A job gets
+the store URL in its environment (:func:`job_env`), never on its command line, which ``ps`` shows to every user.
 
 Jobs never overlap with themselves (``max_instances=1``), missed runs coalesce into one, and each job's last
 run time is persisted in a small JSON file next to the store (``<db>.schedule.json``; in the registry folder
@@ -43,6 +44,7 @@ from forecaster.artifact import _atomic_write
 from forecaster.registry import Registry
 from pipeline.finetune import eligible_stations
 from pipeline.metrics import NS
+from pipeline.redact import redact_text
 from pipeline.retrain import Outcome
 from pipeline.store import Store
 
@@ -105,8 +107,20 @@ def first_run_time(trigger, last_run: datetime | None, now: datetime) -> datetim
     return max(nxt, now)
 
 
-def run_subprocess(cmd: list[str], timeout: float, holder: dict | None = None) -> tuple[int, str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def job_env(cfg) -> dict[str, str]:
+    """Settings a job reads like the service does (``STATIONCAST_*``, :func:`pipeline.config.load_config`) that
+    must not be on its command line: ``ps`` shows argv to every user, a process' environment only to its owner.
+    A relative SQLite path is made absolute, since jobs run from the project root."""
+    url = cfg.store_url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).absolute())
+    return {"STATIONCAST_STORE_URL": url}
+
+
+def run_subprocess(cmd: list[str], timeout: float, holder: dict | None = None,
+                   settings: dict[str, str] | None = None) -> tuple[int, str, str]:
+    env = {**os.environ, **(settings or {}), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     if holder is not None:
@@ -128,7 +142,8 @@ class LifecycleScheduler:
         self.service, self.lifecycle, self.cfg = service, lifecycle, service.cfg
         self.state = ScheduleState(state_path(self.cfg))
         self._proc: dict = {}
-        self.runner: Runner = runner or (lambda cmd, timeout: run_subprocess(cmd, timeout, self._proc))
+        self.runner: Runner = runner or (
+            lambda cmd, timeout: run_subprocess(cmd, timeout, self._proc, job_env(self.cfg)))
         self.outcomes: list[Outcome] = []
         self._drift_since: float | None = None
         self._station_drift_since: dict[str, float] = {}
@@ -230,7 +245,7 @@ class LifecycleScheduler:
     def command(self) -> list[str]:
         c = self.cfg
         return [
-            sys.executable, "-m", "pipeline.retrain", "--store-url", c.store_url, "--registry", c.registry,
+            sys.executable, "-m", "pipeline.retrain", "--registry", str(Path(c.registry).absolute()),
             "--name", c.model_name, "--history-days", str(c.retrain_history_days),
             "--holdout-days", str(c.retrain_holdout_days), "--margin", str(c.promote_margin),
             "--epochs", str(c.retrain_epochs), "--torch-threads", "1", "--no-progress",
@@ -249,14 +264,15 @@ class LifecycleScheduler:
         m = self.service.metrics
         t0 = time.perf_counter()
         cmd = self.command()
-        log.info("retraining: %s", " ".join(cmd))
+        log.info("retraining: %s", redact_text(" ".join(cmd)))
         try:
             rc, out, err = self.runner(cmd, float(self.cfg.retrain_timeout_s))
             lines = [ln for ln in out.splitlines() if ln.strip().startswith("{")]
             if lines:
                 outcome = Outcome.from_json(lines[-1])
             else:
-                outcome = Outcome("failed", reason=f"retraining exited {rc} without an outcome: {err[-500:]}")
+                reason = redact_text(f"retraining exited {rc} without an outcome: {err[-500:]}")
+                outcome = Outcome("failed", reason=reason)
         except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
             outcome = Outcome("failed", reason=f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - t0
@@ -285,7 +301,7 @@ class LifecycleScheduler:
     def finetune_command(self, stations: list[str]) -> list[str]:
         c = self.cfg
         cmd = [
-            sys.executable, "-m", "pipeline.finetune", "--store-url", c.store_url, "--registry", c.registry,
+            sys.executable, "-m", "pipeline.finetune", "--registry", str(Path(c.registry).absolute()),
             "--base", c.model_name, "--min-history-days", str(c.finetune_min_history_days),
             "--history-days", str(c.finetune_history_days), "--holdout-days", str(c.finetune_holdout_days),
             "--margin", str(c.finetune_margin), "--retry-days", str(c.finetune_retry_days),
@@ -319,7 +335,7 @@ class LifecycleScheduler:
                 return eligible_stations(store, Registry(c.registry), c.finetune_min_history_days,
                                          c.finetune_retry_days)
         except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
-            log.error("fine-tuning: could not list eligible stations: %s", exc)
+            log.error("fine-tuning: could not list eligible stations: %s", redact_text(str(exc)))
             return []
 
     def _finetune(self, stations: list[str]) -> list[Outcome]:
@@ -327,14 +343,14 @@ class LifecycleScheduler:
         self.state.record("finetune", started_at, status="running")
         m = self.service.metrics
         cmd = self.finetune_command(stations)
-        log.info("fine-tuning: %s", " ".join(cmd))
+        log.info("fine-tuning: %s", redact_text(" ".join(cmd)))
         t0 = time.perf_counter()
         try:
             rc, out, err = self.runner(cmd, float(self.cfg.finetune_timeout_s))
             outcomes = [Outcome.from_json(ln) for ln in out.splitlines() if ln.strip().startswith("{")]
             if rc != 0 and not outcomes:
-                outcomes = [Outcome("failed", reason=f"fine-tuning exited {rc} without an outcome: {err[-500:]}",
-                                    stations=stations)]
+                reason = redact_text(f"fine-tuning exited {rc} without an outcome: {err[-500:]}")
+                outcomes = [Outcome("failed", reason=reason, stations=stations)]
         except Exception as exc:  # noqa: BLE001 - a job must never kill the scheduler
             outcomes = [Outcome("failed", reason=f"{type(exc).__name__}: {exc}", stations=stations)]
         seconds = time.perf_counter() - t0

@@ -229,7 +229,9 @@ class Store:
             import psycopg  # only needed for PostgreSQL
 
             return cls(psycopg.connect(url, autocommit=True), postgres=True, namespace=namespace)
-        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///... or postgresql://...")
+        from pipeline.redact import redact_url
+
+        raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:///... or postgresql://...")
 
     def close(self) -> None:
         checkpointer = getattr(self, "_checkpointer", None)
