@@ -78,6 +78,10 @@ class Metrics:
                                    registry=r)
         self.deadletter_published = Counter(f"{NS}_deadletter_published", "Dead-letter records published",
                                             registry=r)
+        self.deadletter_failures = Counter(
+            f"{NS}_deadletter_failures", "Rejected messages that could not be published to the dead-letter topic "
+            "(counted, logged and skipped: the partition goes on)", registry=r,
+        )
         self.batches = Counter(f"{NS}_batches", "Consumer batches processed", registry=r)
         self.last_batch = Gauge(f"{NS}_last_batch_timestamp_seconds", "Unix time of the last processed batch",
                                 registry=r)

@@ -49,6 +49,9 @@ def serve(cfg: ServiceConfig) -> int:
         _on_signals(service.stop)
         try:
             service.run()
+        except Exception:
+            log.exception("the service loop died; exiting with status 1 (a supervisor should restart it)")
+            return 1
         finally:
             http.stop()
     return 0
@@ -109,7 +112,16 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         stack.callback(http.stop)
-        worker = threading.Thread(target=service.run, name="service", daemon=True)
+        died: list[BaseException] = []
+
+        def serve_loop() -> None:
+            try:
+                service.run()
+            except BaseException as exc:  # reported below: the process must not exit 0 without its service
+                died.append(exc)
+                log.exception("the service loop died")
+
+        worker = threading.Thread(target=serve_loop, name="service", daemon=True)
         worker.start()
         print(f"stationcast: broker {bootstrap} (embedded)" if not cfg.broker.bootstrap_servers
               else f"stationcast: broker {bootstrap}", file=sys.stderr)
@@ -145,6 +157,9 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
         service.stop()
         worker.join(timeout=30)
         _summary(service, cfg)
+    if died:
+        print(f"stationcast run: error: the service stopped: {died[0]!r} (see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,7 +30,7 @@ from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
-from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
+from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
 from pipeline.scoring import RollingSkill, Scoreboard
 from pipeline.serving import Served, ServingModels
 from pipeline.store import Store
@@ -216,9 +216,8 @@ class Service:
         m = self.metrics
         m.readings_consumed.inc(len(raw))
         for d in dead:
-            self.producer.send(self.cfg.broker.deadletter_topic, key=d.key, value=d.to_message())
             m.readings_rejected.labels(reason=d.reason).inc()
-        m.deadletter_published.inc(len(dead))
+        self._dead_letter(dead)
 
         if len(batch):
             ts = batch.time.astype("datetime64[s]").astype(np.int64)
@@ -239,6 +238,28 @@ class Service:
             self.totals.batches += 1
         m.batches.inc()
         m.last_batch.set(time.time())
+
+    def _dead_letter(self, dead: Sequence[DeadLetter]) -> None:
+        """Publish rejected messages; one that cannot be published is counted and logged, never raised: a
+        message that cannot even be dead-lettered must not stop its partition (the batch is still stored)."""
+        failed = 0
+        for d in dead:
+            try:
+                future = self.producer.send(self.cfg.broker.deadletter_topic, key=d.record_key, value=d.to_message())
+            except Exception as exc:  # too large, buffer full, broker unreachable for max_block_ms, ...
+                failed += 1
+                log.error("dead letter of partition %s offset %s (%s, %d bytes) not published: %r",
+                          d.partition, d.offset, d.reason, d.size, exc)
+                continue
+            future.add_errback(self._dead_letter_lost, d)
+        self.metrics.deadletter_published.inc(len(dead) - failed)
+        self.metrics.deadletter_failures.inc(failed)
+
+    def _dead_letter_lost(self, d: DeadLetter, exc: Exception) -> None:
+        """The producer gave up delivering a dead letter (called on its I/O thread)."""
+        self.metrics.deadletter_failures.inc()
+        log.error("dead letter of partition %s offset %s (%s, %d bytes) not delivered: %r",
+                  d.partition, d.offset, d.reason, d.size, exc)
 
     def _persist(self) -> None:
         """Publish, then store, what the batch produced; the caller commits offsets only after this.
