@@ -417,6 +417,7 @@ class Service:
             self.metrics.max_seconds_since_reading.set(max(silent.values()))
             self.metrics.set_station_gauges(list(silent), self.metrics.seconds_since_reading, list(silent.values()))
         self.metrics.stations.set(self.windows.n_stations)
+        self.metrics.stations_ready.set(self.windows.n_ready)
 
     # ------------------------------------------------------------------ rebalance
 
