@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.broker import connect, make_producer
+from pipeline.broker import make_producer, open_broker
 from pipeline.config import ServiceConfig
 from pipeline.http import HttpServer
 from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
@@ -40,8 +40,8 @@ def _on_signals(stop) -> None:
 def serve(cfg: ServiceConfig) -> int:
     """Run the service until SIGTERM/SIGINT; exit 0 after a clean shutdown."""
     _prepare_paths(cfg)
-    with connect(cfg.broker) as bootstrap:
-        service = Service(cfg, bootstrap)
+    with open_broker(cfg.broker) as (bootstrap, broker):
+        service = Service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         log.info("service up: broker %s, store %s, status page %s/status, metrics %s/metrics",
@@ -107,8 +107,8 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
     stop = threading.Event()
     _on_signals(stop.set)
     with ExitStack() as stack:
-        bootstrap = stack.enter_context(connect(cfg.broker))
-        service = Service(cfg, bootstrap)
+        bootstrap, broker = stack.enter_context(open_broker(cfg.broker))
+        service = Service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         stack.callback(http.stop)

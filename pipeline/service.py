@@ -25,7 +25,7 @@ from kafka.errors import CommitFailedError, KafkaError
 
 from forecaster.predict import Forecast, Predictor
 from forecaster.registry import Registry, VersionInfo
-from pipeline.broker import make_producer
+from pipeline.broker import EmbeddedBroker, make_producer
 from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
@@ -58,9 +58,15 @@ class Totals:
 
 
 class Service:
-    def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None):
+    def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None,
+                 broker: EmbeddedBroker | None = None):
+        """``broker``: the embedded broker when the service runs on one (its health is part of readiness)."""
         self.cfg = cfg
         self.bootstrap = bootstrap
+        self.broker = broker
+        self._disconnected_since: float | None = None
+        self._connection_checked = 0.0
+        self._reconnecting = False  # the embedded broker was restarted and the consumer is not back yet
         if cfg.torch_threads:
             # Small per-batch forward passes gain nothing from more threads, and OpenMP threads that
             # spin-wait beside Kafka's I/O thread can slow inference a hundredfold on a busy machine.
@@ -96,6 +102,9 @@ class Service:
             max_partition_fetch_bytes=8 << 20,
         )
         self.consumer.subscribe([cfg.broker.readings_topic], listener=_Rebalance(self))
+        self.metrics.broker_up.set_function(lambda: float(self.broker_reachable))
+        if broker is not None:
+            broker.on_restart(self._broker_restarted)
         # Model lifecycle: swap requests, rollbacks, the scheduler (started only when enabled).
         self.lifecycle = Lifecycle(self)
 
@@ -163,6 +172,7 @@ class Service:
                     self._stop.wait(1.0)
                     continue
                 self._last_loop = time.time()
+                self._check_connection()
                 self._apply_rebalances()
                 if records:
                     self.process(records)
@@ -199,7 +209,39 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return bool(self.consumer.assignment()) and self.predictor is not None
+        return bool(self.consumer.assignment()) and self.predictor is not None and self.broker_reachable
+
+    @property
+    def broker_reachable(self) -> bool:
+        """The embedded broker is serving, and the consumer has not been without any broker connection for
+        a session timeout (the assignment alone stays set while the broker is gone)."""
+        if self.broker is not None and (self._reconnecting or not self.broker.healthy):
+            return False
+        since = self._disconnected_since
+        return since is None or time.monotonic() - since < self.cfg.session_timeout_ms / 1000
+
+    def _broker_restarted(self) -> None:
+        """Called by the embedded broker's supervisor: not ready until the consumer has reconnected."""
+        self._reconnecting = True
+        self._connection_checked = 0.0
+        self.metrics.broker_restarts.inc()
+
+    def _check_connection(self) -> None:
+        """Note when the consumer lost its last broker connection (kafka-python's connection-count metric)."""
+        now = time.monotonic()
+        if now - self._connection_checked < 1.0:
+            return
+        self._connection_checked = now
+        try:
+            count = (self.consumer.metrics() or {}).get("consumer-metrics", {}).get("connection-count")
+        except Exception:  # an unstable interface upstream: unknown counts as connected
+            count = None
+        if count is None or count > 0:
+            self._disconnected_since = None
+            self._reconnecting = False
+        elif self._disconnected_since is None:
+            self._disconnected_since = now
+            log.warning("the consumer has no connection to the Kafka broker %s", self.bootstrap)
 
     @property
     def alive(self) -> bool:
