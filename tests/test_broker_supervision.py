@@ -129,3 +129,22 @@ def test_embedded_broker_death_is_seen_restarted_and_dies_with_the_service(tmp_p
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
+
+
+def test_readiness_drops_while_an_external_broker_is_unreachable(tmp_path: Path) -> None:
+    """A cluster the service does not own (here a Tansu the test starts) goes away: after a session timeout
+    without any broker connection the service is not ready; when the broker is back it is ready again."""
+    from pipeline.broker import EmbeddedBroker, ensure_topics
+    from tests.pipeline_harness import ServiceThread, make_setup, metric
+
+    with EmbeddedBroker() as broker:
+        setup = make_setup(broker.bootstrap, tmp_path)
+        with ServiceThread(setup) as service:
+            wait_until(lambda: service.ready, 120, "partitions assigned")
+            broker.stop()
+            wait_until(lambda: not service.ready, 60, "readiness to drop without a broker")
+            assert metric(service, "stationcast_broker_up") == 0.0
+            broker.restart()
+            ensure_topics(setup.cfg.broker, broker.bootstrap, setup.cfg.broker.topics())
+            wait_until(lambda: service.ready, 120, "readiness once the broker is back")
+            assert metric(service, "stationcast_broker_up") == 1.0
