@@ -9,16 +9,19 @@ See ``/work/shared/notes/kafka.md`` for the measured pitfalls these helpers work
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 15.0
+WATCH_INTERVAL_S = 0.5
+_PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(RuntimeError):
@@ -129,11 +134,32 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when the thread that started it dies (Linux).
+
+    A ``kill -9`` of the service then takes its broker along instead of leaving an orphan that holds the
+    port and unconsumed readings. The death signal follows the spawning *thread*, so a broker must be
+    started from a thread that lives as long as it should (the main thread, or the supervisor's).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will send the signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class EmbeddedBroker:
     """A Tansu broker in a child process on a free local port.
 
     ``start()`` returns once a ``KafkaAdminClient`` connects; ``restart()`` keeps the port so running clients
-    reconnect by themselves (but topics and messages are gone: memory storage).
+    reconnect by themselves (but topics and messages are gone: memory storage). ``supervise()`` restarts it
+    whenever it dies. The child dies with its parent (Linux), so it never outlives the service.
     """
 
     def __init__(self, port: int | None = None, log_path: str | Path | None = None, host: str = "127.0.0.1"):
@@ -146,6 +172,11 @@ class EmbeddedBroker:
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
         self._log_offset = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._restart_listeners: list[Callable[[], None]] = []
+        self.up = False  # started and serving (False from a death until the restart has its topics again)
+        self.restarts = 0  # by the supervisor
 
     @property
     def bootstrap(self) -> str:
@@ -180,6 +211,7 @@ class EmbeddedBroker:
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(),  # noqa: PLW1509 (only prctl and getppid run in the child)
             )
         self._finalizer = weakref.finalize(self, _kill_group, self._proc)
 
@@ -230,15 +262,25 @@ class EmbeddedBroker:
             admin.close()
             if self._proc.poll() is None and not self._failed_to_listen():
                 log.info("embedded Kafka broker (Tansu) ready on %s, pid %d", self.bootstrap, self._proc.pid)
+                self.up = True
                 return self
-        self.stop()
+        self._kill()
         raise BrokerError(
             f"embedded Kafka broker did not become ready on {self.bootstrap} within {timeout_s:g} s "
             f"({problem}); broker log {self.log_path}:\n{self.log_tail()}"
         )
 
     def stop(self) -> None:
-        """Kill the broker (SIGKILL) and wait for it; safe to call twice."""
+        """Stop supervising, kill the broker (SIGKILL) and wait for it; safe to call twice."""
+        self._stopping.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=START_TIMEOUT_S + 5)
+        self._watcher = None
+        self._kill()
+
+    def _kill(self) -> None:
+        self.up = False
         if self._proc is not None:
             _kill_group(self._proc)
         if self._finalizer is not None:
@@ -249,7 +291,59 @@ class EmbeddedBroker:
         """Stop and start again on the same port: clients reconnect; topics must be created again."""
         self.stop()
         self._proc = None
+        self._stopping.clear()
         return self.start(timeout_s)
+
+    @property
+    def healthy(self) -> bool:
+        """Serving now: alive, and (after a restart) its topics created again."""
+        return self.up and self.alive
+
+    def on_restart(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the supervisor's thread) after each restart by the supervisor."""
+        self._restart_listeners.append(listener)
+
+    def supervise(self, config: BrokerConfig) -> EmbeddedBroker:
+        """Watch the broker and start it again on the same port when it dies, with ``config``'s topics.
+
+        What it held is gone (memory storage): readings not yet consumed are lost, and producers must send
+        them again; consumers and producers reconnect by themselves.
+        """
+        if self._watcher is None:
+            self._stopping.clear()
+            self._watcher = threading.Thread(target=self._watch, args=(config,), name="broker-supervisor",
+                                             daemon=True)
+            self._watcher.start()
+        return self
+
+    def _watch(self, config: BrokerConfig) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            if self.alive:
+                continue
+            self.up = False
+            code = self._proc.returncode if self._proc is not None else None
+            log.error("embedded Kafka broker on %s exited (status %s), restarting it; messages it held are lost. "
+                      "Broker log %s:\n%s", self.bootstrap, code, self.log_path, self.log_tail(10))
+            while not self._stopping.is_set():
+                try:
+                    self.start()
+                    ensure_topics(config, self.bootstrap, config.topics())
+                    break
+                except BrokerError as exc:
+                    self.up = False
+                    log.error("embedded Kafka broker restart failed, retrying: %s", exc)
+                    self._stopping.wait(1.0)
+            if self._stopping.is_set():
+                return
+            self.up = True
+            self.restarts += 1
+            log.warning("embedded Kafka broker restarted on %s (pid %s, restart %d)", self.bootstrap, self.pid,
+                        self.restarts)
+            for listener in self._restart_listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("broker restart listener failed")
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -313,19 +407,26 @@ def _warn_partitions(admin: KafkaAdminClient, topics: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def connect(config: BrokerConfig) -> Iterator[str]:
-    """Yield the bootstrap address to use, with the pipeline's topics created.
+def open_broker(config: BrokerConfig) -> Iterator[tuple[str, EmbeddedBroker | None]]:
+    """Yield the bootstrap address to use and the embedded broker (None for a cluster), topics created.
 
     With ``config.bootstrap_servers`` set, that cluster is used and no broker is started; otherwise an
-    :class:`EmbeddedBroker` runs for the duration of the ``with`` block.
+    :class:`EmbeddedBroker` runs, supervised (restarted when it dies), for the duration of the ``with`` block.
     """
     if config.bootstrap_servers:
         ensure_topics(config, config.bootstrap_servers, config.topics())
-        yield config.bootstrap_servers
+        yield config.bootstrap_servers, None
         return
     with EmbeddedBroker() as broker:
         ensure_topics(config, broker.bootstrap, config.topics())
-        yield broker.bootstrap
+        yield broker.bootstrap, broker.supervise(config)
+
+
+@contextlib.contextmanager
+def connect(config: BrokerConfig) -> Iterator[str]:
+    """:func:`open_broker`, for callers that need only the bootstrap address."""
+    with open_broker(config) as (bootstrap, _):
+        yield bootstrap
 
 
 def make_producer(config: BrokerConfig, bootstrap: str, **overrides: Any) -> KafkaProducer:

@@ -47,7 +47,10 @@ def _verbose_after_commands(sub: argparse._SubParsersAction) -> None:
 def _service_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("service (also settable in --config YAML or STATIONCAST_* variables)")
     g.add_argument("--config", help="YAML file of settings (see docs/configuration.md)")
-    g.add_argument("--bootstrap-servers", help="Kafka cluster; without it an embedded broker is started")
+    g.add_argument("--bootstrap-servers",
+                   help="Kafka cluster; without it an embedded broker is started, which keeps messages in memory "
+                        "only: stored readings are safe, unconsumed ones are lost if it dies (it is restarted). "
+                        "Use a cluster when that matters")
     g.add_argument("--store-url", help="sqlite:///var/stationcast.db (default) or postgresql://user@host/db; a "
                                        "password belongs in STATIONCAST_STORE_URL or --config, not here (ps shows it)")
     g.add_argument("--registry", help="model registry folder (default var/registry, seeded with the shipped model)")

@@ -78,6 +78,10 @@ class Metrics:
                                    registry=r)
         self.deadletter_published = Counter(f"{NS}_deadletter_published", "Dead-letter records published",
                                             registry=r)
+        self.deadletter_failures = Counter(
+            f"{NS}_deadletter_failures", "Rejected messages that could not be published to the dead-letter topic "
+            "(counted, logged and skipped: the partition goes on)", registry=r,
+        )
         self.batches = Counter(f"{NS}_batches", "Consumer batches processed", registry=r)
         self.last_batch = Gauge(f"{NS}_last_batch_timestamp_seconds", "Unix time of the last processed batch",
                                 registry=r)
@@ -88,6 +92,10 @@ class Metrics:
         self.rebalances = Counter(f"{NS}_rebalances", "Partition assignments received", registry=r)
         self.windows_rebuilt = Counter(f"{NS}_windows_rebuilt", "Station windows rebuilt from the store", registry=r)
         self.up = Gauge(f"{NS}_ready", "1 when broker, store and model are all available", registry=r)
+        self.broker_up = Gauge(f"{NS}_broker_up", "1 while the consumer reaches its Kafka broker (embedded: the "
+                               "broker process is serving)", registry=r)
+        self.broker_restarts = Counter(f"{NS}_broker_restarts", "Embedded broker restarts after it died "
+                                       "(messages it held are lost)", registry=r)
         # Model lifecycle: champion changes and retraining outcomes.
         self.model_swaps = Counter(f"{NS}_model_swaps", "New champions picked up without restart", registry=r)
         self.rollbacks = Counter(f"{NS}_rollbacks", "Champion rollbacks seen by the service", registry=r)

@@ -19,6 +19,7 @@ parsed and ranges checked for the whole batch at once with pandas/numpy.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ MAX_STATION_LEN = 128
 MIN_TIME = np.datetime64("1990-01-01T00:00:00", "us")
 # Latest time representable as datetime64[ns] with margin.
 _MAX_TIME = np.datetime64("2262-01-01T00:00:00", "us")
+# Dead-letter records stay far below any producer's max_request_size (1 MiB by default), whatever came in.
+DEADLETTER_EXCERPT_BYTES = 4096
+DEADLETTER_KEY_BYTES = 1024
+DEADLETTER_DETAIL_CHARS = 1000
 _MAX_UNKNOWN_NAMES = 1000  # distinct unknown sensor names tracked; the rest count under "<other>"
 
 # Dead-letter reasons, in the order the checks run (a message gets the first one that fails).
@@ -97,7 +102,12 @@ class ReadingBatch:
 
 @dataclass
 class DeadLetter:
-    """A rejected message, why, its original bytes and provenance: so it can be inspected or replayed."""
+    """A rejected message, why, its original bytes and provenance: so it can be inspected or replayed.
+
+    On the topic the record is bounded (:data:`DEADLETTER_EXCERPT_BYTES` of the payload, a short key and
+    detail, plus the original's size and sha256): a payload near the broker's size limit would otherwise
+    grow by a third in base64, be refused by the producer and stop the partition.
+    """
 
     reason: str
     detail: str
@@ -105,15 +115,36 @@ class DeadLetter:
     key: bytes | None = None
     partition: int | None = None
     offset: int | None = None
+    size: int = -1  # of the original payload; -1: len(raw)
+    sha256: str = ""  # of the original payload; "": computed from raw
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.raw)
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def record_key(self) -> bytes | None:
+        """The key to publish under: the original one, cut to :data:`DEADLETTER_KEY_BYTES`."""
+        return None if self.key is None else self.key[:DEADLETTER_KEY_BYTES]
 
     def to_message(self) -> bytes:
-        """JSON for the dead-letter topic; the original key and payload are base64 so any bytes survive."""
+        """JSON for the dead-letter topic; key and payload excerpt are base64 so any bytes survive.
+
+        ``truncated`` says whether ``raw`` holds the whole original (``size`` bytes, ``sha256``) or its start.
+        """
+        excerpt = self.raw[:DEADLETTER_EXCERPT_BYTES]
         return orjson.dumps(
             {
                 "reason": self.reason,
-                "detail": self.detail,
-                "key": None if self.key is None else base64.b64encode(self.key).decode("ascii"),
-                "raw": base64.b64encode(self.raw).decode("ascii"),
+                "detail": _short_text(self.detail, DEADLETTER_DETAIL_CHARS),
+                "key": None if self.key is None else base64.b64encode(self.record_key).decode("ascii"),
+                "key_size": None if self.key is None else len(self.key),
+                "raw": base64.b64encode(excerpt).decode("ascii"),
+                "size": self.size,
+                "sha256": self.sha256,
+                "truncated": len(excerpt) < self.size,
                 "partition": self.partition,
                 "offset": self.offset,
             }
@@ -121,7 +152,7 @@ class DeadLetter:
 
     @classmethod
     def from_message(cls, data: bytes) -> DeadLetter:
-        """Inverse of :meth:`to_message`."""
+        """Inverse of :meth:`to_message` (``raw`` is only the excerpt when the record says ``truncated``)."""
         obj = orjson.loads(data)
         key = obj.get("key")
         return cls(
@@ -131,6 +162,8 @@ class DeadLetter:
             key=None if key is None else base64.b64decode(key),
             partition=obj.get("partition"),
             offset=obj.get("offset"),
+            size=obj.get("size", -1),
+            sha256=obj.get("sha256", ""),
         )
 
 
@@ -168,6 +201,10 @@ def _lenient_loads(payload: object) -> object:
         return json.loads(text, parse_int=float) if isinstance(text, str) else _NOT_JSON
     except (ValueError, RecursionError, TypeError, UnicodeDecodeError):
         return _NOT_JSON
+
+
+def _short_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.table import format_table
-from pipeline.broker import connect, make_producer
+from pipeline.broker import make_producer, open_broker
 from pipeline.config import ServiceConfig
 from pipeline.http import HttpServer
 from pipeline.redact import redact_url
@@ -42,8 +42,8 @@ def _on_signals(stop) -> None:
 def serve(cfg: ServiceConfig) -> int:
     """Run the service until SIGTERM/SIGINT; exit 0 after a clean shutdown."""
     _prepare_paths(cfg)
-    with connect(cfg.broker) as bootstrap:
-        service = Service(cfg, bootstrap)
+    with open_broker(cfg.broker) as (bootstrap, broker):
+        service = Service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         log.info("service up: broker %s, store %s, status page %s/status, metrics %s/metrics",
@@ -51,6 +51,9 @@ def serve(cfg: ServiceConfig) -> int:
         _on_signals(service.stop)
         try:
             service.run()
+        except Exception:
+            log.exception("the service loop died; exiting with status 1 (a supervisor should restart it)")
+            return 1
         finally:
             http.stop()
     return 0
@@ -106,12 +109,21 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
     stop = threading.Event()
     _on_signals(stop.set)
     with ExitStack() as stack:
-        bootstrap = stack.enter_context(connect(cfg.broker))
-        service = Service(cfg, bootstrap)
+        bootstrap, broker = stack.enter_context(open_broker(cfg.broker))
+        service = Service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         stack.callback(http.stop)
-        worker = threading.Thread(target=service.run, name="service", daemon=True)
+        died: list[BaseException] = []
+
+        def serve_loop() -> None:
+            try:
+                service.run()
+            except BaseException as exc:  # reported below: the process must not exit 0 without its service
+                died.append(exc)
+                log.exception("the service loop died")
+
+        worker = threading.Thread(target=serve_loop, name="service", daemon=True)
         worker.start()
         print(f"stationcast: broker {bootstrap} (embedded)" if not cfg.broker.bootstrap_servers
               else f"stationcast: broker {bootstrap}", file=sys.stderr)
@@ -147,6 +159,9 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
         service.stop()
         worker.join(timeout=30)
         _summary(service, cfg)
+    if died:
+        print(f"stationcast run: error: the service stopped: {died[0]!r} (see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,12 +25,12 @@ from kafka.errors import CommitFailedError, KafkaError
 
 from forecaster.predict import Forecast, Predictor
 from forecaster.registry import Registry, VersionInfo
-from pipeline.broker import make_producer
+from pipeline.broker import EmbeddedBroker, make_producer
 from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
-from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
+from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
 from pipeline.scoring import RollingSkill, Scoreboard
 from pipeline.serving import Served, ServingModels
 from pipeline.store import Store
@@ -58,9 +58,15 @@ class Totals:
 
 
 class Service:
-    def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None):
+    def __init__(self, cfg: ServiceConfig, bootstrap: str, metrics: Metrics | None = None,
+                 broker: EmbeddedBroker | None = None):
+        """``broker``: the embedded broker when the service runs on one (its health is part of readiness)."""
         self.cfg = cfg
         self.bootstrap = bootstrap
+        self.broker = broker
+        self._disconnected_since: float | None = None
+        self._connection_checked = 0.0
+        self._reconnecting = False  # the embedded broker was restarted and the consumer is not back yet
         if cfg.torch_threads:
             # Small per-batch forward passes gain nothing from more threads, and OpenMP threads that
             # spin-wait beside Kafka's I/O thread can slow inference a hundredfold on a busy machine.
@@ -96,6 +102,9 @@ class Service:
             max_partition_fetch_bytes=8 << 20,
         )
         self.consumer.subscribe([cfg.broker.readings_topic], listener=_Rebalance(self))
+        self.metrics.broker_up.set_function(lambda: float(self.broker_reachable))
+        if broker is not None:
+            broker.on_restart(self._broker_restarted)
         # Model lifecycle: swap requests, rollbacks, the scheduler (started only when enabled).
         self.lifecycle = Lifecycle(self)
 
@@ -163,6 +172,7 @@ class Service:
                     self._stop.wait(1.0)
                     continue
                 self._last_loop = time.time()
+                self._check_connection()
                 self._apply_rebalances()
                 if records:
                     self.process(records)
@@ -199,7 +209,39 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return bool(self.consumer.assignment()) and self.predictor is not None
+        return bool(self.consumer.assignment()) and self.predictor is not None and self.broker_reachable
+
+    @property
+    def broker_reachable(self) -> bool:
+        """The embedded broker is serving, and the consumer has not been without any broker connection for
+        a session timeout (the assignment alone stays set while the broker is gone)."""
+        if self.broker is not None and (self._reconnecting or not self.broker.healthy):
+            return False
+        since = self._disconnected_since
+        return since is None or time.monotonic() - since < self.cfg.session_timeout_ms / 1000
+
+    def _broker_restarted(self) -> None:
+        """Called by the embedded broker's supervisor: not ready until the consumer has reconnected."""
+        self._reconnecting = True
+        self._connection_checked = 0.0
+        self.metrics.broker_restarts.inc()
+
+    def _check_connection(self) -> None:
+        """Note when the consumer lost its last broker connection (kafka-python's connection-count metric)."""
+        now = time.monotonic()
+        if now - self._connection_checked < 1.0:
+            return
+        self._connection_checked = now
+        try:
+            count = (self.consumer.metrics() or {}).get("consumer-metrics", {}).get("connection-count")
+        except Exception:  # an unstable interface upstream: unknown counts as connected
+            count = None
+        if count is None or count > 0:
+            self._disconnected_since = None
+            self._reconnecting = False
+        elif self._disconnected_since is None:
+            self._disconnected_since = now
+            log.warning("the consumer has no connection to the Kafka broker %s", self.bootstrap)
 
     @property
     def alive(self) -> bool:
@@ -216,9 +258,8 @@ class Service:
         m = self.metrics
         m.readings_consumed.inc(len(raw))
         for d in dead:
-            self.producer.send(self.cfg.broker.deadletter_topic, key=d.key, value=d.to_message())
             m.readings_rejected.labels(reason=d.reason).inc()
-        m.deadletter_published.inc(len(dead))
+        self._dead_letter(dead)
 
         if len(batch):
             ts = batch.time.astype("datetime64[s]").astype(np.int64)
@@ -239,6 +280,28 @@ class Service:
             self.totals.batches += 1
         m.batches.inc()
         m.last_batch.set(time.time())
+
+    def _dead_letter(self, dead: Sequence[DeadLetter]) -> None:
+        """Publish rejected messages; one that cannot be published is counted and logged, never raised: a
+        message that cannot even be dead-lettered must not stop its partition (the batch is still stored)."""
+        failed = 0
+        for d in dead:
+            try:
+                future = self.producer.send(self.cfg.broker.deadletter_topic, key=d.record_key, value=d.to_message())
+            except Exception as exc:  # too large, buffer full, broker unreachable for max_block_ms, ...
+                failed += 1
+                log.error("dead letter of partition %s offset %s (%s, %d bytes) not published: %r",
+                          d.partition, d.offset, d.reason, d.size, exc)
+                continue
+            future.add_errback(self._dead_letter_lost, d)
+        self.metrics.deadletter_published.inc(len(dead) - failed)
+        self.metrics.deadletter_failures.inc(failed)
+
+    def _dead_letter_lost(self, d: DeadLetter, exc: Exception) -> None:
+        """The producer gave up delivering a dead letter (called on its I/O thread)."""
+        self.metrics.deadletter_failures.inc()
+        log.error("dead letter of partition %s offset %s (%s, %d bytes) not delivered: %r",
+                  d.partition, d.offset, d.reason, d.size, exc)
 
     def _persist(self) -> None:
         """Publish, then store, what the batch produced; the caller commits offsets only after this.
@@ -396,6 +459,7 @@ class Service:
             self.metrics.max_seconds_since_reading.set(max(silent.values()))
             self.metrics.set_station_gauges(list(silent), self.metrics.seconds_since_reading, list(silent.values()))
         self.metrics.stations.set(self.windows.n_stations)
+        self.metrics.stations_ready.set(self.windows.n_ready)
 
     # ------------------------------------------------------------------ rebalance
 

@@ -142,6 +142,12 @@ class RollingWindows:
         return len(self._row_of)
 
     @property
+    def n_ready(self) -> int:
+        """How many stations are ready (see :meth:`ready`), over all rows at once."""
+        ok = self._started & (self._newest - self._last_bad >= self.config.lookback)
+        return int(np.count_nonzero(ok))
+
+    @property
     def capacity(self) -> int:
         """Ring length in slots."""
         return self._cap

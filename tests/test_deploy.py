@@ -554,59 +554,6 @@ def test_deploy_local_without_prometheus_says_how_to_install(tmp_path):
     assert "apt-get install -y prometheus" in res.stderr
 
 
-FAKE_SERVICE = '''
-"""Stands in for `stationcast run --keep-serving --http-port PORT`: /healthz, /readyz and the real exporter."""
-import argparse, os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-sys.path.insert(0, {root!r})
-from pipeline.metrics import Metrics
-
-p = argparse.ArgumentParser()
-p.add_argument("command")
-p.add_argument("--keep-serving", action="store_true")
-p.add_argument("--http-port", type=int)
-args = p.parse_args()
-open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
-m = Metrics()
-m.readings_consumed.inc(100); m.readings_accepted.inc(95); m.forecasts.inc(90); m.errors_scored.inc(80)
-m.readings_rejected.labels(reason="not_json").inc(5)
-m.readings_outcome.labels(outcome="accepted").inc(95)
-m.lag.labels(partition="0").set(3)
-m.batch_latency.observe(0.02); m.reading_to_forecast.observe(0.05); m.batch_size.observe(3)
-m.observe_errors(np.array([1, 1, 24]), np.array([0.5, 0.7, 2.0]), np.array([0.6, 0.9, 2.5]))
-for s, t in (("EWR", 4.0), ("JFK", 5.0)):
-    m.last_actual.labels(station=s).set(t)
-    m.rolling_mae.labels(station=s, forecaster="model").set(1.1)
-    m.rolling_mae.labels(station=s, forecaster="persistence").set(1.4)
-    m.skill.labels(station=s).set(0.2)
-    m.seconds_since_reading.labels(station=s).set(2)
-    for h in ("1", "24"):
-        for q, d in (("p10", -1), ("p50", 0), ("p90", 1)):
-            m.last_forecast.labels(station=s, horizon=h, quantile=q).set(t + d)
-m.rolling_mae.labels(station="all", forecaster="model").set(1.1)
-m.rolling_mae.labels(station="all", forecaster="persistence").set(1.4)
-m.skill.labels(station="all").set(0.2)
-m.max_seconds_since_reading.set(2); m.stations.set(2); m.stations_ready.set(2); m.up.set(1)
-m.model_info.info({{"name": "global", "version": "1"}}); m.model_version.labels(model="global").set(1)
-
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-    def do_GET(self):
-        if self.path == "/metrics":
-            body, ctype = generate_latest(m.registry), CONTENT_TYPE_LATEST
-        elif self.path in ("/healthz", "/readyz"):
-            body, ctype = b"ok", "text/plain"
-        else:
-            self.send_response(404); self.end_headers(); return
-        self.send_response(200); self.send_header("Content-Type", ctype); self.end_headers(); self.wfile.write(body)
-
-ThreadingHTTPServer(("127.0.0.1", args.http_port), H).serve_forever()
-'''
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -635,23 +582,38 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and _alive(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
 @pytest.mark.slow
 def test_deploy_local_runs_prometheus_on_the_service_and_stops_both_on_ctrl_c(tmp_path, dashboard_mod):
-    """The script with a stand-in service (real exporter) and a real Prometheus: rules load, the target is
-    scraped, every dashboard query and alert expression evaluates, and Ctrl-C stops both processes."""
+    """The script with the real service (`stationcast run --keep-serving` replaying real data) and a real
+    Prometheus: rules load, the target is scraped, every dashboard query and alert expression evaluates, the
+    service's own gauges (stations ready, the forecast band) reach Prometheus, and Ctrl-C stops every process
+    the script started, the service's embedded broker included."""
     tool("prometheus")
-    fake = tmp_path / "fake_stationcast.py"
-    fake.write_text(FAKE_SERVICE.format(root=str(ROOT)))
     port, prom_port = _free_port(), _free_port()
     prom = f"127.0.0.1:{prom_port}"
-    env = {**os.environ, "STATIONCAST_BIN": f"{sys.executable} {fake}", "STATIONCAST_HTTP_PORT": str(port),
+    env = {**os.environ, "STATIONCAST_BIN": f"{sys.executable} -m pipeline.cli", "STATIONCAST_HTTP_PORT": str(port),
            "PROMETHEUS_LISTEN": prom, "STATIONCAST_VAR_DIR": str(tmp_path / "var"),
-           "STATIONCAST_START_TIMEOUT": "60", "FAKE_PID_FILE": str(tmp_path / "fake.pid")}
-    proc = subprocess.Popen([str(DEPLOY / "deploy-local.sh")], env=env, stdout=subprocess.PIPE,
+           "STATIONCAST_START_TIMEOUT": "240", "PYTHONUNBUFFERED": "1"}
+    service_args = ["--store-url", f"sqlite:///{tmp_path}/store.db", "--registry", str(tmp_path / "registry"),
+                    "--device", "cpu"]
+    proc = subprocess.Popen([str(DEPLOY / "deploy-local.sh"), *service_args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=_default_sigint)
-    out = []
+    out, started = [], []
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -661,6 +623,9 @@ def test_deploy_local_runs_prometheus_on_the_service_and_stops_both_on_ctrl_c(tm
                 break
         assert "Press Ctrl-C" in "".join(out), "".join(out)
         assert f"http://127.0.0.1:{port}/status" in "".join(out)
+        started = _children(proc.pid)
+        started += [g for c in started for g in _children(c)]  # the service's embedded broker
+        assert len(started) >= 3, started  # stationcast, Prometheus, Tansu
 
         config = load_yaml(tmp_path / "var" / "prometheus-local.yml")
         assert config["rule_files"] == [str(PROM / "alerts.yml")]
@@ -669,32 +634,40 @@ def test_deploy_local_runs_prometheus_on_the_service_and_stops_both_on_ctrl_c(tm
         assert loaded == {r["alert"] for g in load_yaml(PROM / "alerts.yml")["groups"] for r in g["rules"]}
 
         query = f"http://{prom}/api/v1/query?query="
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            up = _get_json(query + urllib.parse.quote('up{job="stationcast"}'))["data"]["result"]
-            if up and up[0]["value"][1] == "1":
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("Prometheus never scraped the service")
+
+        def result(expr: str) -> list:
+            return _get_json(query + urllib.parse.quote(expr))["data"]["result"]
+
+        def wait_for(expr: str, what: str, timeout: float = 180) -> list:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if found := result(expr):
+                    return found
+                time.sleep(1)
+            pytest.fail(f"Prometheus never saw {what} ({expr})")
+
+        wait_for('up{job="stationcast"} == 1', "the service scraped")
         for expr in dashboard_mod.all_queries() + alert_exprs():
             res = _get_json(query + urllib.parse.quote(expr))
             assert res["status"] == "success", (expr, res)
-        forecast = _get_json(query + urllib.parse.quote('stationcast_forecast_celsius{station="EWR",horizon="24"}'))
-        assert len(forecast["data"]["result"]) == 3  # the quantile band reached Prometheus
+        wait_for("stationcast_stations_ready > 0", "ready station windows")
+        band = wait_for('count(stationcast_forecast_celsius{station="EWR",horizon="24"}) == 3', "the quantile band")
+        assert band[0]["value"][1] == "3"  # p10, p50 and p90 of the real forecast reached Prometheus
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:
-            rest, _ = proc.communicate(timeout=30)
+            rest, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             rest, _ = proc.communicate()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in started if _alive(p)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, "".join(out) + rest
     assert "stopped stationcast and Prometheus" in rest
-    fake_pid = int((tmp_path / "fake.pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(fake_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(fake_pid)
+    assert not left, f"still running after Ctrl-C: {left}"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", prom_port)) != 0, "Prometheus still listening"

@@ -149,6 +149,7 @@ def random_stream(seed: int, n_stations: int = 6, n_slots: int = 450, n_sensors:
 def compare_state(rw: RollingWindows, ref: NaiveWindows, rng: np.random.Generator) -> None:
     names = np.array(sorted(ref.newest), dtype=object)
     np.testing.assert_array_equal(rw.ready(names), [ref.ready(s) for s in names])
+    assert rw.n_ready == sum(ref.ready(s) for s in names)
     x, origin = rw.windows(names)
     np.testing.assert_array_equal(x, np.stack([ref.window(s) for s in names]))
     np.testing.assert_array_equal(origin, [ref.phase[s] + ref.newest[s] * rw.config.cadence_s for s in names])
