@@ -148,7 +148,6 @@ def test_service_rides_out_a_lost_postgres_connection(kafka_broker, schema, tmp_
         base = re.search(r"status page (http://[0-9.:]+)/status", log.read_text()).group(1)
         sent = publish(setup, parts[0]).expected_valid
         wait_until(lambda: alive() and stored() >= sent, 120, "the first readings stored")
-        assert _metric(base, "stationcast_store_up") == 1.0
         # 1. The backend is terminated (an operator, a failover, an idle-connection reaper).
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
@@ -157,6 +156,7 @@ def test_service_rides_out_a_lost_postgres_connection(kafka_broker, schema, tmp_
         sent += publish(setup, parts[1]).expected_valid
         wait_until(lambda: alive() and stored() >= sent, 120, "readings stored after the backend was terminated")
         wait_until(lambda: _metric(base, "stationcast_store_reconnects_total") >= 1, 30, "the reconnect counted")
+        assert _metric(base, "stationcast_store_up") == 1.0 and _get(f"{base}/readyz")[0] == 200
         # 2. The database refuses connections for a while: not ready, readings wait, nothing is lost.
         relay.cut()
         sent += publish(setup, parts[2]).expected_valid
