@@ -162,34 +162,31 @@ class Service:
     def run(self) -> None:
         """Poll, process, commit until :meth:`stop`; then finish the batch, commit, flush and close."""
         try:
-            self._loop()
-        except StoreUnavailable:
+            while not self._stop.is_set():
+                try:
+                    records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
+                                                 max_records=self.cfg.max_batch)
+                except KafkaError as exc:  # broker gone or restarting: kafka-python reconnects by itself
+                    log.warning("poll failed, retrying: %s", exc)
+                    self._stop.wait(1.0)
+                    continue
+                self._last_loop = time.time()
+                self._apply_rebalances()
+                if records:
+                    self.process(records)
+                    self._commit()
+                self._update_lag()
+                self._release_idle()
+                self.maybe_swap_model()
+                self.lifecycle.on_loop()
+                self.metrics.up.set(1.0 if self.ready else 0.0)
+        except StoreUnavailable:  # raised only once a stop was asked for while the database was away
             if not self._stop.is_set():
                 raise
             log.warning("stopped while the store was unavailable: the batch in hand is not committed and will be "
                         "redelivered")
         finally:
             self.close()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms,
-                                             max_records=self.cfg.max_batch)
-            except KafkaError as exc:  # broker gone or restarting: kafka-python reconnects by itself
-                log.warning("poll failed, retrying: %s", exc)
-                self._stop.wait(1.0)
-                continue
-            self._last_loop = time.time()
-            self._apply_rebalances()
-            if records:
-                self.process(records)
-                self._commit()
-            self._update_lag()
-            self._release_idle()
-            self.maybe_swap_model()
-            self.lifecycle.on_loop()
-            self.metrics.up.set(1.0 if self.ready else 0.0)
 
     def _commit(self) -> None:
         """Commit the batch's offsets; if the group moved on (rebalance, broker restart) the batch will be

@@ -545,7 +545,8 @@ class Store:
     def latest_readings(self, stations: Sequence[str], since_ts: int | Mapping[str, int]) -> pd.DataFrame:
         """All readings of ``stations`` with ts >= since_ts (rebuild rolling windows after a restart).
 
-        ``since_ts`` may be one time for all or a time per station (stations caught up unevenly)."""
+        ``since_ts`` may be one time for all or a time per station (stations caught up unevenly); each
+        station's readings come in time order."""
         stations = list(stations)
         if not stations:
             return self._readings_frame([], SENSORS)
@@ -558,8 +559,7 @@ class Store:
             values, params = _since_values(chunk, since_ts)
             rows += self._query(
                 f"WITH s (station, since) AS (VALUES {values}) SELECT {cols} FROM s JOIN {self._p}readings r "
-                "ON r.station = s.station AND r.ts >= s.since", params)
-        rows.sort(key=lambda r: (r[0], r[1]))
+                "ON r.station = s.station AND r.ts >= s.since ORDER BY r.station, r.ts", params)
         return self._readings_frame(rows, SENSORS)
 
     def history(self, start_ts: int, end_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
@@ -654,7 +654,6 @@ class Store:
                 "ON f.station = s.station AND f.issue_ts >= s.since - ? AND f.target_ts >= s.since "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {p}errors e WHERE e.station = f.station "
                 "AND e.issue_ts = f.issue_ts AND e.horizon = f.horizon)", [*params, int(max_lead_s)])
-        rows.sort(key=lambda r: (r[3], r[0], r[2]))  # target_ts, station, horizon
         columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
         dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
         return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, columns, strict=True)})

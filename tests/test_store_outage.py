@@ -188,3 +188,28 @@ def test_postgres_connections_are_named_for_operators(schema):
         pid = store._conn.info.backend_pid
         assert store._query("SELECT application_name FROM pg_stat_activity WHERE pid = ?", (pid,)) == [
             ("stationcast",)]
+
+
+def test_sqlite_write_waits_out_a_lock_held_beyond_busy_timeout(tmp_path):
+    """Another process holding SQLite's write lock longer than busy_timeout delays a batch; it does not fail it."""
+    import sqlite3
+    import time
+
+    import numpy as np
+
+    path = tmp_path / "store.db"
+    events: list[bool] = []
+    with Store.open(f"sqlite:///{path}") as store:
+        store._conn.execute("PRAGMA busy_timeout=200")  # the default 10 s would only make the test slow
+        store.on_outage = lambda up, _cause: events.append(up)
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # e.g. a backup or a manual edit holding the write lock
+        release = threading.Timer(1.5, lambda: other.execute("COMMIT"))
+        release.start()
+        started = time.monotonic()
+        added = store.add_readings(np.array(["A", "A"], dtype=object), np.array([0, 3600]), np.ones((2, 1)), ["T"])
+        waited = time.monotonic() - started
+        release.join()
+        other.close()
+        assert added == 2 and store.count("readings") == 2
+        assert waited >= 1.0 and events == [False, True]
