@@ -22,10 +22,10 @@ canonical sensors of :data:`forecaster.schema.SENSOR_RANGES` (double-quoted in S
 A Store wraps one connection and is not thread-safe: open one Store per thread (SQLite enforces it).
 
 Outages. A write transaction or query that fails because the connection dropped (PostgreSQL restarted, the
-backend terminated, the network cut) or because SQLite stayed locked beyond ``busy_timeout`` is retried on a
-new connection with backoff for up to ``retry_s`` seconds (the service: until it stops), so a caller never
-sees a half-written batch: every write is one transaction and idempotent by primary key. ``on_outage`` hears
-when the store goes down and comes back (readiness and metrics).
+backend terminated, the network cut, the disk full) or because SQLite stayed locked beyond ``busy_timeout``
+(or its disk is full) is retried, on a new connection where there is one, with backoff for up to ``retry_s``
+seconds (the service: until it stops). A caller never sees a half-written batch: every write is one
+transaction and idempotent by primary key. ``on_outage`` hears when the store goes down and comes back.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class StoreUnavailable(RuntimeError):
 
 def _transient(exc: BaseException) -> bool:
     """A failure that a new connection (or waiting) can cure, rather than a bug or a constraint violation."""
-    if isinstance(exc, sqlite3.OperationalError):
+    if isinstance(exc, sqlite3.OperationalError):  # locked beyond busy_timeout, or disk full: wait, then retry
         text = str(exc).lower()
-        return "locked" in text or "busy" in text
+        return "locked" in text or "busy" in text or "full" in text
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency
