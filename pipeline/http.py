@@ -1,5 +1,6 @@
 """The service's HTTP face: /metrics for Prometheus, /healthz and /readyz for orchestrators, and the live
-status page (/ and /status, with its data at /api/status) so the main job is watchable without Grafana."""
+status page (/ and /status, with its data at /api/status?q=&limit=&offset=, one page of stations) so the main
+job is watchable without Grafana."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,7 +20,7 @@ class HttpServer:
     """Runs in a daemon thread; the callables are read per request so they always see the live service."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
-                 ready: Callable[[], bool], status: Callable[[], dict]):
+                 ready: Callable[[], bool], status: Callable[[dict[str, str]], dict]):
         handler = _handler(registry, healthy, ready, status)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
@@ -45,7 +47,7 @@ class HttpServer:
 def _handler(registry, healthy, ready, status) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
@@ -55,7 +57,13 @@ def _handler(registry, healthy, ready, status) -> type[BaseHTTPRequestHandler]:
                 ok = ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
             elif path == "/api/status":
-                self._send(200, orjson.dumps(status(), option=orjson.OPT_SERIALIZE_NUMPY), "application/json")
+                params = {k: v[-1] for k, v in parse_qs(query).items()}
+                try:
+                    body = orjson.dumps(status(params), option=orjson.OPT_SERIALIZE_NUMPY)
+                except ValueError as exc:  # a bad ?limit= or ?offset=
+                    self._send(400, f"{exc}\n".encode(), "text/plain")
+                    return
+                self._send(200, body, "application/json")
             elif path in ("/", "/status"):
                 if STATUS_PAGE.exists():
                     self._send(200, STATUS_PAGE.read_bytes(), "text/html; charset=utf-8")

@@ -2,11 +2,13 @@
 
 Every metric lives on a per-service :class:`CollectorRegistry` so tests can run several services in one
 process. Per-station labels are capped (``max_station_labels``; 0 disables them) so that a network of
-10,000 stations cannot explode the series count: stations past the cap are reported as ``other``.
+10,000 stations cannot explode the series count: stations past the cap are reported as ``other``. A station
+silent for ``station_idle_s`` releases its slot (:meth:`Metrics.release_stations`) for the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 
@@ -96,6 +98,18 @@ class Metrics:
                                "broker process is serving)", registry=r)
         self.broker_restarts = Counter(f"{NS}_broker_restarts", "Embedded broker restarts after it died "
                                        "(messages it held are lost)", registry=r)
+        self.store_up = Gauge(f"{NS}_store_up", "1 while the database answers; 0 during an outage (writes wait)",
+                              registry=r)
+        self.store_reconnects = Counter(f"{NS}_store_reconnects", "New database connections after a lost one",
+                                        registry=r)
+        self.store_outages = Counter(f"{NS}_store_outages", "Database outages waited out (connection lost, locked)",
+                                     registry=r)
+        self.forecasts_expired = Counter(
+            f"{NS}_forecasts_expired", "Pending forecasts dropped unscored: their target can no longer get a reading",
+            registry=r)
+        self.stations_released = Counter(
+            f"{NS}_stations_released", "Stations silent for station_idle_s dropped from status and metric labels",
+            registry=r)
         # Model lifecycle: champion changes and retraining outcomes.
         self.model_swaps = Counter(f"{NS}_model_swaps", "New champions picked up without restart", registry=r)
         self.rollbacks = Counter(f"{NS}_rollbacks", "Champion rollbacks seen by the service", registry=r)
@@ -127,6 +141,21 @@ class Metrics:
                 self._labelled.add(station)
                 return station
         return "other"
+
+    def release_stations(self, stations: Sequence[str]) -> None:
+        """Free the label slots of stations gone silent: their series leave every per-station metric, and the
+        slots go to the next stations that report."""
+        with self._lock:
+            gone = set(stations) & self._labelled
+            self._labelled -= gone
+        if not gone:
+            return
+        for gauge in (self.rolling_mae, self.skill, self.last_forecast, self.last_actual, self.seconds_since_reading):
+            series = {tuple(sample.labels.values()) for family in gauge.collect() for sample in family.samples
+                      if sample.labels.get("station") in gone}
+            for labels in series:
+                with contextlib.suppress(KeyError):  # removed meanwhile
+                    gauge.remove(*labels)
 
     def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
         """Histogram observations per horizon: bucket counts computed with numpy, one increment per bucket."""

@@ -127,6 +127,22 @@ class Scoreboard:
             self._cols = {c: v[keep] for c, v in self._cols.items()}
         return dropped
 
+    def expire_stations(self, stations: np.ndarray, before_ts: np.ndarray) -> int:
+        """Per station, forget forecasts whose target is before its time: once a station's newest slot is past
+        a target by more than the lateness allowance, a reading for it would be late and never scored, so
+        pending forecasts stay bounded by stations x (horizons + lateness) even when actuals never arrive."""
+        if not len(self) or not len(stations):
+            return 0
+        codes = self._keys(np.asarray(stations, dtype=object), np.zeros(len(stations), np.int64), False) >> 34
+        floor = np.full(len(self._codes) + 1, np.iinfo(np.int64).min, dtype=np.int64)  # last slot: unknown ids
+        floor[codes] = np.maximum(floor[codes], np.asarray(before_ts, dtype=np.int64))
+        floor[-1] = np.iinfo(np.int64).min
+        keep = self._cols["target_ts"] >= floor[self._cols["key"] >> 34]
+        dropped = int(len(keep) - keep.sum())
+        if dropped:
+            self._cols = {c: v[keep] for c, v in self._cols.items()}
+        return dropped
+
     def drop_stations(self, stations: np.ndarray) -> None:
         keep = ~np.isin(self._cols["station"], np.asarray(stations, dtype=object))
         self._cols = {c: v[keep] for c, v in self._cols.items()}

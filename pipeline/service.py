@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,11 +33,12 @@ from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
 from pipeline.scoring import RollingSkill, Scoreboard
 from pipeline.serving import Served, ServingModels
-from pipeline.store import Store
+from pipeline.store import Store, StoreUnavailable
 from pipeline.windows import Outcome, RollingWindows, WindowConfig
 
 log = logging.getLogger("stationcast.service")
 T_INDEX = SENSOR_INDEX["T"]
+_NO_TIME = np.iinfo(np.int64).min
 
 
 @dataclass
@@ -72,9 +73,15 @@ class Service:
             # spin-wait beside Kafka's I/O thread can slow inference a hundredfold on a busy machine.
             torch.set_num_threads(cfg.torch_threads)
         self.metrics = metrics or Metrics(cfg.max_station_labels)
-        self.store = Store.open(cfg.store_url, checkpoint_every_s=cfg.store_checkpoint_s)
-        self.registry = Registry(cfg.registry)
         self._stop = threading.Event()
+        self.store = Store.open(cfg.store_url, checkpoint_every_s=cfg.store_checkpoint_s)
+        # A database outage is waited out (the batch is neither lost nor committed) until the service stops.
+        self.store.retry_s = float("inf")
+        self.store.stopping = self._stop
+        self.store.on_outage = self._on_store_outage
+        self._reconnects_seen = 0
+        self.metrics.store_up.set(1.0)
+        self.registry = Registry(cfg.registry)
         self._lock = threading.Lock()  # guards what the HTTP thread reads
         self.totals = Totals()
         self.skill = RollingSkill()
@@ -83,6 +90,7 @@ class Service:
         self._last_seen: dict[str, float] = {}
         self._recent: dict[str, deque] = {}
         self._last_loop = time.time()
+        self._swept = time.time()
         self._unsaved_forecasts: list[pd.DataFrame] = []
         self._unsaved_errors: list[pd.DataFrame] = []
         self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
@@ -178,9 +186,15 @@ class Service:
                     self.process(records)
                     self._commit()
                 self._update_lag()
+                self._release_idle()
                 self.maybe_swap_model()
                 self.lifecycle.on_loop()
                 self.metrics.up.set(1.0 if self.ready else 0.0)
+        except StoreUnavailable:  # raised only once a stop was asked for while the database was away
+            if not self._stop.is_set():
+                raise
+            log.warning("stopped while the store was unavailable: the batch in hand is not committed and will be "
+                        "redelivered")
         finally:
             self.close()
 
@@ -209,7 +223,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return bool(self.consumer.assignment()) and self.predictor is not None and self.broker_reachable
+        return (bool(self.consumer.assignment()) and self.predictor is not None and self.broker_reachable
+                and self.store.up)
 
     @property
     def broker_reachable(self) -> bool:
@@ -245,7 +260,20 @@ class Service:
 
     @property
     def alive(self) -> bool:
-        return time.time() - self._last_loop < max(30.0, 5 * self.cfg.session_timeout_ms / 1000)
+        """The loop turns, or it waits for the database (a restart would not bring the database back)."""
+        return not self.store.up or time.time() - self._last_loop < max(30.0, 5 * self.cfg.session_timeout_ms / 1000)
+
+    def _on_store_outage(self, up: bool, cause: BaseException | None) -> None:
+        """Called by the store (in the loop thread) when the database goes away and when it answers again."""
+        m = self.metrics
+        m.store_up.set(1.0 if up else 0.0)
+        if up:
+            m.store_reconnects.inc(self.store.reconnects - self._reconnects_seen)
+            self._reconnects_seen = self.store.reconnects
+            m.up.set(1.0 if self.ready else 0.0)
+        else:
+            m.store_outages.inc()
+            m.up.set(0.0)
 
     def process(self, records: dict) -> None:
         """One batch: validate, store, window, score, forecast, publish. Commit happens after this returns."""
@@ -272,6 +300,7 @@ class Service:
             for k in range(int(rank.max()) + 1):
                 sel = np.flatnonzero(rank == k)
                 self._window_round(batch.station[sel], ts[sel], batch.values[sel], arrived)
+            self._expire(pd.unique(batch.station))
         self._persist()
         with self._lock:  # the live line and status page see a batch all at once, after it is stored
             self.totals.consumed += len(raw)
@@ -310,12 +339,15 @@ class Service:
         (at-least-once on the topic), whereas stored-first could lose a message the store says was sent.
         """
         self.producer.flush()
-        if self._unsaved_forecasts:
-            self.store.add_forecasts(pd.concat(self._unsaved_forecasts, ignore_index=True))
-            self._unsaved_forecasts.clear()
+        # Errors before forecasts: after a crash between the two, the batch's readings are newer than the
+        # station's last stored forecast and are replayed on restart, which re-issues the forecasts; the other
+        # way round, the rebuild would take those readings as done and their errors would be lost.
         if self._unsaved_errors:
             self.store.add_errors(pd.concat(self._unsaved_errors, ignore_index=True))
             self._unsaved_errors.clear()
+        if self._unsaved_forecasts:
+            self.store.add_forecasts(pd.concat(self._unsaved_forecasts, ignore_index=True))
+            self._unsaved_forecasts.clear()
 
     def _window_round(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, arrived: float) -> None:
         m = self.metrics
@@ -334,6 +366,15 @@ class Service:
             self.totals.not_ready += result.not_ready
             self.totals.forecasts += len(forecasts) // max(len(self.card.data.horizons), 1)
             self.totals.errors_scored += len(errors)
+
+    def _expire(self, stations: np.ndarray) -> None:
+        """Pending forecasts of ``stations`` whose target can no longer be scored leave the scoreboard."""
+        if not len(stations):
+            return
+        floor = self.windows.newest_time(stations) - self.cfg.lateness_steps * self.card.cadence_s
+        known = floor > _NO_TIME // 2
+        dropped = self.scoreboard.expire_stations(stations[known], floor[known])
+        self.metrics.forecasts_expired.inc(dropped)
 
     # ------------------------------------------------------------------ stages
 
@@ -466,28 +507,37 @@ class Service:
     def rebuild(self, partitions: Sequence[int]) -> list[str]:
         """Restore the windows and pending forecasts of the stations on ``partitions`` from the store.
 
-        Readings up to each station's last stored forecast rebuild its window directly; stored readings
+        Per station, since partitions catch up unevenly: readings up to its last stored forecast (or to the
+        start of its catch-up window, when that is later) rebuild its window directly; its stored readings
         after it (accepted before a crash, but never forecast) are replayed through the normal rounds, so
-        every due window gets its forecast exactly once and nothing is issued twice.
+        every due window gets its forecast exactly once and nothing is issued twice. Its pending forecasts
+        are the unscored ones whose target a reading could still fill.
         """
         stations = self.store.stations_in_partitions(partitions)
         if not stations:
             return []
-        newest = self.store.max_ts(stations)
-        last = self.store.last_issue(stations)
-        span = (self.windows.capacity + 2) * self.card.cadence_s
-        # Enough history for a full window before the oldest reading that still needs its forecast.
-        oldest_due = max(min(last.values(), default=newest), newest - self.cfg.max_catchup_steps * self.card.cadence_s)
-        history = self.store.latest_readings(stations, min(oldest_due, newest) - span)
+        cad = self.card.cadence_s
+        names = np.asarray(stations, dtype=object)
+        newest_of = self.store.newest_by_station(stations)
+        last_of = self.store.last_issue(stations)
+        newest = np.array([newest_of[s] for s in stations], dtype=np.int64)
+        last = np.array([last_of.get(s, _NO_TIME) for s in stations], dtype=np.int64)
+        cut = np.maximum(last, newest - self.cfg.max_catchup_steps * cad)
+        span = (self.windows.capacity + 2) * cad
+        history = self.store.latest_readings(stations, dict(zip(stations, (cut - span).tolist(), strict=True)))
         ts = history["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
         st = history["station"].to_numpy(dtype=object)
-        cutoff = np.array([last.get(s, np.iinfo(np.int64).min) for s in st], dtype=np.int64)
-        head = ts <= cutoff
+        # A reading belongs to the slot its time rounds to (halves up), so the forecast's own reading, which
+        # may be stamped up to half a step after the slot time, is part of the head.
+        head = ts < cut[pd.Index(names).get_indexer(st)] + (cad - cad // 2)
         features = history[list(self.card.data.features)].to_numpy(dtype=np.float64)
+        self.windows.drop(names)
         self.windows.rebuild(st[head], ts[head], features[head])
-        self.scoreboard.drop_stations(np.asarray(stations, dtype=object))
-        max_h = max(self.card.data.horizons) * self.card.cadence_s
-        self.scoreboard.add(self.store.pending_forecasts(newest - span - max_h, stations))
+        self.scoreboard.drop_stations(names)
+        lateness = self.cfg.lateness_steps * cad
+        max_h = max(self.card.data.horizons) * cad
+        since = dict(zip(stations, (cut - lateness).tolist(), strict=True))
+        self.scoreboard.add(self.store.pending_since(since, max_h))
         tail = np.flatnonzero(~head)
         if len(tail):
             values = history[list(SENSORS)].to_numpy(dtype=np.float64)
@@ -495,6 +545,7 @@ class Service:
             for k in range(int(rank.max()) + 1):
                 sel = tail[rank == k]
                 self._window_round(st[sel], ts[sel], values[sel], time.time())
+        self._expire(names)
         self._persist()
         self.metrics.windows_rebuilt.inc(len(stations))
         log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
@@ -520,8 +571,12 @@ class Service:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
-        """The JSON behind the status page (see pipeline/static/status.html)."""
+    def status(self, query: Mapping[str, str] | None = None) -> dict:
+        """The JSON behind the status page (see pipeline/static/status.html): the service's totals, a summary
+        over all its stations, and one page of stations, worst skill first (stations without a score yet after
+        them, by id). ``query``: ``q`` (id contains, any case), ``limit`` (default 50, at most 500), ``offset``.
+        Only the page's stations are detailed, so a request stays small and fast at any fleet size."""
+        q, limit, offset = _page(query or {})
         with self._lock:
             t = self.totals
             service = {
@@ -529,28 +584,87 @@ class Service:
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
                 "errors_scored": t.errors_scored, "rolling_mae": _num(self.skill.fleet_model),
                 "rolling_persistence_mae": _num(self.skill.fleet_persistence), "skill": _num(self.skill.skill()),
+                "store_up": self.store.up,
             }
-            recent = {s: list(d) for s, d in self._recent.items()}
-            latest = dict(self._latest_forecast)
+            names = np.asarray(list(self._recent), dtype=object)
+        model, pers = self.skill.station_model, self.skill.station_persistence
+        m = np.array([model.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+        pm = np.array([pers.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            skill = np.where(pm > 0, 1 - m / pm, np.nan)
+        ready = self.windows.ready(names) if len(names) else np.zeros(0, dtype=bool)
+        match = np.ones(len(names), dtype=bool)
+        if q:
+            match = pd.Series(names, dtype=object).str.contains(q, case=False, regex=False).to_numpy(dtype=bool)
+        scored = ~np.isnan(skill)
+        # Worst first: skill ascending; unscored stations after the scored ones, by id.
+        idx = np.flatnonzero(match)
+        order = idx[np.lexsort((names[idx].astype(str), np.where(scored[idx], skill[idx], np.inf)))]
+        page = order[offset:offset + limit]
+        summary = {
+            "stations": len(names), "ready": int(ready.sum()), "scored": int(scored.sum()),
+            "behind_persistence": int((skill < 0).sum()), "matched": len(idx), "q": q, "offset": offset,
+            "limit": limit,
+        }
+        with self._lock:
+            recent = {s: list(self._recent.get(s, ())) for s in names[page].tolist()}
+            latest = {s: self._latest_forecast.get(s) for s in names[page].tolist()}
         stations = []
-        names = sorted(recent)
-        ready = self.windows.ready(np.asarray(names, dtype=object)).tolist() if names else []
-        for s, is_ready in zip(names, ready, strict=True):
-            points = recent[s]
-            fc = latest.get(s)
+        for i in page.tolist():
+            s = names[i]
+            points, fc = recent[s], latest[s]
             stations.append({
-                "station": s, "cadence_s": self.card.cadence_s, "ready": is_ready,
-                "last_reading_ts": int(points[-1][0]), "model_version": fc["model_version"] if fc else None,
+                "station": s, "cadence_s": self.card.cadence_s, "ready": bool(ready[i]),
+                "last_reading_ts": int(points[-1][0]) if points else None,
+                "model_version": fc["model_version"] if fc else None,
                 "recent": {"ts": [int(p[0]) for p in points], "T": [_num(p[1]) for p in points]},
                 "forecast": None if fc is None else {
                     "issue_ts": fc["issue_ts"], "target_ts": fc["target_ts"], "value": fc["values"],
                     "lo": fc.get("lo"), "hi": fc.get("hi"),
                 },
-                "mae": _num(self.skill.station_model.get(s)),
-                "persistence_mae": _num(self.skill.station_persistence.get(s)),
-                "skill": _num(self.skill.skill(s)),
+                "mae": _num(m[i]), "persistence_mae": _num(pm[i]), "skill": _num(skill[i]),
             })
-        return {"service": service, "stations": stations}
+        return {"service": service, "summary": summary, "stations": stations}
+
+    def _release_idle(self) -> None:
+        """Stations silent for ``station_idle_s`` (wall clock) leave the status page and free their metric
+        label slots and rolling scores, so ids that came once (or stations retired) do not hold them forever.
+        Their windows stay: a station that comes back continues where it stopped."""
+        idle_s = self.cfg.station_idle_s
+        now = time.time()
+        if idle_s <= 0 or now - self._swept < min(60.0, idle_s / 4):
+            return
+        self._swept = now
+        with self._lock:
+            idle = [s for s, seen in self._last_seen.items() if now - seen > idle_s]
+            for s in idle:
+                self._last_seen.pop(s, None)
+                self._recent.pop(s, None)
+                self._latest_forecast.pop(s, None)
+        if not idle:
+            return
+        for table in (self.skill.station_model, self.skill.station_persistence, self.skill.station_count):
+            for s in idle:
+                table.pop(s, None)
+        self.metrics.release_stations(idle)
+        self.metrics.stations_released.inc(len(idle))
+        log.info("%d stations silent for %.0f s released from the status page and metric labels", len(idle), idle_s)
+
+
+STATUS_PAGE_MAX = 500
+
+
+def _page(query: Mapping[str, str]) -> tuple[str, int, int]:
+    """``q``, ``limit``, ``offset`` of a status request; a bad value raises ValueError (HTTP 400)."""
+    q = str(query.get("q", "")).strip()[:200]
+    try:
+        limit = int(query.get("limit", 50))
+        offset = int(query.get("offset", 0))
+    except (TypeError, ValueError) as exc:
+        raise ValueError("limit and offset must be integers") from exc
+    if limit < 1 or offset < 0:
+        raise ValueError("limit must be >= 1 and offset >= 0")
+    return q, min(limit, STATUS_PAGE_MAX), offset
 
 
 def flatten_poll(records: dict) -> tuple[list, list, np.ndarray, np.ndarray]:

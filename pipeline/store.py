@@ -31,16 +31,23 @@ readings that carry the new sensor are refused by :meth:`Store.add_readings` rat
 ...), so tests or tenants can share one database; :meth:`Store.drop` removes a namespace's tables.
 
 A Store wraps one connection and is not thread-safe: open one Store per thread (SQLite enforces it).
+
+Outages. A write transaction or query that fails because the connection dropped (PostgreSQL restarted, the
+backend terminated, the network cut, the disk full) or because SQLite stayed locked beyond ``busy_timeout``
+(or its disk is full) is retried, on a new connection where there is one, with backoff for up to ``retry_s``
+seconds (the service: until it stops). A caller never sees a half-written batch: every write is one
+transaction and idempotent by primary key. ``on_outage`` hears when the store goes down and comes back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +104,24 @@ _REQUIRED: dict[str, list[str]] = {t: [n for n, _, nn in cols if nn] for t, cols
 
 log = logging.getLogger("stationcast.store")
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+APPLICATION_NAME = "stationcast"  # PostgreSQL's pg_stat_activity.application_name, unless the URL sets one
+_CHUNK = 5000  # stations per statement when each brings parameters (SQLite allows 32,766; PostgreSQL 65,535)
+
+
+class StoreUnavailable(RuntimeError):
+    """The database stayed unreachable for longer than the store's ``retry_s`` (or the caller gave up)."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that a new connection (or waiting) can cure, rather than a bug or a constraint violation."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked beyond busy_timeout, or disk full: wait, then retry
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text or "full" in text
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _q(column: str) -> str:
@@ -184,6 +209,17 @@ def _column(kind: Kind, values: Any, n: int, name: str) -> list[Any]:
     return _epoch(values, n, name)
 
 
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+def _since_values(stations: list[str], since: Mapping[str, int]) -> tuple[str, list[Any]]:
+    """A ``VALUES`` list of (station, time) rows and its parameters, typed for both engines."""
+    values = ", ".join(["(CAST(? AS TEXT), CAST(? AS BIGINT))"] * len(stations))
+    return values, [x for s in stations for x in (s, int(since[s]))]
+
+
 def _times(ts: np.ndarray) -> np.ndarray:
     return ts.astype("datetime64[s]").astype("datetime64[ns]")
 
@@ -200,6 +236,13 @@ class Store:
         self.namespace = namespace
         self._p = f"{namespace}_" if namespace else ""
         self._staged: set[str] = set()
+        self._connect: Callable[[], Any] | None = None  # set by open(): how to get a new connection
+        self._broken = False
+        self.retry_s = 30.0  # how long an outage is waited out before StoreUnavailable
+        self.stopping: threading.Event = threading.Event()  # set it to give up waiting at once
+        self.on_outage: Callable[[bool, BaseException | None], None] | None = None  # (up, cause) on changes
+        self.up = True
+        self.reconnects = 0
         self._migrate()
 
     @classmethod
@@ -227,8 +270,16 @@ class Store:
             return store
         if url.startswith(("postgresql://", "postgres://")):
             import psycopg  # only needed for PostgreSQL
+            from psycopg.conninfo import conninfo_to_dict
 
-            return cls(psycopg.connect(url, autocommit=True), postgres=True, namespace=namespace)
+            extra = {} if "application_name" in conninfo_to_dict(url) else {"application_name": APPLICATION_NAME}
+
+            def connect() -> Any:
+                return psycopg.connect(url, autocommit=True, connect_timeout=10, **extra)
+
+            store = cls(connect(), postgres=True, namespace=namespace)
+            store._connect = connect
+            return store
         from pipeline.redact import redact_url
 
         raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:///... or postgresql://...")
@@ -288,9 +339,53 @@ class Store:
         cur.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = self._conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        return cur.fetchall()
+        def run() -> list[tuple[Any, ...]]:
+            cur = self._conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            return cur.fetchall()
+
+        return self._retrying(run)
+
+    def _retrying(self, work: Callable[[], Any]) -> Any:
+        """Run one transaction (or query), waiting out a lost connection or a long lock: reconnect with
+        backoff and run it again, which is safe since every write is one idempotent transaction."""
+        delay, since = 0.2, None
+        while True:
+            try:
+                if self._broken:
+                    self._reconnect()
+                result = work()
+            except Exception as exc:  # noqa: BLE001 - only transient ones are retried, the rest re-raised
+                if not _transient(exc):
+                    raise
+                if since is None:
+                    since = time.monotonic()
+                    log.warning("store unavailable, retrying: %s", (str(exc).strip().splitlines() or [repr(exc)])[0])
+                    self._set_up(False, exc)
+                self._broken = self._connect is not None
+                waited = time.monotonic() - since
+                if waited >= self.retry_s or self.stopping.is_set():
+                    raise StoreUnavailable(f"store unavailable for {waited:.0f}s: {exc}") from exc
+                self.stopping.wait(min(delay, max(0.0, self.retry_s - waited)))
+                delay = min(delay * 2, 5.0)
+                continue
+            if since is not None:
+                log.warning("store available again after %.1fs", time.monotonic() - since)
+                self._set_up(True, None)
+            return result
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):  # the old connection is dead already
+            self._conn.close()
+        self._conn = self._connect()
+        self._staged.clear()  # temp staging tables belong to the old session
+        self._broken = False
+        self.reconnects += 1
+
+    def _set_up(self, up: bool, cause: BaseException | None) -> None:
+        self.up = up
+        if self.on_outage is not None:
+            self.on_outage(up, cause)
 
     def _migrate(self) -> None:
         """Apply missing migrations under a lock, so concurrent openers do not race on CREATE."""
@@ -319,25 +414,33 @@ class Store:
             return 0
         target = f"{self._p}{table}"
         collist = ", ".join(_q(c) for c in names)
-        rows = zip(*columns.values(), strict=True)
+        rows = list(zip(*columns.values(), strict=True))  # a list: a retried transaction sends them again
         if not self._pg:
             marks = ", ".join("?" * len(names))
-            before = self._conn.total_changes
-            with self._tx() as cur:
-                cur.executemany(f"INSERT INTO {target} ({collist}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
-            return self._conn.total_changes - before
+
+            def sqlite_tx() -> int:
+                before = self._conn.total_changes
+                with self._tx() as cur:
+                    cur.executemany(f"INSERT INTO {target} ({collist}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
+                return self._conn.total_changes - before
+
+            return self._retrying(sqlite_tx)
         stage = f"stage_{target}"  # temp tables shadow same-named ones: keep the name distinct
-        with self._tx() as cur:
-            if stage not in self._staged:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY {stage} ({collist}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([_COPY_TYPE[_KIND[table][c]] for c in names])
-                for row in rows:
-                    copy.write_row(row)
-            cur.execute(f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} ON CONFLICT DO NOTHING")
-            inserted = cur.rowcount
-        self._staged.add(stage)  # only once the CREATE is committed
-        return inserted
+
+        def pg_tx() -> int:
+            with self._tx() as cur:
+                if stage not in self._staged:
+                    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
+                with cur.copy(f"COPY {stage} ({collist}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types([_COPY_TYPE[_KIND[table][c]] for c in names])
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(f"INSERT INTO {target} ({collist}) SELECT {collist} FROM {stage} ON CONFLICT DO NOTHING")
+                inserted = cur.rowcount
+            self._staged.add(stage)  # only once the CREATE is committed
+            return inserted
+
+        return self._retrying(pg_tx)
 
     def _add_frame(self, table: str, data: pd.DataFrame | Mapping[str, Any]) -> int:
         """Columns by name from a frame or mapping; scalars broadcast; unknown names are ignored."""
@@ -434,14 +537,18 @@ class Store:
 
     def put_state(self, station: str, state: Mapping[str, Any]) -> None:
         """Replace the station's small JSON state (e.g. model assignment); committed on return."""
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    f"INSERT INTO {self._p}station_state (station, json) VALUES (?, ?) "
-                    "ON CONFLICT (station) DO UPDATE SET json = excluded.json"
-                ),
-                (station, orjson.dumps(state).decode()),
-            )
+
+        def tx() -> None:
+            with self._tx() as cur:
+                cur.execute(
+                    self._sql(
+                        f"INSERT INTO {self._p}station_state (station, json) VALUES (?, ?) "
+                        "ON CONFLICT (station) DO UPDATE SET json = excluded.json"
+                    ),
+                    (station, orjson.dumps(state).decode()),
+                )
+
+        self._retrying(tx)
 
     def drop(self) -> None:
         """Drop this namespace's tables (test teardown); refused without a namespace to protect real data."""
@@ -466,13 +573,25 @@ class Store:
             params.append(int(end_ts))
         return self._select_readings(" AND ".join(where), params, sensors, order="ts")
 
-    def latest_readings(self, stations: Sequence[str], since_ts: int) -> pd.DataFrame:
-        """All readings of ``stations`` with ts >= since_ts (rebuild rolling windows after a restart)."""
+    def latest_readings(self, stations: Sequence[str], since_ts: int | Mapping[str, int]) -> pd.DataFrame:
+        """All readings of ``stations`` with ts >= since_ts (rebuild rolling windows after a restart).
+
+        ``since_ts`` may be one time for all or a time per station (stations caught up unevenly); each
+        station's readings come in time order."""
         stations = list(stations)
         if not stations:
             return self._readings_frame([], SENSORS)
-        marks = ", ".join("?" * len(stations))
-        return self._select_readings(f"station IN ({marks}) AND ts >= ?", [*stations, int(since_ts)])
+        if not isinstance(since_ts, Mapping):
+            marks = ", ".join("?" * len(stations))
+            return self._select_readings(f"station IN ({marks}) AND ts >= ?", [*stations, int(since_ts)])
+        cols = ", ".join(["r.station", "r.ts", *(f"r.{_q(s)}" for s in SENSORS)])
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(stations):
+            values, params = _since_values(chunk, since_ts)
+            rows += self._query(
+                f"WITH s (station, since) AS (VALUES {values}) SELECT {cols} FROM s JOIN {self._p}readings r "
+                "ON r.station = s.station AND r.ts >= s.since ORDER BY r.station, r.ts", params)
+        return self._readings_frame(rows, SENSORS)
 
     def history(self, start_ts: int, end_ts: int, stations: Sequence[str] | None = None) -> pd.DataFrame:
         """All readings in [start_ts, end_ts), optionally of some stations, ordered by station, time."""
@@ -521,6 +640,15 @@ class Store:
         value = self._query(sql, params)[0][0]
         return None if value is None else int(value)
 
+    def newest_by_station(self, stations: Sequence[str]) -> dict[str, int]:
+        """The newest reading time (epoch s) of each of ``stations`` that has readings (one index scan each)."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(list(stations)):
+            sql = (f"SELECT station, MAX(ts) FROM {self._p}readings "
+                   f"WHERE station IN ({', '.join('?' * len(chunk))}) GROUP BY station")
+            out |= {r[0]: int(r[1]) for r in self._query(sql, chunk)}
+        return out
+
     def last_issue(self, stations: Sequence[str]) -> dict[str, int]:
         """The newest forecast issue time (epoch s) per station that has forecasts."""
         stations = list(stations)
@@ -543,6 +671,23 @@ class Store:
             where += f" AND station IN ({', '.join('?' * len(stations))})" if stations else " AND 1 = 0"
             params += stations
         return self._table_frame("forecasts", where, params, order="target_ts, station, horizon")
+
+    def pending_since(self, since_target_ts: Mapping[str, int], max_lead_s: int) -> pd.DataFrame:
+        """Per station: forecasts with target_ts >= its time and no error row yet (the scoring state of stations
+        caught up unevenly). ``max_lead_s`` (the longest horizon) bounds the issue times scanned."""
+        p, spec = self._p, _COLUMNS["forecasts"]
+        cols = ", ".join(f"f.{c}" for c, _, _ in spec)
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(list(since_target_ts)):
+            values, params = _since_values(chunk, since_target_ts)
+            rows += self._query(
+                f"WITH s (station, since) AS (VALUES {values}) SELECT {cols} FROM s JOIN {p}forecasts f "
+                "ON f.station = s.station AND f.issue_ts >= s.since - ? AND f.target_ts >= s.since "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {p}errors e WHERE e.station = f.station "
+                "AND e.issue_ts = f.issue_ts AND e.horizon = f.horizon)", [*params, int(max_lead_s)])
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
+        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, columns, strict=True)})
 
     def errors(self, station: str | None = None, since_ts: int | None = None) -> pd.DataFrame:
         """Realized errors, optionally of one station and with target_ts >= since_ts, by target_ts."""

@@ -242,6 +242,16 @@ class RollingWindows:
             out[b, i, j] = a + (z - a) * ((k - lo) / (hi - lo))
         return out, self._phase[rows] + newest * cfg.cadence_s
 
+    def newest_time(self, stations: np.ndarray) -> np.ndarray:
+        """Epoch seconds of each station's newest slot (int64 min for stations without a reading)."""
+        rows = self._rows_or_missing(stations)
+        out = np.full(len(rows), _NONE, dtype=np.int64)
+        ok = rows >= 0
+        ok[ok] = self._started[rows[ok]]
+        r = rows[ok]
+        out[ok] = self._phase[r] + self._newest[r] * self.config.cadence_s
+        return out
+
     def latest(self, stations: np.ndarray, sensor: int) -> np.ndarray:
         """The newest reading's value of ``sensor`` (float64; NaN if missing or the station is unknown)."""
         rows = self._rows_or_missing(stations)
