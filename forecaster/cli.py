@@ -287,7 +287,7 @@ def _span_line(series: list[StationSeries], ranges: list) -> str:
 
 
 def cmd_train(args) -> int:
-    requested = (*args.features.split(","), args.target) if args.features else ()
+    requested = tuple(dict.fromkeys((*args.features.split(","), args.target))) if args.features else ()
     series = _load(args, requested, "--features")
     features = tuple(args.features.split(",")) if args.features else usable_features(series, PREFERRED_FEATURES)
     if args.target not in features:

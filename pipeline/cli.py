@@ -216,11 +216,13 @@ def cmd_tune_stations(args) -> int:
 
 def cmd_replay(args) -> int:
     """Publishes with the service's Kafka settings (same layering and checks), security included."""
+    from forecaster.data import check_sensors
     from pipeline.broker import make_producer
     from pipeline.config import load_config
     from pipeline.preflight import check_broker
     from pipeline.replay import records_for_replay, replay
 
+    check_sensors(args.data, args.schema, ())  # the file and its schema first: they are the user's own input
     cfg = load_config(args.config, bootstrap_servers=args.bootstrap_servers).broker
     if not cfg.bootstrap_servers:
         print("stationcast replay: error: set --bootstrap-servers, STATIONCAST_BOOTSTRAP_SERVERS or bootstrap_servers "

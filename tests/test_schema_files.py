@@ -379,6 +379,7 @@ def test_missing_sensor_names_it_and_the_model(tmp_path, capsys):
     report = inspect_file(only_t, model=ServingModel(champion.tag, Registry(registry).card("global", 1)))
     assert not report["can_forecast"]
     assert any("missing sensor Tdew" in r for r in report["stations"][0]["why_not"])
+    capsys.readouterr()  # what seeding the registry logged above
     assert main(["train", "--data", str(only_t), "--features", "T,rh", "--registry", str(registry)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--features" in err and "rh" in err and "\n" not in err
