@@ -8,6 +8,9 @@ import logging
 import sys
 
 OWN = ("stationcast", "pipeline", "forecaster", "bench")
+# kafka-python's own event-loop timing diagnostic: a busy CPU (training beside the service) trips it, and it
+# tells an operator nothing they can act on. Shown again with -v.
+DIAGNOSTICS = ("kafka.net.selector",)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -29,3 +32,5 @@ def configure(verbosity: int = 0) -> None:
     logging.basicConfig(level=third_party, format=FORMAT, handlers=[_Stderr()], force=True)
     for name in OWN:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity else logging.INFO)
+    for name in DIAGNOSTICS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity else logging.ERROR)
