@@ -83,12 +83,11 @@ class LiveLine:
                 f"lag {lag:,} | dead letters {rejected:,}")
 
     def update(self, force: bool = False) -> None:
-        line = self.text()
         if self.tty:
-            self.stream.write("\r\033[K" + line)
+            self.stream.write("\r\033[K" + self.text())
             self.stream.flush()
         elif force or time.monotonic() - self._printed > 5:
-            self.stream.write(line + "\n")
+            self.stream.write(self.text() + "\n")  # the rate spans the lines printed, not the last tick
             self.stream.flush()
             self._printed = time.monotonic()
 
