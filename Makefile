@@ -29,8 +29,9 @@ run: install  ## the main job: embedded broker, replay of real NY airport record
 test: install  ## the test suite (real broker, SQLite, PostgreSQL, Prometheus; real station data from ../shared)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import layering (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: install  ## all benchmarks, results written to docs/ (long: tens of minutes on CPU)
 	$(BIN)/python -m bench.seed_table
