@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 NS = "stationcast"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -52,10 +55,8 @@ class Metrics:
         )
         self.batch_size = Histogram(f"{NS}_inference_batch_stations", "Stations per forward pass",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)
-        self.abs_error = Histogram(
-            f"{NS}_abs_error_celsius", "Absolute forecast error by horizon (hours) and forecaster",
-            ["horizon", "forecaster"], buckets=ERROR_BUCKETS, registry=r,
-        )
+        self.abs_error = ErrorHistogram(
+            f"{NS}_abs_error_celsius", "Absolute forecast error by horizon (hours) and forecaster", ERROR_BUCKETS, r)
         self.rolling_mae = Gauge(
             f"{NS}_rolling_mae_celsius", "Rolling MAE over the recent window, by station (capped) and forecaster",
             ["station", "forecaster"], registry=r,
@@ -158,20 +159,53 @@ class Metrics:
                     gauge.remove(*labels)
 
     def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
-        """Histogram observations per horizon: bucket counts computed with numpy, one increment per bucket."""
-        bounds = np.asarray(self.abs_error._upper_bounds)  # the same for every child; the last is +Inf
-        for h in np.unique(horizons):
-            sel = horizons == h
-            for name, err in (("model", model_err[sel]), ("persistence", persistence_err[sel])):
-                child = self.abs_error.labels(horizon=str(int(h)), forecaster=name)
-                # Histogram.observe(v): v onto the sum, 1 onto the first bucket whose bound is >= v.
-                counts = np.bincount(np.searchsorted(bounds, err, side="left"), minlength=len(bounds))
-                for i in np.flatnonzero(counts).tolist():
-                    child._buckets[i].inc(int(counts[i]))
-                child._sum.inc(float(err.sum()))
+        self.abs_error.observe(horizons, {"model": model_err, "persistence": persistence_err})
 
     def set_station_gauges(self, stations: Sequence[str], gauge: Gauge, values: Sequence[float], **labels) -> None:
         for s, v in zip(stations, values, strict=True):
             label = self.station_label(s)
             if label is not None and label != "other":
                 gauge.labels(station=label, **labels).set(float(v))
+
+
+class ErrorHistogram(Collector):
+    """A histogram by (horizon, forecaster) filled a whole batch of scored errors at a time with numpy, and
+    exposed through prometheus_client's custom-collector API: a tick scores tens of thousands of errors, too
+    many for one ``Histogram.observe`` call each. Same series as a ``Histogram`` (``_bucket``, ``_count``,
+    ``_sum``), without ``_created``."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self.bounds = np.array([*buckets, np.inf])
+        self._les = [floatToGoString(b) for b in self.bounds]
+        self._counts: dict[tuple[str, str], np.ndarray] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, horizons: np.ndarray, errors: dict[str, np.ndarray]) -> None:
+        """``errors``: forecaster -> absolute errors, each aligned with ``horizons``."""
+        keys, code = np.unique(np.asarray(horizons), return_inverse=True)
+        nb = len(self.bounds)
+        for forecaster, err in errors.items():
+            err = np.asarray(err, dtype=np.float64)
+            # observe(v) counts v in the first bucket whose upper bound is >= v.
+            bucket = np.searchsorted(self.bounds, err, side="left")
+            counts = np.bincount(code * nb + bucket, minlength=len(keys) * nb).reshape(len(keys), nb)
+            sums = np.bincount(code, weights=err, minlength=len(keys))
+            with self._lock:
+                for i, h in enumerate(keys.tolist()):
+                    key = (str(int(h)), forecaster)
+                    if key not in self._counts:
+                        self._counts[key] = np.zeros(nb, dtype=np.int64)
+                        self._sums[key] = 0.0
+                    self._counts[key] += counts[i]
+                    self._sums[key] += float(sums[i])
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["horizon", "forecaster"])
+        with self._lock:
+            series = [(key, np.cumsum(c), self._sums[key]) for key, c in self._counts.items()]
+        for key, cumulative, total in series:
+            family.add_metric(list(key), list(zip(self._les, cumulative.astype(float).tolist(), strict=True)), total)
+        yield family

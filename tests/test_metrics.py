@@ -1,16 +1,16 @@
-"""Metrics: vectorized histogram updates equal prometheus-client's own observe(); label cardinality is capped."""
+"""Metrics: the batched error histogram equals prometheus-client's own Histogram; label cardinality is capped."""
 
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from pipeline.metrics import Metrics
+from pipeline.metrics import ERROR_BUCKETS, Metrics
 
 
-def _samples(m: Metrics) -> dict:
+def _samples(registry: CollectorRegistry) -> dict:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in m.registry.collect() if metric.name == "stationcast_abs_error_celsius"
+            for metric in registry.collect() if metric.name == "stationcast_abs_error_celsius"
             for s in metric.samples if not s.name.endswith("_created")}
 
 
@@ -19,12 +19,16 @@ def test_vectorized_error_histogram_matches_observe():
     horizons = rng.integers(1, 25, 5000)
     model, pers = np.abs(rng.normal(0, 3, 5000)), np.abs(rng.normal(0, 4, 5000))
     model[:10] = [0.25, 0.5, 1, 20, 25, 0, 2, 3, 4, 6]  # exactly on bucket bounds, and beyond the last
-    fast, slow = Metrics(), Metrics()
-    fast.observe_errors(horizons, model, pers)
+    fast = Metrics()
+    fast.observe_errors(horizons[:2000], model[:2000], pers[:2000])  # two batches add up
+    fast.observe_errors(horizons[2000:], model[2000:], pers[2000:])
+    reference = CollectorRegistry()  # prometheus-client's own Histogram, one observe() per error
+    slow = Histogram("stationcast_abs_error_celsius", "reference", ["horizon", "forecaster"],
+                     buckets=ERROR_BUCKETS, registry=reference)
     for h, a, b in zip(horizons, model, pers, strict=True):
-        slow.abs_error.labels(horizon=str(h), forecaster="model").observe(a)
-        slow.abs_error.labels(horizon=str(h), forecaster="persistence").observe(b)
-    f, s = _samples(fast), _samples(slow)
+        slow.labels(horizon=str(h), forecaster="model").observe(a)
+        slow.labels(horizon=str(h), forecaster="persistence").observe(b)
+    f, s = _samples(fast.registry), _samples(reference)
     assert f.keys() == s.keys()
     for k in f:
         assert np.isclose(f[k], s[k], rtol=1e-12), k
