@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from forecaster.train import _autocast
+from forecaster.device import autocast
 from forecaster.windows import Normalizer, Windows
 
 
@@ -58,7 +58,7 @@ def predict_windows(
     for start in range(0, len(windows), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(windows)), device=device)
         x, y = windows.batch(idx)
-        with _autocast(device):
+        with autocast(device):
             out = model(x)
         preds.append(out.float().cpu())
         ys.append(y.cpu())

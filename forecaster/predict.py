@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from forecaster.artifact import ModelCard
-from forecaster.train import _autocast, resolve_device
+from forecaster.device import autocast, resolve_device
 from forecaster.windows import time_encodings
 
 
@@ -68,7 +68,7 @@ class Predictor:
         xt = torch.from_numpy(x)
         if self.device.type == "cuda":
             xt = xt.pin_memory().to(self.device, non_blocking=True)
-        with _autocast(self.device):
+        with autocast(self.device):
             out = self.model(xt)
         pred = out.float().cpu().numpy() * self._t_std + self._t_mean
         cfg = self.card.model

@@ -9,7 +9,6 @@ import copy
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from forecaster.device import autocast, resolve_device
 from forecaster.models import is_trainable
 from forecaster.windows import Windows
 
@@ -65,14 +65,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available (install a CUDA build of torch)")
-    return torch.device(name)
-
-
 def forecast_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
     """MAE for a point forecast; pinball loss averaged over quantiles otherwise. ``pred``: [B, H, Q]."""
     if not quantiles:
@@ -82,12 +74,6 @@ def forecast_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, .
     return torch.maximum(q * diff, (q - 1) * diff).mean()
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, windows: Windows, batch_size: int, limit: int | None = None) -> float:
     model.eval()
@@ -95,7 +81,7 @@ def evaluate_loss(model: nn.Module, windows: Windows, batch_size: int, limit: in
     total, count = 0.0, 0
     quantiles = model.cfg.quantiles
     for x, y in windows.batches(batch_size, limit=limit):
-        with _autocast(device):
+        with autocast(device):
             pred = model(x)
         total += float(forecast_loss(pred.float(), y, quantiles)) * len(x)
         count += len(x)
@@ -159,7 +145,7 @@ def train(
         for x, y in bar:
             if cfg.input_noise:
                 x = x + cfg.input_noise * torch.randn_like(x)
-            with _autocast(device):
+            with autocast(device):
                 pred = model(x)
             loss = forecast_loss(pred.float(), y, quantiles)
             if not torch.isfinite(loss):
