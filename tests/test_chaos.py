@@ -29,6 +29,7 @@ from tests.chaos_harness import (
     dump_store,
     metric,
     partition_lags,
+    pseudo_stations,
     sqlite_url,
     terminate_pg_connections,
     wait_for,
@@ -57,8 +58,6 @@ WAIT_S = 300  # generous: the machine running CI may be small and busy
 
 @functools.cache
 def _source_cached() -> pd.DataFrame:
-    from tests.chaos_harness import pseudo_stations
-
     return pseudo_stations({k: shared_file(v) for k, v in FILES.items()}, STATIONS_PER_FILE, HOURS, START)
 
 
@@ -131,6 +130,8 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
             # The group's offsets die with the memory-only broker; the service must rejoin before the gateway
             # republishes, else it would resume at its old positions in the new topic (a real Kafka never
             # restarts its offsets at 0, so this wait is Tansu's, not the service's).
+            wait_for(lambda: run.rebalances() >= 1, WAIT_S, "the service to join its group",
+                     run.guard("before the broker restart"), status=run.status)
             before = run.rebalances()
             run.restart_broker()
             wait_for(lambda: run.rebalances() > before, WAIT_S, "the service to rejoin the new broker",
