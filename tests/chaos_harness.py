@@ -149,6 +149,16 @@ def store_counts(url: str) -> dict[str, int]:
         return {}
 
 
+def newest_by_partition(url: str) -> dict[int, int]:
+    """The newest stored reading time (epoch s) per Kafka partition: how far each partition has been worked."""
+    try:
+        with _connect(url) as (conn, _pg):
+            rows = conn.execute("SELECT partition, MAX(ts) FROM readings GROUP BY partition").fetchall()
+    except Exception:  # noqa: BLE001 (not created yet, or the connection was dropped: ask again later)
+        return {}
+    return {int(p): int(t) for p, t in rows if p is not None}
+
+
 def dump_store(url: str) -> dict[str, pd.DataFrame]:
     """Every table of the store (whatever the schema holds, not a list kept here), every column, sorted by its
     non-float columns (for the store's tables, these include the primary key)."""
@@ -383,7 +393,10 @@ class Run:
 
     def note(self, event: str) -> None:
         counts = store_counts(self.store_url)
-        self.events.append(f"{time.monotonic() - self._t0:6.1f}s {event} (store: {counts})")
+        first = int(self.records["time"].min().timestamp())
+        hours = {p: (t - first) // 3600 for p, t in sorted(newest_by_partition(self.store_url).items())}
+        self.events.append(f"{time.monotonic() - self._t0:6.1f}s {event} (store: {counts}; hours stored per "
+                           f"partition: {hours})")
 
     def history(self) -> str:
         return "\n".join(self.events)
@@ -446,6 +459,25 @@ class Run:
         """Until at least ``n`` readings are stored (how the test places faults mid-backlog)."""
         wait_for(lambda: store_counts(self.store_url).get("readings", 0) >= n, timeout,
                  f"{n:,} stored readings", self.guard(when), interval=0.05, status=self.status)
+
+    def wait_uneven(self, done: int, behind_h: tuple[float, float], first_ts: int, last_ts: int, timeout: float,
+                    exclude: set[int] = frozenset()) -> int:
+        """Until ``done`` partitions are worked to the end of the backlog while another one (not in ``exclude``)
+        is only ``behind_h`` hours (from, to) into it: the unevenly caught-up state a backlog is consumed in.
+        Returns that partition."""
+        found: list[int] = []
+
+        def uneven() -> bool:
+            newest = newest_by_partition(self.store_url)
+            finished = sum(t >= last_ts for t in newest.values())
+            behind = [p for p, t in newest.items()
+                      if p not in exclude and behind_h[0] <= (t - first_ts) / 3600 <= behind_h[1]]
+            found[:] = behind
+            return finished >= done and bool(behind)
+
+        wait_for(uneven, timeout, f"{done} partition(s) done and another {behind_h[0]:.0f}-{behind_h[1]:.0f} h in",
+                 self.guard("before the kill it was waiting for"), interval=0.05, status=self.status)
+        return found[0]
 
     def wait_quiet(self, readings: int, timeout: float, settle_s: float = 5.0) -> Quiet:
         """Until every reading is stored, every partition's lag is 0, no batch ran for ``settle_s`` and the

@@ -108,22 +108,27 @@ def _control(tmp_path: Path, url: str, records: pd.DataFrame) -> int:
 
 def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults: set[str]) -> Run:
     rng = np.random.default_rng(SEED)
-    # Where in the backlog (fraction of its readings stored) each fault lands. A backlog is consumed one partition
-    # after the other, so partitions drift hundreds of hours apart: the second and third kills land while one
-    # partition is done and the next one is 170-260 h into its stations' records, the case a restart must cope
-    # with (measured order of this data: partition 0, 3, 2, 1; each about a quarter of the readings).
-    kill_at = [rng.uniform(0.05, 0.20), rng.uniform(0.34, 0.39), rng.uniform(0.62, 0.66)]
-    broker_at, pgdrop_at = rng.uniform(0.50, 0.56), rng.uniform(0.80, 0.90)
+    # The first kill and the broker restart land at seeded fractions of the backlog (readings stored). A backlog
+    # is consumed one partition after the other, in an order that varies from run to run, so partitions drift
+    # hundreds of hours apart: the second and third kills wait for that state, one (then two) partitions done and
+    # another (a different one the second time) a seeded 185-265 h into its stations' records: forecasts and
+    # pending forecasts exist there, far behind the newest reading, the case a restart must cope with.
+    first_kill, broker_at, pgdrop_at = rng.uniform(0.05, 0.20), rng.uniform(0.50, 0.56), rng.uniform(0.80, 0.90)
+    behind = [(rng.uniform(185, 200), 265.0), (rng.uniform(185, 200), 265.0)]
+    lagging: set[int] = set()
+    first_ts, last_ts = (int(t.timestamp()) for t in (records["time"].min(), records["time"].max()))
     run = Run(tmp_path / "chaos", url, records, SETTINGS)
     with run:
         stats = run.publish()
         n = stats.expected_valid
         run.service.start()
         if "kill" in faults:
-            for frac in kill_at[:2]:
-                run.wait_readings(int(frac * n), WAIT_S, "before the kill it was waiting for")
-                run.kill_service()
-                run.service.start()
+            run.wait_readings(int(first_kill * n), WAIT_S, "before the kill it was waiting for")
+            run.kill_service()
+            run.service.start()
+            lagging.add(run.wait_uneven(1, behind[0], first_ts, last_ts, WAIT_S))
+            run.kill_service()
+            run.service.start()
         if "broker" in faults or "poison" in faults:
             run.wait_readings(int(broker_at * n), WAIT_S, "before the broker restart")
         if "broker" in faults:
@@ -141,7 +146,7 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
         if "broker" in faults:
             run.publish()  # the gateway sends its source again after the outage; (station, time) dedupes it
         if "kill" in faults:
-            run.wait_readings(int(kill_at[2] * n), WAIT_S, "before the last kill")
+            run.wait_uneven(2, behind[1], first_ts, last_ts, WAIT_S, exclude=lagging)
             run.kill_service()
             run.service.start()
         if "pgdrop" in faults and backend == "postgres":  # SQLite has no connection to drop: skipped there
