@@ -427,9 +427,9 @@ class Run:
 
     # -- faults ----------------------------------------------------------------------------------------
 
-    def kill_service(self) -> None:
+    def kill_service(self, why: str = "") -> None:
         self.service.kill9()
-        self.note(f"service killed with SIGKILL (start #{self.service.starts})")
+        self.note(f"service killed with SIGKILL (start #{self.service.starts}){why}")
 
     def restart_broker(self) -> None:
         """SIGKILL the broker and start a new one on the same port: topics, messages, offsets are gone."""
@@ -460,22 +460,28 @@ class Run:
         wait_for(lambda: store_counts(self.store_url).get("readings", 0) >= n, timeout,
                  f"{n:,} stored readings", self.guard(when), interval=0.05, status=self.status)
 
-    def wait_uneven(self, done: int, behind_h: tuple[float, float], first_ts: int, last_ts: int, timeout: float,
-                    exclude: set[int] = frozenset()) -> int:
-        """Until ``done`` partitions are worked to the end of the backlog while another one (not in ``exclude``)
-        is only ``behind_h`` hours (from, to) into it: the unevenly caught-up state a backlog is consumed in.
-        Returns that partition."""
-        found: list[int] = []
+    def wait_uneven(self, behind_h: tuple[float, float], first_ts: int, last_ts: int, timeout: float,
+                    exclude: set[int] = frozenset()) -> int | None:
+        """Until a partition is worked to the end of the backlog while another one (not in ``exclude``) is only
+        ``behind_h`` hours (from, to) into it: the unevenly caught-up state a backlog is consumed in. Returns that
+        partition, or None as soon as no partition can reach the state any more (consumed in another order)."""
+        found: list[int | None] = []
 
         def uneven() -> bool:
             newest = newest_by_partition(self.store_url)
-            finished = sum(t >= last_ts for t in newest.values())
-            behind = [p for p, t in newest.items()
-                      if p not in exclude and behind_h[0] <= (t - first_ts) / 3600 <= behind_h[1]]
-            found[:] = behind
-            return finished >= done and bool(behind)
+            hours = {p: (newest[p] - first_ts) / 3600 if p in newest else -1.0 for p in range(PARTITIONS)}
+            done = [p for p in hours if newest.get(p, first_ts) >= last_ts]
+            open_ = [p for p in hours if p not in exclude and p not in done]
+            behind = [p for p in open_ if behind_h[0] <= hours[p] <= behind_h[1]]
+            if done and behind:
+                found[:] = behind[:1]
+                return True
+            if not behind and all(hours[p] > behind_h[1] for p in open_):
+                found[:] = [None]
+                return True
+            return False
 
-        wait_for(uneven, timeout, f"{done} partition(s) done and another {behind_h[0]:.0f}-{behind_h[1]:.0f} h in",
+        wait_for(uneven, timeout, f"a partition done and another {behind_h[0]:.0f}-{behind_h[1]:.0f} h in",
                  self.guard("before the kill it was waiting for"), interval=0.05, status=self.status)
         return found[0]
 

@@ -110,11 +110,12 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
     rng = np.random.default_rng(SEED)
     # The first kill and the broker restart land at seeded fractions of the backlog (readings stored). A backlog
     # is consumed one partition after the other, in an order that varies from run to run, so partitions drift
-    # hundreds of hours apart: the second and third kills wait for that state, one (then two) partitions done and
-    # another (a different one the second time) a seeded 185-265 h into its stations' records: forecasts and
-    # pending forecasts exist there, far behind the newest reading, the case a restart must cope with.
+    # hundreds of hours apart: the second and third kills wait for that state, a partition done and another (a
+    # different one the second time) a seeded 180-265 h into its stations' records: forecasts and pending
+    # forecasts exist there, far behind the newest reading, the case a restart must cope with. When the order of
+    # consumption leaves no partition that can still get there, the kill comes at once.
     first_kill, broker_at, pgdrop_at = rng.uniform(0.05, 0.20), rng.uniform(0.50, 0.56), rng.uniform(0.80, 0.90)
-    behind = [(rng.uniform(185, 200), 265.0), (rng.uniform(185, 200), 265.0)]
+    behind = [(rng.uniform(180, 195), 265.0), (rng.uniform(180, 195), 265.0)]
     lagging: set[int] = set()
     first_ts, last_ts = (int(t.timestamp()) for t in (records["time"].min(), records["time"].max()))
     run = Run(tmp_path / "chaos", url, records, SETTINGS)
@@ -126,8 +127,7 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
             run.wait_readings(int(first_kill * n), WAIT_S, "before the kill it was waiting for")
             run.kill_service()
             run.service.start()
-            lagging.add(run.wait_uneven(1, behind[0], first_ts, last_ts, WAIT_S))
-            run.kill_service()
+            lagging.add(_kill_uneven(run, behind[0], first_ts, last_ts, set()))
             run.service.start()
         if "broker" in faults or "poison" in faults:
             run.wait_readings(int(broker_at * n), WAIT_S, "before the broker restart")
@@ -146,8 +146,7 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
         if "broker" in faults:
             run.publish()  # the gateway sends its source again after the outage; (station, time) dedupes it
         if "kill" in faults:
-            run.wait_uneven(2, behind[1], first_ts, last_ts, WAIT_S, exclude=lagging)
-            run.kill_service()
+            _kill_uneven(run, behind[1], first_ts, last_ts, lagging)
             run.service.start()
         if "pgdrop" in faults and backend == "postgres":  # SQLite has no connection to drop: skipped there
             run.wait_readings(int(pgdrop_at * n), WAIT_S, "before the PostgreSQL connection drop")
@@ -164,6 +163,12 @@ def _chaos(tmp_path: Path, url: str, records: pd.DataFrame, backend: str, faults
         assert run.service.terminate() == 0, run.service.log_tail()
         print(f"chaos run:\n{run.history()}")
     return run
+
+
+def _kill_uneven(run: Run, behind_h: tuple[float, float], first_ts: int, last_ts: int, exclude: set[int]) -> int:
+    partition = run.wait_uneven(behind_h, first_ts, last_ts, WAIT_S, exclude)
+    run.kill_service("" if partition is not None else ": no partition can lag that far any more, killed at once")
+    return -1 if partition is None else partition
 
 
 def _card(registry: Path):
