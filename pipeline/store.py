@@ -298,12 +298,19 @@ class Store:
         def run() -> None:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=10000")
+            failing = False  # logged once per run of failures (a full disk fails it every second)
             try:
                 while not self._checkpoint_stop.wait(every_s):
                     try:  # PASSIVE never blocks the writer or readers; SQLite runs without the GIL meanwhile
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     except sqlite3.Error as exc:
-                        log.warning("background WAL checkpoint failed (retrying): %s", exc)
+                        if not failing:
+                            log.warning("background WAL checkpoint failed (retrying every %g s): %s", every_s, exc)
+                        failing = True
+                    else:
+                        if failing:
+                            log.info("background WAL checkpoints work again")
+                        failing = False
             finally:
                 conn.close()
 
