@@ -222,12 +222,13 @@ def cmd_replay(args) -> int:
     from pipeline.preflight import check_broker
     from pipeline.replay import records_for_replay, replay
 
-    check_sensors(args.data, args.schema, ())  # the file and its schema first: they are the user's own input
     cfg = load_config(args.config, bootstrap_servers=args.bootstrap_servers).broker
     if not cfg.bootstrap_servers:
         print("stationcast replay: error: set --bootstrap-servers, STATIONCAST_BOOTSTRAP_SERVERS or bootstrap_servers "
               "in --config", file=sys.stderr)
         return 2
+    # Local checks (settings above, then the file and its schema) before the network one.
+    check_sensors(args.data, args.schema, ())
     check_broker(cfg)
     records = records_for_replay(args.data, args.schema, args.station)
     topic = args.topic or cfg.readings_topic
