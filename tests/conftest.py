@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PG_URL = os.environ.get("STATIONCAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_url() -> str:
+    """The test PostgreSQL server's URL; under CI an unreachable server fails the test, elsewhere it skips."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_URL} is needed under CI: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """(url, namespace) of a store no one has opened yet: an SQLite file in a not-yet-existing folder, or
+    PostgreSQL under a fresh namespace that is dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/nested/store.db", None
+        return
+    from pipeline.store import Store
+
+    url, namespace = pg_url(), f"t_{uuid.uuid4().hex[:12]}"
+    yield url, namespace
+    with Store.open(url, namespace=namespace) as store:
+        store.drop()
 
 
 def shared_file(name: str) -> Path:

@@ -17,6 +17,7 @@ from pipeline.readings import DeadLetter
 from pipeline.replay import Faults
 from pipeline.store import Store
 from tests.broker_fixture import CONSUMER_SETTINGS, kafka_broker  # noqa: F401
+from tests.conftest import pg_url
 from tests.pipeline_harness import (
     ServiceThread,
     expected_origins,
@@ -26,8 +27,6 @@ from tests.pipeline_harness import (
     start_service_process,
     wait_until,
 )
-
-PG_URL = os.environ.get("STATIONCAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _store_counts(url: str) -> dict[str, int]:
@@ -54,7 +53,7 @@ def _read_topic(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> li
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_month_end_to_end(kafka_broker, tmp_path, backend):  # noqa: F811
     """Every due window gets exactly one forecast; every forecast whose target was observed gets scored."""
-    store_url = f"sqlite:///{tmp_path}/store.db" if backend == "sqlite" else _pg_or_skip()
+    store_url = f"sqlite:///{tmp_path}/store.db" if backend == "sqlite" else pg_url()
     if backend == "postgres":
         _reset_pg(store_url)
     setup = make_setup(kafka_broker.bootstrap, tmp_path, store_url)
@@ -219,16 +218,6 @@ def test_broker_restart_under_running_service(tmp_path):
     assert _store_counts(setup.cfg.store_url)["readings"] == s1.expected_valid + s2.expected_valid
 
 
-def _pg_or_skip() -> str:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {PG_URL} is needed under CI: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    return PG_URL
 
 
 def _reset_pg(url: str) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,35 +11,10 @@ import pytest
 
 from pipeline.store import SENSORS, Store
 
-PG_URL = os.environ.get("STATIONCAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
-
-def _pg_reachable() -> str | None:
-    """None when PostgreSQL answers, else the reason."""
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except Exception as exc:  # any failure means "no server here"
-        return f"{PG_URL} unreachable: {exc}"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[str, str | None]]:
-    """(url, namespace): an SQLite file in a not-yet-existing dir, or PG with a namespace dropped after."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/nested/store.db", None
-        return
-    reason = _pg_reachable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    namespace = f"t_{uuid.uuid4().hex[:12]}"
-    yield PG_URL, namespace
-    with Store.open(PG_URL, namespace=namespace) as store:
-        store.drop()
+@pytest.fixture
+def url(store_db: tuple[str, str | None]) -> tuple[str, str | None]:
+    return store_db
 
 
 @pytest.fixture

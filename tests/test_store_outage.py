@@ -18,9 +18,8 @@ import pytest
 
 from pipeline.store import Store
 from tests.broker_fixture import kafka_broker  # noqa: F401
+from tests.conftest import PG_URL, pg_url
 from tests.pipeline_harness import make_setup, month_of_records, publish, start_service_process, wait_until
-
-PG_URL = os.environ.get("STATIONCAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Relay:
@@ -81,16 +80,6 @@ class Relay:
             s.close()
 
 
-def _pg() -> str:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {PG_URL} is needed under CI: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    return PG_URL
 
 
 @pytest.fixture
@@ -99,7 +88,7 @@ def schema():
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_pg(), autocommit=True) as conn:
+    with psycopg.connect(pg_url(), autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}")
     yield name
     with psycopg.connect(PG_URL, autocommit=True) as conn:

@@ -4,14 +4,11 @@ and a database created today has exactly the released tables, on SQLite and on P
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ from forecaster.schema import SENSOR_RANGES
 from pipeline.store import SENSORS, Store, _migrations
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("STATIONCAST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Migration 1 as released ({p} is the namespace prefix). A copy, not an import: it must never change.
 RELEASED_V1 = [
@@ -84,31 +80,10 @@ schema.SENSOR_RANGES["X_new"] = (0.0, 1.0)
 """
 
 
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except Exception as exc:  # any failure means "no server here"
-        return f"{PG_URL} unreachable: {exc}"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+@pytest.fixture
+def db(store_db: tuple[str, str | None]) -> tuple[str, str | None]:
     """(url, namespace) of a database no store has touched yet."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db", None
-        return
-    reason = _pg_reachable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    namespace = f"t_{uuid.uuid4().hex[:12]}"
-    yield PG_URL, namespace
-    with Store.open(PG_URL, namespace=namespace) as store:
-        store.drop()
+    return store_db
 
 
 def _schema(url: str, namespace: str | None) -> dict:
