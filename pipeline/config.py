@@ -9,9 +9,12 @@ from typing import Any
 
 import yaml
 
+from forecaster.adapt import AdaptConfig
 from forecaster.registry import DEFAULT_REGISTRY
 from pipeline.broker import BrokerConfig
 from pipeline.validation import SettingError, validate
+
+ADAPT = AdaptConfig()  # `stationcast finetune`'s defaults: the station job runs the same adaptation
 
 DEFAULT_STORE = "sqlite:///var/stationcast.db"
 
@@ -61,9 +64,9 @@ class ServiceConfig:
     finetune_interval_s: float = 0  # look for stations to fine-tune every N seconds; 0 = disabled
     finetune_min_history_days: float = 30.0  # stored history a new station needs before it is fine-tuned
     finetune_history_days: float = 60.0  # at most this much of a station's newest history is trained on
-    finetune_holdout_days: float = 3.0  # its last days score the fine-tuned model against the global one
-    finetune_epochs: int = 30  # early-stopped (patience 5); a month of hourly rows takes seconds
-    finetune_margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve it
+    finetune_holdout_days: float = ADAPT.holdout_days  # its last days pick epochs and normalization, and decide
+    finetune_epochs: int = ADAPT.epochs  # early-stopped on the holdout; a month of hourly rows takes seconds
+    finetune_margin: float = ADAPT.margin  # relative holdout-MAE gain over the global model needed to serve it
     finetune_retry_days: float = 7.0  # a rejected station is tried again once it has this many more days of data
     finetune_max_stations: int = 10  # stations fine-tuned per run (the rest wait for the next run)
     finetune_timeout_s: float = 3600.0  # a fine-tuning run longer than this is killed and counted as failed

@@ -6,11 +6,14 @@ Runs as its own process (``python -m pipeline.finetune --registry ... [--station
 (:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
-2. the last ``holdout_days`` are the holdout, the rows before it train (and validate, for early stopping);
-3. fine-tune a copy of the global champion (:func:`forecaster.transfer.finetune`: frozen Conv1D front-end,
-   the station's own normalization, GRU and head at a lower learning rate);
-4. score it and the global champion on the same holdout windows; register it as ``station-<id>`` and promote
-   it only if it beats the global model there by ``margin`` (relative), else keep it marked rejected.
+2. adapt the global champion to it with :func:`forecaster.adapt.adapt_station`, the code ``stationcast finetune``
+   runs, with the same :class:`~forecaster.adapt.AdaptConfig` (the same flags and defaults): its last
+   ``holdout_days`` are held out, pick epochs and normalization, and score the fine-tuned and the global model on
+   the same windows;
+3. only an accepted model (better than the global one by ``margin``, and than the station's current model if it
+   has one) is registered as ``station-<id>`` and promoted; a rejected attempt is kept in the registry already
+   marked rejected, never a candidate, with the numbers that decided it (so the station is retried only once it
+   has gathered ``retry_days`` more data).
 
 Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
 ``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected and that has
@@ -31,21 +34,18 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
+from forecaster import adapt
 from forecaster.registry import Registry, VersionInfo, station_model_name
-from forecaster.train import TrainConfig
-from forecaster.transfer import finetune
+from forecaster.spans import holdout_split
 from pipeline.retrain import (
     DAY,
     Outcome,
-    _ranges,
     add_store_arguments,
     beats,
     holdout_mae,
     job_main,
     job_store,
     load_series,
-    record_holdout,
-    register_challenger,
     reject_failed,
 )
 from pipeline.store import Store
@@ -61,19 +61,11 @@ class FinetuneSettings:
     stations: tuple[str, ...] = ()  # () = every eligible station
     min_history_days: float = 30.0  # stored history a station needs before it is fine-tuned
     history_days: float = 60.0  # at most this much of its newest history is read
-    holdout_days: float = 3.0
-    margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve the station model
     retry_days: float = 7.0  # a rejected or failed station is tried again after this long
-    epochs: int = 30
-    lr: float = 2e-4
-    batch_size: int = 64
-    patience: int = 5
-    val_fraction: float = 0.2
-    freeze_frontend: bool = True
+    adapt: adapt.AdaptConfig = adapt.AdaptConfig()  # holdout, margin, training: the same as `stationcast finetune`
     max_stations: int = 0  # 0 = no limit per run
     end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: station's newest reading
     max_fill_steps: int = 3
-    seed: int = 0
     torch_threads: int = 1
     progress: bool = True
 
@@ -119,7 +111,7 @@ def finetune_stations(s: FinetuneSettings) -> list[Outcome]:
 
 def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> Outcome:
     started = time.perf_counter()
-    out = Outcome("failed", margin=s.margin, stations=[station])
+    out = Outcome("failed", margin=s.adapt.margin, stations=[station])
     name = station_model_name(station)
     try:
         _run(s, station, name, registry, out)
@@ -140,36 +132,36 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
         raise ValueError(f"the store holds no readings of station {station!r}")
     end_ts = newest + 1 if s.end_ts is None else int(s.end_ts)
     start_ts = end_ts - int(s.history_days * DAY)
-    holdout_start = pd.Timestamp(end_ts - int(s.holdout_days * DAY), unit="s")
     series = load_series(s.store_url, start_ts, end_ts, list(card.data.features), card.cadence_s, s.max_fill_steps,
                          stations=[station])
     if not series:
         raise ValueError(f"station {station!r} has no readings in the history window")
-    ranges = _ranges(series[0], holdout_start, s.val_fraction)
-    if ranges[0].stop <= card.data.lookback or ranges[2].stop <= ranges[2].start:
+    history = slice(0, len(series[0].frame))
+    fit_rows, hold_rows = holdout_split(series[0], history, s.adapt.holdout_days)
+    if fit_rows.stop - fit_rows.start <= card.data.lookback or hold_rows.stop <= hold_rows.start:
         raise ValueError(f"station {station!r} has too little history before its holdout "
-                         f"({ranges[0].stop} training rows, lookback {card.data.lookback})")
-    train_cfg = TrainConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, patience=s.patience, seed=s.seed,
-                            device="cpu", progress=s.progress)
-    trained = finetune(base, card, series[0], ranges, train_cfg, freeze_frontend=s.freeze_frontend,
-                       label=f"{name} from {info.tag}", parent=info.tag)
-    tuned_mae = record_holdout(out, trained, holdout_start, series[0].times[-1])
-    base_mae = holdout_mae(base, card, series, [ranges])  # the global model on the same holdout windows
-    out.champion_mae = base_mae
-    note = (f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}; holdout MAE "
-            f"{tuned_mae:.4f} vs {info.tag} {base_mae:.4f} (margin {s.margin:+.1%})")
-    new = register_challenger(registry, name, trained, out, {"base_holdout_mae": base_mae}, note)
+                         f"({fit_rows.stop - fit_rows.start} training rows, lookback {card.data.lookback})")
+    a = adapt.adapt_station(base, card, series[0], history, s.adapt, label=f"{name} from {info.tag}",
+                            parent=info.tag, device="cpu", progress=s.progress)
+    out.challenger_mae, out.champion_mae = a.tuned_mae, a.base_mae
+    out.holdout_samples, out.train_span = a.holdout.windows, a.card.training_span
+    out.holdout_span = a.holdout.span
+    accepted, reason = a.accepted, a.reason
     current = registry.champion(name)
-    if current is not None:  # a station model already serves: the new one must beat it too
+    if accepted and current is not None:  # a station model already serves: the new one must beat it too
         cur_model, cur_card, _ = registry.load(name)
-        base_mae = min(base_mae, holdout_mae(cur_model, cur_card, series, [ranges]))
-    if not beats(tuned_mae, base_mae, s.margin):
-        registry.reject(name, new.version, note=f"rejected: {note}")
-        out.outcome, out.reason = "rejected", f"fine-tuned model did not beat the serving model by {s.margin:.1%}"
-        log.info("rejected %s: %s", new.tag, note)
+        cur_mae = holdout_mae(cur_model, cur_card, series, [(fit_rows, hold_rows, hold_rows)])
+        if not beats(a.tuned_mae, cur_mae, s.adapt.margin):
+            accepted, reason = False, f"{reason}; but {current.tag} serving the station has {cur_mae:.3f}"
+    note = f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}: {reason}"
+    new = registry.register(name, a.model, a.card, note=note, status="candidate" if accepted else "rejected")
+    out.challenger = new.tag
+    if not accepted:
+        out.outcome, out.reason = "rejected", f"not registered as a candidate: {reason}"
+        log.info("station %s stays on %s, %s kept as rejected: %s", station, info.tag, new.tag, reason)
         return
     registry.promote(name, new.version, note=f"promoted: {note}")
-    out.outcome, out.reason = "promoted", f"fine-tuned model beat {info.tag} on the station by more than {s.margin:.1%}"
+    out.outcome, out.reason = "promoted", f"accepted: {reason}"
     log.info("promoted %s for station %s: %s", new.tag, station, note)
 
 
@@ -182,17 +174,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stored history a station needs to be eligible (default %(default)s)")
     p.add_argument("--history-days", type=float, default=d.history_days,
                    help="at most this many of a station's newest days are read (default %(default)s)")
-    p.add_argument("--holdout-days", type=float, default=d.holdout_days,
-                   help="last days, never trained on, that score it against the base model (default %(default)s)")
-    p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to serve the station")
     p.add_argument("--retry-days", type=float, default=d.retry_days)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--max-stations", type=int, default=d.max_stations)
-    p.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
     p.add_argument("--end-ts", type=int)
-    p.add_argument("--seed", type=int, default=d.seed)
+    adapt.add_arguments(p, d.adapt)
     p.add_argument("--torch-threads", type=int, default=d.torch_threads)
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
@@ -200,12 +185,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    from pipeline.validation import SettingError
+
+    try:
+        adaptation = adapt.config_from_args(args)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from exc
     store_url, registry = job_store(args)
     return FinetuneSettings(
         store_url=store_url, registry=registry, base=args.base, stations=tuple(args.station),
-        min_history_days=args.min_history_days, history_days=args.history_days, holdout_days=args.holdout_days,
-        margin=args.margin, retry_days=args.retry_days, epochs=args.epochs, lr=args.lr, patience=args.patience,
-        max_stations=args.max_stations, freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed,
+        min_history_days=args.min_history_days, history_days=args.history_days, retry_days=args.retry_days,
+        adapt=adaptation, max_stations=args.max_stations, end_ts=args.end_ts,
         torch_threads=args.torch_threads, progress=not args.no_progress,
     )
 
