@@ -37,6 +37,7 @@ from forecaster.train import TrainConfig
 from forecaster.windows import Normalizer, Windows, windows_for
 
 NORMALIZATIONS = ("base", "station")
+LAYERS = ("head", "gru+head", "all")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class AdaptConfig:
     margin: float = 0.01  # relative holdout-MAE gain over the base model needed to accept the fine-tuned one
     horizon_tolerance: float = 0.02  # ... and at no horizon worse than the base by more than this (relative)
     norm_win_share: float = 0.75  # the station's normalization must win on this share of the holdout days
-    freeze_frontend: bool = True  # the Conv1D front-end's local patterns hold at any station
+    layers: str = "gru+head"  # what trains: "head", "gru+head" (the Conv1D front-end's patterns hold anywhere), "all"
     optimizer: str = "rmsprop"
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -126,13 +127,19 @@ class Adaptation:
 
 
 def finetune(base: nn.Module, base_card: ModelCard, station: StationSeries, ranges: tuple[slice, slice, slice],
-             train_cfg: TrainConfig, normalizer: Normalizer, freeze_frontend: bool = True, label: str = "finetuned",
+             train_cfg: TrainConfig, normalizer: Normalizer, layers: str = "gru+head", label: str = "finetuned",
              parent: str | None = None) -> Trained:
-    """A copy of ``base`` (``base`` is untouched) trained on ``ranges[0]``, early-stopped on ``ranges[1]``."""
+    """A copy of ``base`` (``base`` is untouched) whose ``layers`` are trained on ``ranges[0]``, early-stopped on
+    ``ranges[1]``."""
+    if layers not in LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(LAYERS)}, not {layers!r}")
     model = copy.deepcopy(base).cpu()
     for p in model.parameters():
-        p.requires_grad_(True)
-    if freeze_frontend:
+        p.requires_grad_(layers != "head")
+    if layers == "head":
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+    elif layers == "gru+head":
         for p in frontend_parameters(model):
             p.requires_grad_(False)
     return fit([station], base_card.data, base_card.model, train_cfg, label=label, ranges=[ranges],
@@ -153,7 +160,7 @@ def adapt_station(base: nn.Module, base_card: ModelCard, station: StationSeries,
     train_cfg = cfg.train_config(device, progress)
     tuned, preds = {}, {}
     for name, norm in norms.items():
-        tuned[name] = finetune(base, base_card, station, ranges, train_cfg, norm, cfg.freeze_frontend,
+        tuned[name] = finetune(base, base_card, station, ranges, train_cfg, norm, cfg.layers,
                                label=f"{label} ({name} normalization)", parent=parent)
         preds[name] = _predict(tuned[name].model, station, base_card, norm, hold_rows, fit_rows.start, season)
     zero = _predict(base, station, base_card, norms["base"], hold_rows, fit_rows.start, season)
@@ -256,7 +263,9 @@ def add_arguments(p: argparse.ArgumentParser, defaults: AdaptConfig = AdaptConfi
     g.add_argument("--norm-win-share", type=float, default=d.norm_win_share,
                    help="share of the holdout days the station's own normalization must win on to replace the base "
                         "model's (default %(default)s)")
-    g.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
+    g.add_argument("--layers", choices=LAYERS, default=d.layers,
+                   help="what is trained: the output head, the GRU and head (the Conv1D front-end stays frozen), or "
+                        "all (default %(default)s)")
     g.add_argument("--optimizer", choices=["rmsprop", "adam"], default=d.optimizer, help="default %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
@@ -271,7 +280,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     """The one builder of :class:`AdaptConfig` from parsed flags (:func:`add_arguments`)."""
     cfg = AdaptConfig(
         holdout_days=args.holdout_days, margin=args.margin, horizon_tolerance=args.horizon_tolerance,
-        norm_win_share=args.norm_win_share, freeze_frontend=not args.no_freeze, optimizer=args.optimizer,
+        norm_win_share=args.norm_win_share, layers=args.layers, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, seed=args.seed,
     )
