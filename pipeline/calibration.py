@@ -16,9 +16,9 @@ fleet's scores exist when a new station's first forecasts go out depends on how 
 have got, so those first bands can differ between two runs; a station's own bands cannot.
 
 State: a ring of the last ``window`` scores per (station, horizon) in float32 (24 horizons x 96 scores
-are 9 KiB a station; 10,000 stations about 90 MiB); a station's offsets are recomputed once per scored
-batch and the fleet's only when a station without enough scores of its own asks, so adjusting a batch of
-forecasts is a gather.
+are 9 KiB a station; 10,000 stations about 90 MiB); the offsets of the (station, horizon) pairs a batch
+scored are recomputed by partial sorts, the fleet's only when a station without enough scores of its own
+asks, so adjusting a batch of forecasts is a gather.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -54,89 +55,107 @@ def conformal_quantile(scores: np.ndarray, coverage: float, axis: int = -1) -> n
     return np.where(n > 0, out, np.nan)
 
 
-@dataclass
-class _Ring:
-    """The last ``size`` scores per horizon: [H, size] with NaN for slots not filled yet."""
-
-    scores: np.ndarray
-    head: np.ndarray  # [H] next slot to write
-    count: np.ndarray  # [H] scores seen (saturates at size in effect)
-
-    @classmethod
-    def empty(cls, n_horizons: int, size: int) -> _Ring:
-        return cls(np.full((n_horizons, size), np.nan, dtype=np.float32), np.zeros(n_horizons, np.int64),
-                   np.zeros(n_horizons, np.int64))
-
-    def push(self, h_index: np.ndarray, scores: np.ndarray) -> None:
-        """Append scores (in arrival order) to their horizons' rings, vectorized over the batch."""
-        size = self.scores.shape[1]
-        order = np.argsort(h_index, kind="stable")
-        hi, sc = h_index[order], scores[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(hi)) + 1]
-        rank = np.arange(len(hi)) - np.repeat(starts, np.diff(np.r_[starts, len(hi)]))
-        n_per = np.bincount(hi, minlength=len(self.head))
-        keep = rank >= n_per[hi] - size  # a batch longer than the ring keeps its newest scores only
-        slot = (self.head[hi] + rank) % size
-        self.scores[hi[keep], slot[keep]] = sc[keep]
-        self.head = (self.head + n_per) % size
-        self.count += n_per
-
-    def filled(self) -> np.ndarray:
-        return np.minimum(self.count, self.scores.shape[1])
+def quantile_by_count(rows: np.ndarray, filled: np.ndarray, coverage: float) -> np.ndarray:
+    """:func:`conformal_quantile` of each row (NaN last, ``filled`` values each) by partial sorts, one per
+    distinct count (a single one once the rings are full): linear in the scores, not n log n."""
+    out = np.full(len(rows), np.nan)
+    for n in np.unique(filled[filled > 0]).tolist():
+        sel = np.flatnonzero(filled == n)
+        k = min(math.ceil((n + 1) * coverage), n) - 1
+        out[sel] = np.partition(rows[sel], k, axis=1)[:, k]
+    return out
 
 
 @dataclass
 class BandCalibrator:
-    """Per (station, horizon) band offsets from realized conformity scores (see the module doc)."""
+    """Per (station, horizon) band offsets from realized conformity scores (see the module doc).
+
+    The rings of all stations live in one array [stations, horizons, window] (grown by doubling; a forgotten
+    station's row is reused), so a batch of scores is pushed and the touched offsets recomputed with numpy."""
 
     horizons: tuple[int, ...]
     config: CalibrationConfig = field(default_factory=CalibrationConfig)
-    _stations: dict[str, _Ring] = field(default_factory=dict, repr=False)
-    _offsets: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # [H], NaN where too few scores
-    _fleet_offset: np.ndarray | None = field(default=None, repr=False)  # [H]; None: to recompute
 
     def __post_init__(self) -> None:
         self._h = np.asarray(self.horizons, dtype=np.int64)
+        self._index: dict[str, int] = {}
+        self._free: list[int] = []
+        self._grow(64)
+        self._fleet_offset: np.ndarray | None = None  # [H]; None: to recompute
+        self._pool: list[int] | None = None  # rows pooled for the fleet; None: to recompute
+
+    def _grow(self, capacity: int) -> None:
+        h, w = len(self._h), max(self.config.window, 1)
+        old = getattr(self, "_scores", None)
+        scores = np.full((capacity, h, w), np.nan, dtype=np.float32)
+        head, count = np.zeros((capacity, h), np.int64), np.zeros((capacity, h), np.int64)
+        offset = np.full((capacity, h), np.nan)
+        if old is not None:
+            n = len(old)
+            scores[:n], head[:n], count[:n], offset[:n] = old, self._head, self._count, self._offset
+            self._free += list(range(capacity - 1, n - 1, -1))
+        else:
+            self._free = list(range(capacity - 1, -1, -1))
+        self._scores, self._head, self._count, self._offset = scores, head, count, offset
+
+    def _rows(self, stations: np.ndarray, register: bool) -> np.ndarray:
+        """Row of each station (-1: unknown and not registered); one dict lookup per distinct station."""
+        inverse, uniq = pd.factorize(np.asarray(stations, dtype=object))
+        rows = np.empty(len(uniq), dtype=np.int64)
+        for i, s in enumerate(uniq.tolist()):
+            row = self._index.get(s)
+            if row is None and register:
+                if not self._free:
+                    self._grow(2 * len(self._scores))
+                row = self._index[s] = self._free.pop()
+                self._pool = None
+            rows[i] = -1 if row is None else row
+        return rows[inverse]
 
     @property
     def enabled(self) -> bool:
         return self.config.window > 0
 
     def update(self, station: np.ndarray, horizon: np.ndarray, scores: np.ndarray) -> None:
-        """Learn from scored forecasts: ``scores`` are conformity scores against the model's raw band."""
+        """Learn from scored forecasts, in arrival order: ``scores`` are conformity scores against the model's
+        raw band. A batch longer than the window keeps each ring's newest scores."""
         if not self.enabled:
             return
         scores = np.asarray(scores, dtype=np.float64)
-        ok = np.isfinite(scores)
-        station, horizon, scores = np.asarray(station, dtype=object)[ok], np.asarray(horizon)[ok], scores[ok]
+        horizon = np.asarray(horizon)
         hidx = np.searchsorted(self._h, horizon)
-        known = (hidx < len(self._h)) & (self._h[np.minimum(hidx, len(self._h) - 1)] == horizon)
-        station, hidx, scores = station[known], hidx[known], scores[known]
-        if not len(scores):
+        ok = np.isfinite(scores) & (hidx < len(self._h))
+        ok[ok] = self._h[hidx[ok]] == horizon[ok]
+        if not ok.any():
             return
-        cfg = self.config
+        n_h, w = len(self._h), self.config.window
+        rows = self._rows(np.asarray(station, dtype=object)[ok], register=True)
+        key = rows * n_h + hidx[ok]
+        order = np.argsort(key, kind="stable")
+        key, sc = key[order], scores[ok][order]
+        ukeys, starts, counts = np.unique(key, return_index=True, return_counts=True)
+        rank = np.arange(len(key)) - np.repeat(starts, counts)
+        keep = rank >= np.repeat(counts, counts) - w
+        flat_scores = self._scores.reshape(-1, w)
+        head, count = self._head.reshape(-1), self._count.reshape(-1)
+        slot = (head[key] + rank) % w
+        flat_scores[key[keep], slot[keep]] = sc[keep]
+        head[ukeys] = (head[ukeys] + counts) % w
+        count[ukeys] += counts
+        filled = np.minimum(count[ukeys], w)
+        own = filled >= min(self.config.min_scores, w)
+        offset = self._offset.reshape(-1)
+        offset[ukeys] = np.nan
+        offset[ukeys[own]] = quantile_by_count(flat_scores[ukeys[own]], filled[own], self.config.coverage)
         self._fleet_offset = None
-        codes, names = _factorize(station)
-        for c, name in enumerate(names):  # once per station in the batch, not per score
-            sel = codes == c
-            ring = self._stations.get(name)
-            if ring is None:
-                ring = self._stations[name] = _Ring.empty(len(self._h), cfg.window)
-            ring.push(hidx[sel], scores[sel])
-            own = ring.filled() >= min(cfg.min_scores, cfg.window)
-            if own.any():
-                self._offsets[name] = np.where(own, conformal_quantile(ring.scores, cfg.coverage), np.nan)
 
     def offsets(self, stations: np.ndarray) -> np.ndarray:
         """[N, H] widening per station and horizon: the station's own where it has enough scores, else the
         fleet's, else 0 (the model's band)."""
-        out = np.full((len(stations), len(self._h)), np.nan)
         if not self.enabled:
-            return np.zeros_like(out)
-        for i, s in enumerate(np.asarray(stations, dtype=object).tolist()):
-            own = self._offsets.get(s)
-            if own is not None:
-                out[i] = own
+            return np.zeros((len(stations), len(self._h)))
+        rows = self._rows(stations, register=False)
+        out = np.where((rows >= 0)[:, None], self._offset[np.maximum(rows, 0)], np.nan)
         missing = np.isnan(out)
         if missing.any():
             out[missing] = np.broadcast_to(np.nan_to_num(self.fleet_offsets(), nan=0.0), out.shape)[missing]
@@ -146,16 +165,15 @@ class BandCalibrator:
         """[H] the conformal quantile of the pooled scores of the sampled stations; NaN where too few."""
         if self._fleet_offset is None:
             cfg = self.config
-            pool = sorted(self._stations, key=_sample_rank)[:cfg.fleet_stations]
+            if self._pool is None:
+                self._pool = [self._index[s] for s in sorted(self._index, key=_sample_rank)[:cfg.fleet_stations]]
             out = np.full(len(self._h), np.nan)
-            if pool:
-                scores = np.stack([self._stations[s].scores for s in pool], axis=1).reshape(len(self._h), -1)
-                for j, row in enumerate(scores):  # one partial sort per horizon
+            if self._pool:
+                pooled = self._scores[self._pool].transpose(1, 0, 2).reshape(len(self._h), -1)
+                for j, row in enumerate(pooled):  # one partial sort per horizon
                     row = row[~np.isnan(row)]
-                    n = len(row)
-                    if n >= cfg.fleet_min_scores:
-                        k = min(math.ceil((n + 1) * cfg.coverage), n) - 1
-                        out[j] = np.partition(row, k)[k]
+                    if len(row) >= cfg.fleet_min_scores:
+                        out[j] = quantile_by_count(row[None, :], np.array([len(row)]), cfg.coverage)[0]
             self._fleet_offset = out
         return self._fleet_offset
 
@@ -170,9 +188,12 @@ class BandCalibrator:
 
     def forget(self, stations: list[str]) -> None:
         for s in stations:
-            self._stations.pop(s, None)
-            self._offsets.pop(s, None)
-        self._fleet_offset = None
+            row = self._index.pop(s, None)
+            if row is None:
+                continue
+            self._scores[row], self._head[row], self._count[row], self._offset[row] = np.nan, 0, 0, np.nan
+            self._free.append(row)
+            self._pool = self._fleet_offset = None
 
     def summary(self) -> dict[int, float]:
         """The fleet offset per horizon (NaN until enough scores), for the status page and metrics."""
@@ -180,17 +201,14 @@ class BandCalibrator:
 
     @property
     def stations_calibrated(self) -> int:
-        return len(self._offsets)
+        """Stations whose band uses their own scores at one horizon at least."""
+        rows = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
+        return int((~np.isnan(self._offset[rows])).any(axis=1).sum()) if len(rows) else 0
 
 
 def _sample_rank(station: str) -> int:
     """A stable pseudo-random rank of a station id (the same in every process, unlike ``hash``)."""
     return zlib.crc32(station.encode())
-
-
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
-    return inverse, uniq.tolist()
 
 
 def band_hits(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray) -> np.ndarray:

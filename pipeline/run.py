@@ -79,7 +79,8 @@ class LiveLine:
         self._last = (now, consumed)
         mae, pers, day = s.skill.maes()
         best = skill_vs_best(mae, pers, day)
-        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f}, diurnal {day:.2f} (skill vs better {best:+.0%})"
+        diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
+        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})"
                  if np.isfinite(mae) and np.isfinite(best) else "MAE: waiting for actuals")
         return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
                 f"lag {lag:,} | dead letters {rejected:,}")
