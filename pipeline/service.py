@@ -26,12 +26,21 @@ from kafka.errors import CommitFailedError, KafkaError
 from forecaster.predict import Forecast, Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
+from pipeline.calibration import BandCalibrator, CalibrationConfig
 from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
-from pipeline.scoring import RollingSkill, Scoreboard
+from pipeline.scoring import (
+    TRACKED,
+    HorizonSkill,
+    RollingSkill,
+    Scoreboard,
+    diurnal_baseline,
+    season_of,
+    skill_vs_best,
+)
 from pipeline.serving import Served, ServingModels
 from pipeline.store import Store, StoreUnavailable
 from pipeline.windows import Outcome, RollingWindows, WindowConfig
@@ -85,6 +94,8 @@ class Service:
         self._lock = threading.Lock()  # guards what the HTTP thread reads
         self.totals = Totals()
         self.skill = RollingSkill()
+        self.horizon_skill = HorizonSkill()
+        self.calibrator: BandCalibrator | None = None  # set by _load_model (it needs the card's horizons)
         self.scoreboard = Scoreboard()
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
@@ -135,6 +146,11 @@ class Service:
         if old is not None and old.config != wcfg:
             raise ValueError(f"new champion {info.tag} needs different windows ({wcfg}); restart the service")
         self.predictor, self.model_info, self.card = predictor, info, card
+        self.season = season_of(card)
+        horizons = tuple(int(h) for h in card.model.horizons)
+        if self.calibrator is None or self.calibrator.horizons != horizons:  # a new champion keeps the scores
+            self.calibrator = BandCalibrator(horizons, CalibrationConfig(
+                window=self.cfg.band_window, min_scores=self.cfg.band_min_scores))
         self.models.set_fleet(Served(predictor, info, card))
         self.feature_index = np.array([SENSOR_INDEX[f] for f in features])
         if old is None:
@@ -387,21 +403,39 @@ class Service:
             return errors
         self._unsaved_errors.append(errors)
         self.skill.update(errors)
+        self.horizon_skill.update(errors)
+        self.calibrator.update(errors["station"].to_numpy(), errors["horizon"].to_numpy(),
+                               errors["band_score"].to_numpy())
         self.lifecycle.on_errors(errors)
-        m = self.metrics
-        m.errors_scored.inc(len(errors))
-        m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
-                         errors["persistence_abs_error"].to_numpy())
-        stations = errors["station"].unique()
-        m.set_station_gauges(stations, m.rolling_mae, [self.skill.station_model[s] for s in stations],
-                             forecaster="model")
-        m.set_station_gauges(stations, m.rolling_mae, [self.skill.station_persistence[s] for s in stations],
-                             forecaster="persistence")
-        m.set_station_gauges(stations, m.skill, [self.skill.skill(s) for s in stations])
-        m.rolling_mae.labels(station="all", forecaster="model").set(self.skill.fleet_model)
-        m.rolling_mae.labels(station="all", forecaster="persistence").set(self.skill.fleet_persistence)
-        m.skill.labels(station="all").set(self.skill.skill())
+        self.metrics.errors_scored.inc(len(errors))
+        self.metrics.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
+                                    errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
+        self._export_skill_gauges(errors["station"].unique())
         return errors
+
+    def _export_skill_gauges(self, stations: np.ndarray) -> None:
+        """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per
+        station and fleet; per horizon over the fleet, with band coverage."""
+        m, sk = self.metrics, self.skill
+        for name in TRACKED:
+            table = getattr(sk, f"station_{name}")
+            have = [s for s in stations if s in table]
+            m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
+            m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
+        m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
+        m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
+        m.skill.labels(station="all").set(sk.skill_vs_persistence())
+        m.skill_best.labels(station="all").set(sk.skill())
+        hs = self.horizon_skill
+        for h in hs.horizons():
+            label = str(h)
+            for name in TRACKED:
+                m.horizon_mae.labels(horizon=label, forecaster=name).set(hs.mae[name].get(h, np.nan))
+            m.horizon_skill.labels(horizon=label).set(hs.skill(h))
+            m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
+        m.band_coverage.labels(horizon="all").set(hs.coverage_all)
+        for h, q in self.calibrator.summary().items():
+            m.band_offset.labels(horizon=str(h)).set(q)
 
     def forecast(self, stations: np.ndarray, arrived: float | None = None) -> pd.DataFrame:
         """One batched forward pass for every station whose window advanced; publish and store the result."""
@@ -416,9 +450,13 @@ class Service:
         fc = Forecast(out, card.model.horizons, card.model.quantiles, card.model.median_index)
         horizons = np.asarray(fc.horizons, dtype=np.int64)
         n, h = len(stations), len(horizons)
-        persistence = values[:, -1, list(card.data.features).index(card.data.target)].astype(np.float64)
-        lo = fc.values[..., 0] if fc.quantiles else None
-        hi = fc.values[..., -1] if fc.quantiles else None
+        target = values[:, :, list(card.data.features).index(card.data.target)].astype(np.float64)
+        persistence = target[:, -1]
+        diurnal = diurnal_baseline(target, horizons, self.season)
+        lo = hi = offset = None
+        if fc.quantiles:  # the published band: the model's outer quantiles, conformally calibrated per station
+            lo, hi, offset = self.calibrator.adjust(stations, fc.values[..., 0], fc.values[..., -1])
+            fc.values[..., 0], fc.values[..., -1] = lo, hi  # the exported quantile gauges show the same band
         columns = {
             "station": np.repeat(stations, h),
             "issue_ts": np.repeat(origin, h),
@@ -427,9 +465,10 @@ class Service:
             "model_version": np.repeat(tags, h),
             "value": fc.point.reshape(-1).astype(np.float64),
             "persistence": np.repeat(persistence, h),
+            "diurnal": diurnal.reshape(-1),
         }
         if lo is not None:
-            columns |= {"lo": lo.reshape(-1).astype(np.float64), "hi": hi.reshape(-1).astype(np.float64)}
+            columns |= {"lo": lo.reshape(-1), "hi": hi.reshape(-1), "band_offset": offset.reshape(-1)}
         frame = pd.DataFrame(columns)
         topic = self.cfg.broker.forecasts_topic
         quantiles = list(fc.quantiles)
@@ -438,7 +477,7 @@ class Service:
             msg = {
                 "station": station, "issue_ts": int(origin[i]), "model_version": tags[i], "cadence_s": card.cadence_s,
                 "horizons": horizons.tolist(), "target_ts": targets[i].tolist(), "values": fc.point[i].tolist(),
-                "persistence": float(persistence[i]),
+                "persistence": float(persistence[i]), "diurnal": diurnal[i].tolist(),  # NaN: null
             }
             if quantiles:
                 msg |= {"quantiles": quantiles, "lo": lo[i].tolist(), "hi": hi[i].tolist()}
@@ -539,18 +578,60 @@ class Service:
         since = dict(zip(stations, (cut - lateness).tolist(), strict=True))
         self.scoreboard.add(self.store.pending_since(since, max_h))
         tail = np.flatnonzero(~head)
+        rank = _rank_within_station(st[tail], ts[tail])
+        scored_later = self._rebuild_calibration(stations, newest, cut, st[tail], ts[tail], rank)
         if len(tail):
             values = history[list(SENSORS)].to_numpy(dtype=np.float64)
-            rank = _rank_within_station(st[tail], ts[tail])
             for k in range(int(rank.max()) + 1):
                 sel = tail[rank == k]
+                self._learn_band(scored_later.get(k))
                 self._window_round(st[sel], ts[sel], values[sel], time.time())
+        self._learn_band(scored_later.get(-1))
         self._expire(names)
         self._persist()
         self.metrics.windows_rebuilt.inc(len(stations))
         log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
                  len(stations), sorted(partitions), len(tail))
         return stations
+
+    def _rebuild_calibration(self, stations: list[str], newest: np.ndarray, cut: np.ndarray, tail_station: np.ndarray,
+                             tail_ts: np.ndarray, tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
+        """The band calibration of ``stations`` from their stored scores (the newest ``band_window`` per horizon
+        within four windows of each one's newest reading), so that after a restart or rebalance every band is
+        what it would have been without one. Scores up to each station's cut are learnt now; those of targets
+        among the readings still to be replayed (stored before a crash, with their forecasts lost) are returned
+        by replay round (-1: after the last), to be learnt just before that round forecasts, as they were."""
+        window = self.cfg.band_window
+        if not window:
+            return {}
+        self.calibrator.forget(stations)
+        cad, half = self.card.cadence_s, self.card.cadence_s - self.card.cadence_s // 2
+        since = dict(zip(stations, (newest - 4 * window * cad).tolist(), strict=True))
+        scored = self.store.recent_errors(since, max(self.card.data.horizons) * cad, window)
+        code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
+        target = scored["target_ts"].to_numpy()
+        now = target < cut[code] + half
+        self._learn_band(scored[now])
+        later = scored[~now]
+        if later.empty:
+            return {}
+        # The replay round whose reading scores each target: the station's first replayed reading in its slot.
+        rounds = np.full(len(later), -1, dtype=np.int64)
+        if len(tail_ts):
+            keys = (pd.Index(stations).get_indexer(tail_station).astype(np.int64) << 32) | tail_ts
+            order = np.argsort(keys, kind="stable")
+            keys, ranks = keys[order], tail_rank[order]
+            code_later = code[~now].astype(np.int64)
+            pos = np.searchsorted(keys, (code_later << 32) | (target[~now] - half), side="left")
+            ok = pos < len(keys)
+            ok[ok] = (keys[pos[ok]] >> 32) == code_later[ok]
+            rounds[ok] = ranks[pos[ok]]
+        return {int(k): frame for k, frame in later.groupby(rounds, sort=False)}
+
+    def _learn_band(self, scored: pd.DataFrame | None) -> None:
+        if scored is not None and len(scored):
+            self.calibrator.update(scored["station"].to_numpy(), scored["horizon"].to_numpy(),
+                                   scored["band_score"].to_numpy())
 
     def _apply_rebalances(self) -> None:
         """Rebuild/forget in the loop thread, before the records of newly assigned partitions are processed."""
@@ -568,6 +649,7 @@ class Service:
             st = np.asarray(stations, dtype=object)
             self.windows.drop(st)
             self.scoreboard.drop_stations(st)
+            self.calibrator.forget(stations)
 
     # ------------------------------------------------------------------ status
 
@@ -582,16 +664,15 @@ class Service:
             service = {
                 "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
-                "errors_scored": t.errors_scored, "rolling_mae": _num(self.skill.fleet_model),
-                "rolling_persistence_mae": _num(self.skill.fleet_persistence), "skill": _num(self.skill.skill()),
-                "store_up": self.store.up,
+                "errors_scored": t.errors_scored, "store_up": self.store.up, **self._skill_status(),
             }
             names = np.asarray(list(self._recent), dtype=object)
-        model, pers = self.skill.station_model, self.skill.station_persistence
-        m = np.array([model.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
-        pm = np.array([pers.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+        sk = self.skill
+        m, pm, dm = (np.array([getattr(sk, f"station_{n}").get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+                     for n in TRACKED)
+        skill = skill_vs_best(m, pm, dm)
         with np.errstate(divide="ignore", invalid="ignore"):
-            skill = np.where(pm > 0, 1 - m / pm, np.nan)
+            skill_p = np.where(pm > 0, 1 - m / pm, np.nan)
         ready = self.windows.ready(names) if len(names) else np.zeros(0, dtype=bool)
         match = np.ones(len(names), dtype=bool)
         if q:
@@ -603,7 +684,8 @@ class Service:
         page = order[offset:offset + limit]
         summary = {
             "stations": len(names), "ready": int(ready.sum()), "scored": int(scored.sum()),
-            "behind_persistence": int((skill < 0).sum()), "matched": len(idx), "q": q, "offset": offset,
+            "behind_persistence": int((skill_p < 0).sum()), "behind_baseline": int((skill < 0).sum()),
+            "matched": len(idx), "q": q, "offset": offset,
             "limit": limit,
         }
         with self._lock:
@@ -622,9 +704,28 @@ class Service:
                     "issue_ts": fc["issue_ts"], "target_ts": fc["target_ts"], "value": fc["values"],
                     "lo": fc.get("lo"), "hi": fc.get("hi"),
                 },
-                "mae": _num(m[i]), "persistence_mae": _num(pm[i]), "skill": _num(skill[i]),
+                "mae": _num(m[i]), "persistence_mae": _num(pm[i]), "diurnal_mae": _num(dm[i]),
+                "skill": _num(skill[i]), "skill_vs_persistence": _num(skill_p[i]),
             })
         return {"service": service, "summary": summary, "stations": stations}
+
+    def _skill_status(self) -> dict:
+        """Fleet rolling MAE of the model and both baselines, skill against the better one, and per horizon the
+        same with the band's coverage (the status page's scores table)."""
+        sk, hs = self.skill, self.horizon_skill
+        m, p, d = sk.maes()
+        horizons = []
+        for h in hs.horizons():
+            hm, hp, hd = (hs.mae[n].get(h, np.nan) for n in TRACKED)
+            horizons.append({"horizon": h, "mae": _num(hm), "persistence_mae": _num(hp), "diurnal_mae": _num(hd),
+                             "skill": _num(skill_vs_best(hm, hp, hd)), "coverage": _num(hs.coverage.get(h))})
+        return {
+            "rolling_mae": _num(m), "rolling_persistence_mae": _num(p), "rolling_diurnal_mae": _num(d),
+            "best_baseline": None if np.isnan(np.fmin(p, d)) else ("diurnal" if d < p else "persistence"),
+            "skill": _num(sk.skill()), "skill_vs_persistence": _num(sk.skill_vs_persistence()),
+            "band_coverage": _num(hs.coverage_all), "band_nominal": self.calibrator.config.coverage,
+            "band_calibrated_stations": self.calibrator.stations_calibrated, "horizons": horizons,
+        }
 
     def _release_idle(self) -> None:
         """Stations silent for ``station_idle_s`` (wall clock) leave the status page and free their metric
@@ -643,9 +744,8 @@ class Service:
                 self._latest_forecast.pop(s, None)
         if not idle:
             return
-        for table in (self.skill.station_model, self.skill.station_persistence, self.skill.station_count):
-            for s in idle:
-                table.pop(s, None)
+        self.skill.forget(idle)
+        self.calibrator.forget(idle)
         self.metrics.release_stations(idle)
         self.metrics.stations_released.inc(len(idle))
         log.info("%d stations silent for %.0f s released from the status page and metric labels", len(idle), idle_s)
