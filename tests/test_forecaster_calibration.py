@@ -1,4 +1,4 @@
-"""Offline band calibration (forecaster.calibration): coverage counts what it should, and the conformal shifts reach the nominal levels."""
+"""Offline band calibration (forecaster.calibration): coverage and the conformal shifts reach nominal levels."""
 
 from __future__ import annotations
 
