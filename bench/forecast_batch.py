@@ -52,7 +52,7 @@ from forecaster.predict import Predictor  # noqa: E402
 from pipeline.broker import make_producer  # noqa: E402
 from pipeline.pretrained import shipped_artifact  # noqa: E402
 from pipeline.readings import SENSOR_INDEX, parse_readings  # noqa: E402
-from pipeline.windows import RollingWindows, WindowConfig  # noqa: E402
+from pipeline.ring import RollingWindows, WindowConfig  # noqa: E402
 
 SIZES = (100, 300, 1000, 3000, 10000)
 TARGET_STATIONS, TARGET_S = 1000, 0.050

@@ -40,9 +40,9 @@ from pipeline.broker import BrokerConfig, EmbeddedBroker, ensure_topics, make_pr
 from pipeline.config import ServiceConfig
 from pipeline.readings import SENSOR_INDEX, SENSORS, parse_readings
 from pipeline.replay import replay
+from pipeline.ring import RollingWindows, WindowConfig
 from pipeline.service import flatten_poll
 from pipeline.store import Store
-from pipeline.windows import RollingWindows, WindowConfig
 
 FEATURES = ("T", "Tdew", "rh", "wv")  # the shipped model's inputs, in card order
 LOOKBACK = 168

@@ -1,8 +1,8 @@
 """Station fine-tuning job: a station's stored history -> a transfer-learned model -> served only if it beats
 the global model on that station.
 
-Runs as its own process (``python -m pipeline.finetune --registry ... [--station ID ...]``, the store from
-``STATIONCAST_STORE_URL`` as the scheduler passes it; forecasting is undisturbed) or as a function
+Runs as its own process (``python -m pipeline.finetune [--station ID ...]``, reading the service's settings as the
+service does, :mod:`pipeline.jobs`; forecasting is undisturbed) or as a function
 (:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
@@ -15,7 +15,7 @@ Runs as its own process (``python -m pipeline.finetune --registry ... [--station
 Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
 ``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected and that has
 gathered ``retry_days`` more data since. One JSON line per station is printed on stdout
-(a :class:`pipeline.retrain.Outcome`).
+(a :class:`pipeline.challenger.Outcome`).
 """
 
 from __future__ import annotations
@@ -34,48 +34,60 @@ import torch
 from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.train import TrainConfig
 from forecaster.transfer import finetune
-from pipeline.retrain import (
+from pipeline.challenger import (
     DAY,
     Outcome,
-    _ranges,
-    add_store_arguments,
     beats,
     holdout_mae,
-    job_main,
-    job_store,
     load_series,
     record_holdout,
     register_challenger,
     reject_failed,
+    split_ranges,
 )
+from pipeline.config import ServiceConfig
+from pipeline.jobs import add_store_arguments, job_config, job_main, setting_help
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
+_SERVICE = ServiceConfig()
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
+    """What one fine-tuning run needs: the service's settings (:meth:`from_config`) plus knobs of the job alone."""
+
     store_url: str
     registry: str
-    base: str = "global"  # registry name of the model every station model starts from
+    base: str = _SERVICE.model_name  # registry name of the model every station model starts from
     stations: tuple[str, ...] = ()  # () = every eligible station
-    min_history_days: float = 30.0  # stored history a station needs before it is fine-tuned
-    history_days: float = 60.0  # at most this much of its newest history is read
-    holdout_days: float = 3.0
-    margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve the station model
-    retry_days: float = 7.0  # a rejected or failed station is tried again after this long
-    epochs: int = 30
+    min_history_days: float = _SERVICE.finetune_min_history_days  # stored history needed before fine-tuning
+    history_days: float = _SERVICE.finetune_history_days  # at most this much of its newest history is read
+    holdout_days: float = _SERVICE.finetune_holdout_days
+    margin: float = _SERVICE.finetune_margin  # relative holdout-MAE gain over the global model needed to serve it
+    retry_days: float = _SERVICE.finetune_retry_days  # a rejected or failed station is tried again after this long
+    epochs: int = _SERVICE.finetune_epochs
+    device: str = _SERVICE.training_device
+    max_fill_steps: int = _SERVICE.max_fill_steps
     lr: float = 2e-4
     batch_size: int = 64
     patience: int = 5
     val_fraction: float = 0.2
     freeze_frontend: bool = True
-    max_stations: int = 0  # 0 = no limit per run
+    max_stations: int = 0  # 0 = no limit per run (the scheduler names its stations, at most finetune_max_stations)
     end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: station's newest reading
-    max_fill_steps: int = 3
     seed: int = 0
     torch_threads: int = 1
     progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: ServiceConfig, **job) -> FinetuneSettings:
+        """The service's settings of a fine-tuning run, and ``job`` for the knobs it does not have."""
+        return cls(store_url=cfg.store_url, registry=cfg.registry, base=cfg.model_name,
+                   min_history_days=cfg.finetune_min_history_days, history_days=cfg.finetune_history_days,
+                   holdout_days=cfg.finetune_holdout_days, margin=cfg.finetune_margin,
+                   retry_days=cfg.finetune_retry_days, epochs=cfg.finetune_epochs, device=cfg.training_device,
+                   max_fill_steps=cfg.max_fill_steps, **job)
 
 
 def eligible_stations(store: Store, registry: Registry, min_history_days: float, retry_days: float) -> list[str]:
@@ -145,12 +157,12 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
                          stations=[station])
     if not series:
         raise ValueError(f"station {station!r} has no readings in the history window")
-    ranges = _ranges(series[0], holdout_start, s.val_fraction)
+    ranges = split_ranges(series[0], holdout_start, s.val_fraction)
     if ranges[0].stop <= card.data.lookback or ranges[2].stop <= ranges[2].start:
         raise ValueError(f"station {station!r} has too little history before its holdout "
                          f"({ranges[0].stop} training rows, lookback {card.data.lookback})")
     train_cfg = TrainConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, patience=s.patience, seed=s.seed,
-                            device="cpu", progress=s.progress)
+                            device=s.device, progress=s.progress)
     trained = finetune(base, card, series[0], ranges, train_cfg, freeze_frontend=s.freeze_frontend,
                        label=f"{name} from {info.tag}", parent=info.tag)
     tuned_mae = record_holdout(out, trained, holdout_start, series[0].times[-1])
@@ -173,41 +185,49 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
     log.info("promoted %s for station %s: %s", new.tag, station, note)
 
 
+# flag -> the service setting it overrides (its default is that setting's)
+SETTING_FLAGS = {"base": "model_name", "min_history_days": "finetune_min_history_days",
+                 "history_days": "finetune_history_days", "holdout_days": "finetune_holdout_days",
+                 "margin": "finetune_margin", "retry_days": "finetune_retry_days", "epochs": "finetune_epochs"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
     add_store_arguments(p)
-    p.add_argument("--base", default=d.base, help="registry name of the model to start from")
+    p.add_argument("--base", help=setting_help("registry name of the model to start from", "model_name"))
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
-    p.add_argument("--min-history-days", type=float, default=d.min_history_days,
-                   help="stored history a station needs to be eligible (default %(default)s)")
-    p.add_argument("--history-days", type=float, default=d.history_days,
-                   help="at most this many of a station's newest days are read (default %(default)s)")
-    p.add_argument("--holdout-days", type=float, default=d.holdout_days,
-                   help="last days, never trained on, that score it against the base model (default %(default)s)")
-    p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to serve the station")
-    p.add_argument("--retry-days", type=float, default=d.retry_days)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--max-stations", type=int, default=d.max_stations)
+    p.add_argument("--min-history-days", type=float, help=setting_help(
+        "stored history a station needs to be eligible", "finetune_min_history_days"))
+    p.add_argument("--history-days", type=float, help=setting_help(
+        "at most this many of a station's newest days are read", "finetune_history_days"))
+    p.add_argument("--holdout-days", type=float, help=setting_help(
+        "last days, never trained on, that score it against the base model", "finetune_holdout_days"))
+    p.add_argument("--margin", type=float, help=setting_help("relative MAE gain needed to serve the station",
+                                                             "finetune_margin"))
+    p.add_argument("--retry-days", type=float, help=setting_help(
+        "a rejected station is tried again once it has this many more days", "finetune_retry_days"))
+    p.add_argument("--epochs", type=int, help=setting_help("most epochs", "finetune_epochs"))
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    p.add_argument("--patience", type=int, default=d.patience, help="default %(default)s")
+    p.add_argument("--max-stations", type=int, default=d.max_stations,
+                   help="stations fine-tuned at most (default %(default)s: no limit)")
     p.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
     p.add_argument("--end-ts", type=int)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    p.add_argument("--torch-threads", type=int, default=d.torch_threads, help="default %(default)s")
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
-    store_url, registry = job_store(args)
-    return FinetuneSettings(
-        store_url=store_url, registry=registry, base=args.base, stations=tuple(args.station),
-        min_history_days=args.min_history_days, history_days=args.history_days, holdout_days=args.holdout_days,
-        margin=args.margin, retry_days=args.retry_days, epochs=args.epochs, lr=args.lr, patience=args.patience,
-        max_stations=args.max_stations, freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed,
-        torch_threads=args.torch_threads, progress=not args.no_progress,
-    )
+    """Flags over the service's settings layers (:func:`pipeline.jobs.job_config`)."""
+    cfg = job_config(args, {setting: f"--{flag.replace('_', '-')}" for flag, setting in SETTING_FLAGS.items()},
+                     **{setting: getattr(args, flag) for flag, setting in SETTING_FLAGS.items()})
+    return FinetuneSettings.from_config(
+        cfg, stations=tuple(args.station), lr=args.lr, patience=args.patience, max_stations=args.max_stations,
+        freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,
+        progress=not args.no_progress)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

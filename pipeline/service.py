@@ -23,6 +23,7 @@ import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 
+from forecaster.artifact import ModelCard
 from forecaster.predict import Forecast, Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
@@ -31,10 +32,10 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
+from pipeline.ring import Outcome, RollingWindows, WindowConfig
 from pipeline.scoring import RollingSkill, Scoreboard
 from pipeline.serving import Served, ServingModels
 from pipeline.store import Store, StoreUnavailable
-from pipeline.windows import Outcome, RollingWindows, WindowConfig
 
 log = logging.getLogger("stationcast.service")
 T_INDEX = SENSOR_INDEX["T"]
@@ -113,8 +114,9 @@ class Service:
         self.metrics.broker_up.set_function(lambda: float(self.broker_reachable))
         if broker is not None:
             broker.on_restart(self._broker_restarted)
-        # Model lifecycle: swap requests, rollbacks, the scheduler (started only when enabled).
-        self.lifecycle = Lifecycle(self)
+        # Model lifecycle: swap requests and rollbacks (the scheduled jobs are attached by pipeline.run).
+        self.lifecycle = Lifecycle(cfg, self.registry, self.metrics, self.skill, serving=lambda: self.model_info,
+                                   swap=lambda: self.maybe_swap_model(force=True))
 
     # ------------------------------------------------------------------ model
 
@@ -165,6 +167,19 @@ class Service:
             self.metrics.station_models.set(len(self.models.stations))
         self.metrics.model_swaps.inc(swapped)
         return swapped > 0
+
+    # ------------------------------------------------------------------ what the scheduler sees (ServingView)
+
+    def champion_card(self) -> ModelCard:
+        return self.card
+
+    def station_card(self, station: str) -> ModelCard | None:
+        own = self.models.stations.get(station)
+        return own.card if own is not None else None
+
+    def request_swap(self) -> None:
+        """Any thread: the loop checks the registry for new champions before its next batch."""
+        self.lifecycle.request_swap()
 
     # ------------------------------------------------------------------ main loop
 
