@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(PIP_TORCH) torch==2.13.0
-	$(BIN)/pip install -q $(PIP_TORCH) -e '.[dev]'
+	$(BIN)/pip install -q $(PIP_TORCH) -e '.[train,demo,dev]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the project and its pinned dependencies
+install: $(VENV)/.installed  ## create .venv with the project, every extra (train, demo, dev) and pinned dependencies
 
 run: install  ## the main job: embedded broker, replay of real NY airport records, forecasts, /status, live line
 	$(BIN)/stationcast run $(ARGS)

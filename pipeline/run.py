@@ -36,7 +36,7 @@ def _prepare_paths(cfg: ServiceConfig) -> None:
 def build_service(cfg: ServiceConfig, bootstrap: str, broker: EmbeddedBroker | None = None) -> Service:
     """The service, and its scheduled lifecycle jobs when configured: the scheduler sees the service only as a
     :class:`pipeline.scheduler.ServingView` and is stopped with it."""
-    service = build_service(cfg, bootstrap, broker=broker)
+    service = Service(cfg, bootstrap, broker=broker)
     if enabled(cfg):
         scheduler = LifecycleScheduler(cfg, service.metrics, service)
         service.lifecycle.scheduler = scheduler
