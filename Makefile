@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install run test lint bench pretrained data deploy deploy-local clean
+.PHONY: help install run test lint bench bench-render pretrained data deploy deploy-local clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ bench: install  ## all benchmarks, results written to docs/ (long: tens of minut
 	$(BIN)/python -m bench.forecast_batch
 	$(BIN)/python -m bench.retrain_latency
 	$(BIN)/python -m bench.lifecycle_transfer
+	$(BIN)/python -m bench --render
+
+bench-render: install  ## rewrite the benchmark pages and docs/index.md from docs/results/*.json (no measuring)
+	$(BIN)/python -m bench --render
 
 pretrained: install  ## retrain the shipped default model (Jena + NOAA records, not the NY replay data)
 	rm -rf var/pretrain && $(BIN)/stationcast train \
