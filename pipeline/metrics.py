@@ -53,6 +53,10 @@ class Metrics:
             f"{NS}_reading_to_forecast_seconds", "From a reading's arrival in the service to its forecast published",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.stage_seconds = Histogram(
+            f"{NS}_stage_seconds", "Seconds per batch in each stage of the data path (parse, ring, score, forecast: "
+            "the step; store, publish: the service)", ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.batch_size = Histogram(f"{NS}_inference_batch_stations", "Stations per forward pass",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)
         self.abs_error = ErrorHistogram(
@@ -130,6 +134,26 @@ class Metrics:
             self.readings_rejected.labels(reason=reason)
         for outcome in ("accepted", "duplicate", "late"):
             self.readings_outcome.labels(outcome=outcome)
+
+    def totals(self) -> dict[str, int]:
+        """The service's running totals, read from its counters (public ``collect()``, summed over labels)."""
+
+        def total(metric, sample: str, **labels: str) -> int:
+            return int(sum(x.value for family in metric.collect() for x in family.samples
+                           if x.name == sample and all(x.labels.get(k) == v for k, v in labels.items())))
+
+        return {
+            "consumed": total(self.readings_consumed, f"{NS}_readings_consumed_total"),
+            "accepted": total(self.readings_accepted, f"{NS}_readings_accepted_total"),
+            "rejected": total(self.readings_rejected, f"{NS}_readings_rejected_total"),
+            "duplicates": total(self.readings_outcome, f"{NS}_window_readings_total", outcome="duplicate"),
+            "late": total(self.readings_outcome, f"{NS}_window_readings_total", outcome="late"),
+            "forecasts": total(self.forecasts, f"{NS}_forecasts_total"),
+            "errors_scored": total(self.errors_scored, f"{NS}_errors_scored_total"),
+            "not_ready": total(self.windows_not_ready, f"{NS}_windows_not_ready_total"),
+            "lag": total(self.lag, f"{NS}_consumer_lag"),
+            "batches": total(self.batches, f"{NS}_batches_total"),
+        }
 
     def station_label(self, station: str) -> str | None:
         """The label to use for a station, ``other`` past the cap, None when per-station labels are off."""

@@ -84,9 +84,8 @@ class LiveLine:
 
     def text(self) -> str:
         s = self.service
-        with s._lock:
-            t = s.totals
-            consumed, forecasts, rejected, lag, scored = t.consumed, t.forecasts, t.rejected, t.lag, t.errors_scored
+        t = s.totals  # the service's counters, updated once per stored batch
+        consumed, forecasts, rejected, lag, scored = t.consumed, t.forecasts, t.rejected, t.lag, t.errors_scored
         now = time.monotonic()
         rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
         self._last = (now, consumed)
