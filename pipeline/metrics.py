@@ -55,7 +55,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             f"{NS}_stage_seconds", "Seconds per batch in each stage of the data path (parse, ring, score, forecast: "
-            "the step; store, publish: the service)", ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+            "the step; store_readings, publish, store_forecasts: the service)", ["stage"], buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(f"{NS}_inference_batch_stations", "Stations per forward pass",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -92,6 +92,7 @@ class Service:
         self._lock = threading.Lock()  # guards what the HTTP thread reads
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.step: Step | None = None
+        self.observers: list[Callable[[StepResult], None]] = []  # called with each stored step's result
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
         self._recent: dict[str, deque] = {}
@@ -314,7 +315,7 @@ class Service:
             t0 = time.perf_counter()
             ts = batch.time.astype("datetime64[s]").astype(np.int64)
             self.store.add_readings(batch.station, ts, batch.values, SENSORS, batch.partition, batch.offset)
-            self.metrics.stage_seconds.labels(stage="store").observe(time.perf_counter() - t0)
+            self.metrics.stage_seconds.labels(stage="store_readings").observe(time.perf_counter() - t0)
 
     def _publish(self, out: StepResult) -> None:
         """Dead letters, then one message per station forecast; flushed before anything of the batch is stored,
@@ -338,7 +339,7 @@ class Service:
         if out.forecast_frames:
             self.store.add_forecasts(out.forecasts)
         if out.error_frames or out.forecast_frames:
-            self.metrics.stage_seconds.labels(stage="store").observe(time.perf_counter() - t0)
+            self.metrics.stage_seconds.labels(stage="store_forecasts").observe(time.perf_counter() - t0)
 
     def _observe(self, out: StepResult, batch_started: float | None = None) -> None:
         """The stored batch seen by everyone else: the lifecycle, the status page and the metrics (all at once)."""
@@ -350,6 +351,8 @@ class Service:
                 self._latest_forecast[msg["station"]] = msg
         self._note_readings(out.actuals, out.arrived)
         export_step(self.metrics, out, self.step.skill, batch=batch_started is not None)
+        for observer in self.observers:
+            observer(out)
 
     def _dead_letter(self, dead: Sequence[DeadLetter]) -> None:
         """Publish rejected messages; one that cannot be published is counted and logged, never raised: a

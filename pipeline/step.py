@@ -48,9 +48,11 @@ class StepConfig:
 
 @dataclass
 class ForwardPass:
-    """One batched forward pass: the stations it forecast, the forecast, how long it took and when it ended."""
+    """One batched forward pass: the stations it forecast and their issue times, the forecast, how long it took
+    and when it ended (wall clock)."""
 
     stations: np.ndarray
+    issue_ts: np.ndarray
     forecast: Forecast
     seconds: float
     done_at: float
@@ -71,7 +73,7 @@ class StepResult:
     messages: list[dict] = field(default_factory=list)  # one per station forecast, keyed by its "station"
     passes: list[ForwardPass] = field(default_factory=list)
     error_frames: list[pd.DataFrame] = field(default_factory=list)
-    actual_frames: list[pd.DataFrame] = field(default_factory=list)  # station, ts, T the ring accepted
+    actual_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # station, ts, T
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
@@ -89,7 +91,11 @@ class StepResult:
 
     @property
     def actuals(self) -> pd.DataFrame:
-        return pd.concat(self.actual_frames, ignore_index=True) if self.actual_frames else pd.DataFrame()
+        """Station, ts and T of the readings the ring accepted (the status page's recent actuals)."""
+        if not self.actual_parts:
+            return pd.DataFrame({"station": [], "ts": [], "T": []})
+        st, ts, t = (np.concatenate(c) for c in zip(*self.actual_parts, strict=True))
+        return pd.DataFrame({"station": st, "ts": ts, "T": t})
 
 
 class Step:
@@ -170,8 +176,7 @@ class Step:
         out.not_ready += result.not_ready
         fresh = result.outcome == Outcome.ACCEPTED
         if fresh.any():
-            out.actual_frames.append(pd.DataFrame({"station": station[fresh], "ts": ts[fresh],
-                                                   "T": values[fresh, T_INDEX]}))
+            out.actual_parts.append((station[fresh], ts[fresh], values[fresh, T_INDEX]))
         t1 = time.perf_counter()
         self._score(station[fresh], ts[fresh], values[fresh, T_INDEX], out)
         t2 = time.perf_counter()
@@ -182,7 +187,7 @@ class Step:
         out.stages["forecast"] += t3 - t2
 
     def _score(self, station: np.ndarray, ts: np.ndarray, actual: np.ndarray, out: StepResult) -> None:
-        if not len(station):
+        if not len(station) or not len(self.scoreboard):
             return
         slot_ts = self.ring.slot_time(station, self.ring.slot_of(station, ts))
         errors = self.scoreboard.match(station, slot_ts, actual)
@@ -231,7 +236,7 @@ class Step:
             out.messages.append(msg)
         self.scoreboard.add(frame)
         out.forecast_frames.append(frame)
-        out.passes.append(ForwardPass(stations, fc, seconds, time.time()))
+        out.passes.append(ForwardPass(stations, origin, fc, seconds, time.time()))
 
     def _expire(self, stations: np.ndarray) -> int:
         """Pending forecasts of ``stations`` whose target can no longer be scored leave the scoreboard."""

@@ -15,12 +15,8 @@ GAUGE_HORIZONS = (1, 6, 12, 24)  # horizons exported per station as forecast gau
 
 
 def export_step(m: Metrics, out: StepResult, skill: RollingSkill, batch: bool = True) -> None:
-    """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages)."""
-    if batch:
-        m.readings_consumed.inc(out.consumed)
-        for d in out.dead:
-            m.readings_rejected.labels(reason=d.reason).inc()
-        m.readings_accepted.inc(out.accepted)
+    """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages). The consumed
+    count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch."""
     for outcome, n in out.ring.items():
         m.readings_outcome.labels(outcome=outcome).inc(n)
     m.windows_not_ready.inc(out.not_ready)
@@ -34,8 +30,12 @@ def export_step(m: Metrics, out: StepResult, skill: RollingSkill, batch: bool = 
     for p in out.passes:
         _export_pass(m, p, out.arrived)
     if batch:
+        for d in out.dead:
+            m.readings_rejected.labels(reason=d.reason).inc()
+        m.readings_accepted.inc(out.accepted)
         m.batches.inc()
         m.last_batch.set(time.time())
+        m.readings_consumed.inc(out.consumed)
 
 
 def _export_errors(m: Metrics, errors, skill: RollingSkill) -> None:
