@@ -16,7 +16,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 NS = "stationcast"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -202,7 +201,7 @@ class ErrorHistogram(Collector):
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
         self.name, self.documentation = name, documentation
         self.bounds = np.array([*buckets, np.inf])
-        self._les = [floatToGoString(b) for b in self.bounds]
+        self._les = [_le(b) for b in self.bounds]
         self._counts: dict[tuple[str, str], np.ndarray] = {}
         self._sums: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
@@ -234,3 +233,8 @@ class ErrorHistogram(Collector):
         for key, cumulative, total in series:
             family.add_metric(list(key), list(zip(self._les, cumulative.astype(float).tolist(), strict=True)), total)
         yield family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes ``le`` (``0.25``, ``1.0``, ``+Inf``), the same as a ``Histogram``'s."""
+    return "+Inf" if bound == np.inf else repr(float(bound))

@@ -302,12 +302,11 @@ class Service:
 
     def process(self, records: dict) -> None:
         """One batch: step, then store, publish, store, observe. The caller commits the offsets after this."""
-        started = time.time()
-        out = self.step(*flatten_poll(records), arrived=started)
+        out = self.step(*flatten_poll(records), arrived=time.time())
         self._store_readings(out)  # first: a reading accepted is never lost, whatever fails next
         self._publish(out)
         self._store_outcomes(out)
-        self._observe(out, started)
+        self._observe(out, batch=True)
 
     def _store_readings(self, out: StepResult) -> None:
         batch = out.readings
@@ -341,8 +340,9 @@ class Service:
         if out.error_frames or out.forecast_frames:
             self.metrics.stage_seconds.labels(stage="store_forecasts").observe(time.perf_counter() - t0)
 
-    def _observe(self, out: StepResult, batch_started: float | None = None) -> None:
-        """The stored batch seen by everyone else: the lifecycle, the status page and the metrics (all at once)."""
+    def _observe(self, out: StepResult, batch: bool) -> None:
+        """The stored batch seen by everyone else: the lifecycle, the status page, the metrics and the observers.
+        ``batch``: a polled batch (False: stored readings replayed after a rebalance)."""
         errors = out.errors
         if not errors.empty:
             self.lifecycle.on_errors(errors)
@@ -350,7 +350,7 @@ class Service:
             for msg in out.messages:
                 self._latest_forecast[msg["station"]] = msg
         self._note_readings(out.actuals, out.arrived)
-        export_step(self.metrics, out, self.step.skill, batch=batch_started is not None)
+        export_step(self.metrics, out, self.step.skill, batch=batch)
         for observer in self.observers:
             observer(out)
 
@@ -448,7 +448,7 @@ class Service:
                                restored=names)
         self._publish(out)
         self._store_outcomes(out)
-        self._observe(out)
+        self._observe(out, batch=False)
         self.metrics.windows_rebuilt.inc(len(stations))
         log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
                  len(stations), sorted(partitions), len(tail))
