@@ -155,6 +155,14 @@ def _mae(forecaster: str, by: str, window: str, extra: str = "") -> str:
             f" / sum by ({by}) ({fn}(stationcast_abs_error_celsius_count{sel}[{window}]))")
 
 
+def _best_baseline_mae(by: str, window: str, extra: str = "") -> str:
+    """Per ``by``, the MAE of the better of persistence and diurnal persistence (from the same histogram)."""
+    fn = "increase" if window == "$__range" else "rate"
+    sel = f'{{forecaster=~"persistence|diurnal", {extra}{JOB}}}'
+    return (f"min by ({by}) (sum by ({by}, forecaster) ({fn}(stationcast_abs_error_celsius_sum{sel}[{window}]))"
+            f" / sum by ({by}, forecaster) ({fn}(stationcast_abs_error_celsius_count{sel}[{window}])))")
+
+
 def _variables() -> list[dict]:
     def query_var(name: str, label: str, query: str, multi: bool, include_all: bool, current: dict) -> dict:
         return {
@@ -212,11 +220,11 @@ def build() -> dict[str, Any]:
         f"sum(rate(stationcast_readings_rejected_total{{{JOB}}}[{RATE}]))"
         f" / sum(rate(stationcast_readings_consumed_total{{{JOB}}}[{RATE}]))", "rejected")),
         unit="percentunit", thresholds=_green_red(0.05), w=3)
-    b.stat("Skill vs persistence",
-           _targets((f'avg(stationcast_skill_vs_persistence{{station="all", {JOB}}})', "skill")),
+    b.stat("Skill vs better baseline",
+           _targets((f'avg(stationcast_skill_vs_best_baseline{{station="all", {JOB}}})', "skill")),
            unit="percentunit", thresholds=_green_red(0, True), w=3,
-           description="1 - MAE(model) / MAE(persistence) over the fleet's rolling window (station=\"all\"); "
-                       "above 0 the model beats persistence.")
+           description="1 - MAE(model) / MAE(better of persistence and diurnal persistence) over the fleet's "
+                       "rolling window (station=\"all\"); above 0 the model beats both.")
     b.stat("Stations ready", _targets((f"sum(stationcast_stations_ready{{{JOB}}})", "ready"),
                                       (f"sum(stationcast_stations{{{JOB}}})", "held")), w=3,
            options={"textMode": "value_and_name", "graphMode": "none"})
@@ -268,15 +276,17 @@ def build() -> dict[str, Any]:
     # --- forecast quality -------------------------------------------------------------------------------
     b.row("Forecast quality")
     b.add(
-        "barchart", "MAE by horizon over the time range: model vs persistence",
+        "barchart", "MAE by horizon over the time range: model vs persistence and diurnal persistence",
         _targets((_mae("model", "horizon", "$__range"), "model", {"instant": True, "table": True}),
-                 (_mae("persistence", "horizon", "$__range"), "persistence", {"instant": True, "table": True})),
+                 (_mae("persistence", "horizon", "$__range"), "persistence", {"instant": True, "table": True}),
+                 (_mae("diurnal", "horizon", "$__range"), "diurnal", {"instant": True, "table": True})),
         w=12, h=9, unit="celsius",
         description="Mean absolute error of scored forecasts per horizon (hours), from stationcast_abs_error_celsius.",
         transformations=[
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {"excludeByName": {"Time": True},
-                                           "renameByName": {"Value #A": "model", "Value #B": "persistence"}}},
+                                           "renameByName": {"Value #A": "model", "Value #B": "persistence",
+                                                            "Value #C": "diurnal persistence"}}},
             {"id": "convertFieldType", "options": {"conversions": [{"targetField": "horizon",
                                                                      "destinationType": "number"}]}},
             {"id": "sortBy", "options": {"sort": [{"field": "horizon", "desc": False}]}},
@@ -288,15 +298,18 @@ def build() -> dict[str, Any]:
                  "tooltip": {"mode": "multi"}},
         overrides=[{"matcher": {"id": "byName", "options": "persistence"},
                     "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "#8E8E8E"}}]},
+                   {"matcher": {"id": "byName", "options": "diurnal persistence"},
+                    "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "#C4A35A"}}]},
                    {"matcher": {"id": "byName", "options": "model"},
                     "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "#5794F2"}}]}],
     )
     b.timeseries(
         "MAE over time at +$horizon h",
         _targets((_mae("model", "horizon", RATE, 'horizon="$horizon", '), "model +{{horizon}} h"),
-                 (_mae("persistence", "horizon", RATE, 'horizon="$horizon", '), "persistence +{{horizon}} h")),
+                 (_mae("persistence", "horizon", RATE, 'horizon="$horizon", '), "persistence +{{horizon}} h"),
+                 (_mae("diurnal", "horizon", RATE, 'horizon="$horizon", '), "diurnal persistence +{{horizon}} h")),
         unit="celsius", w=12, h=9,
-        overrides=[{"matcher": {"id": "byRegexp", "options": "^persistence.*"},
+        overrides=[{"matcher": {"id": "byRegexp", "options": "^(diurnal )?persistence.*"},
                     "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "#8E8E8E"}},
                                    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}],
     )
@@ -304,26 +317,42 @@ def build() -> dict[str, Any]:
         "Rolling MAE by station",
         _targets((f'stationcast_rolling_mae_celsius{{station=~"$station", {JOB}}}', "{{station}} {{forecaster}}")),
         unit="celsius", w=8, h=9, legend_table=True,
-        overrides=[{"matcher": {"id": "byRegexp", "options": ".* persistence$"},
+        overrides=[{"matcher": {"id": "byRegexp", "options": ".* (persistence|diurnal)$"},
                     "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}],
     )
     b.timeseries(
-        "Skill vs persistence by station",
-        _targets((f'stationcast_skill_vs_persistence{{station=~"$station", {JOB}}}', "{{station}}")),
+        "Skill vs better baseline by station",
+        _targets((f'stationcast_skill_vs_best_baseline{{station=~"$station", {JOB}}}', "{{station}}")),
         unit="percentunit", w=8, h=9, legend_table=True,
-        description="1 - MAE(model)/MAE(persistence), rolling; below 0 the model is worse than persistence.",
+        description="1 - MAE(model)/MAE(better of persistence and diurnal persistence), rolling; below 0 the "
+                    "model is worse than a naive forecast there (stationcast_skill_vs_persistence: persistence "
+                    "alone).",
         defaults={"custom": {"lineWidth": 1, "fillOpacity": 0, "showPoints": "never", "spanNulls": True,
                              "thresholdsStyle": {"mode": "line"}},
                   "thresholds": {"mode": "absolute", "steps": _green_red(0, True)}},
     )
     b.add(
-        "bargauge", "Skill by horizon over the time range",
-        _targets((f'1 - ({_mae("model", "horizon", "$__range")}) / ({_mae("persistence", "horizon", "$__range")})',
+        "bargauge", "Skill vs better baseline by horizon over the time range",
+        _targets((f'1 - ({_mae("model", "horizon", "$__range")}) / ({_best_baseline_mae("horizon", "$__range")})',
                   "+{{horizon}} h", {"instant": True})),
         w=8, h=9, unit="percentunit",
+        description="1 - MAE(model)/MAE(better of persistence and diurnal persistence) at each horizon.",
         defaults={"min": -0.5, "max": 1, "thresholds": {"mode": "absolute", "steps": _green_red(0, True)}},
         options={"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
                  "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+    )
+    b.timeseries(
+        "P10-P90 band coverage by horizon",
+        _targets((f'max by (horizon) (stationcast_band_coverage{{horizon=~"1|3|6|12|24|all", {JOB}}})',
+                  "+{{horizon}} h")),
+        unit="percentunit", w=24, h=8,
+        description="Rolling fraction of actuals inside the published band (calibrated online per station from its "
+                    "realized errors); nominal 80 %, green between 77 % and 83 %.",
+        defaults={"custom": {"lineWidth": 1, "fillOpacity": 0, "showPoints": "never", "spanNulls": True,
+                             "thresholdsStyle": {"mode": "area"}},
+                  "thresholds": {"mode": "absolute", "steps": [
+                      {"color": "transparent", "value": None}, {"color": "green", "value": 0.77},
+                      {"color": "transparent", "value": 0.83}]}},
     )
 
     # --- throughput and lag -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from forecaster import adapt
 from forecaster.artifact import ModelCard
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
@@ -21,7 +22,6 @@ from forecaster.models import LISTING_6_49, MODEL_KINDS, ConvLayer, ModelConfig
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
 from forecaster.scorecard import render, score_on_span
 from forecaster.spans import (
-    FINETUNE_VAL_FRACTION,
     TEST_FRACTION,
     TRAIN_VAL_FRACTION,
     SpanError,
@@ -33,7 +33,6 @@ from forecaster.spans import (
 )
 from forecaster.table import format_table
 from forecaster.train import TrainConfig
-from forecaster.transfer import finetune
 
 # Defaults of the commands' flags are the dataclasses' (one source); the one deliberate difference is below.
 D, T = DataConfig(), TrainConfig()
@@ -148,20 +147,32 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
                   "is given; an error if the test span starts before it")
     e.set_defaults(func=cmd_evaluate, registry_seed=seed)
 
-    f = sub.add_parser("finetune", help="fine-tune the global model to a station with little history",
+    d = adapt.AdaptConfig()
+    f = sub.add_parser("finetune", help="adapt the global model to a station with little history; keep it only if "
+                                        "it is better",
                        description="Transfer learning: a copy of the base model (default: the global champion; a "
                                    "fresh registry is seeded with the shipped model) keeps its Conv1D front-end "
-                                   "frozen, gets the station's own normalization, and its GRU and head are "
-                                   "re-trained at a lower learning rate on the --days right before the test span "
-                                   f"(their last {FINETUNE_VAL_FRACTION:.0%} validate, with early stopping). It is "
-                                   "then scored next to the base model on the same test windows and registered "
-                                   "as a candidate (--promote: the station's champion).")
+                                   "frozen and its GRU and head are re-trained at a lower learning rate on the --days "
+                                   "right before the test span. Their last --holdout-days "
+                                   f"(default {d.holdout_days:g}) are never trained on: every hourly origin there "
+                                   "scores the base model, the fine-tuned one, persistence and diurnal persistence "
+                                   "on the same windows, picks the epochs, and decides the normalization (the base "
+                                   "model's unless the station's own wins on enough of those days). The fine-tuned "
+                                   "model is registered as a candidate (--promote: the station's champion) only "
+                                   f"when it beats the base there by --margin (default {d.margin:.0%}); either way "
+                                   "both are then scored on the test span, side by side. The service's station job "
+                                   "runs the same code with the same settings.")
     _data_args(f, "one station (pass --station for a multi-station file)")
     f.add_argument("--base", default=GLOBAL, help=f"registry name of the model to start from (default {GLOBAL})")
-    f.add_argument("--days", type=float, default=30, help="days of the station's history to train on (default 30)")
-    f.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
-    _train_args(f, lr=2e-4, epochs=30, name_help="registry name to register under (default station-<id>)")
-    f.add_argument("--promote", action="store_true", help="make the new version the station's champion")
+    f.add_argument("--days", type=float, default=30,
+                   help="days of the station's history to adapt on, holdout included (default 30)")
+    adapt.add_arguments(f, d)
+    f.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    f.add_argument("--registry", help=REGISTRY_HELP)
+    f.add_argument("--name", help="registry name to register under (default station-<id>)")
+    f.add_argument("--plots", default="runs/plots", help="folder for the PNG figures (default runs/plots)")
+    f.add_argument("--promote", action="store_true", help="make the new version the station's champion (only "
+                                                          "when it is registered)")
     f.add_argument("--no-register", action="store_true", help="score only: register nothing")
     _json_arg(f)
     _span_args(f, "end of the fine-tuning history, inclusive (default: the start of the test span); the test "
@@ -369,6 +380,7 @@ def _evaluation_plots(p, series: list[StationSeries], card: ModelCard, info, plo
 
 
 def cmd_finetune(args) -> int:
+    cfg = adapt.config_from_args(args)
     registry = _open_registry(args)
     base, card, info = registry.load(args.base)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
@@ -379,32 +391,56 @@ def cmd_finetune(args) -> int:
     _check_cadence(series, card, info.tag)
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
-    ranges = finetune_ranges(s, spans, args.days)
+    ranges = finetune_ranges(s, spans, args.days, cfg.holdout_days)
     require_windows(series, card.data, [ranges])
     name = args.name or station_model_name(s.station)
     with _json_mode(args):
-        print(_span_line(series, [ranges]))
-        t = finetune(base, card, s, ranges, _train_cfg(args), freeze_frontend=not args.no_freeze, label=name,
-                     plot_dir=args.plots, parent=info.tag)
-        tuned = score_on_span(t.model, name, t.card, series, spans).card
+        print(_span_line(series, [ranges]).replace("validation", "holdout"))
+        a = adapt.adapt_station(base, card, s, slice(ranges[0].start, ranges[1].stop), cfg, label=name,
+                                parent=info.tag, device=args.device)
+        tuned = score_on_span(a.model, name, a.card, series, spans).card
         based = score_on_span(base, info.tag, card, series, spans).card
         registered = promoted = False
-        if not args.no_register:
-            new = registry.register(name, t.model, t.card, note=f"fine-tuned from {info.tag} on {args.days:g} days")
+        if a.accepted and not args.no_register:
+            new = registry.register(name, a.model, a.card,
+                                    note=f"fine-tuned from {info.tag} on {args.days:g} days: {a.reason}")
             tuned["model"], registered = new.tag, True
             if args.promote:
                 registry.promote(name, new.version, note="--promote")
                 promoted = True
-        out = {**tuned, "base": based, "registered": registered, "promoted": promoted, "days": args.days}
+        out = {**tuned, "base": based, "served": tuned["model"] if a.accepted else info.tag,
+               "registered": registered, "promoted": promoted, "days": args.days, "adaptation": a.to_dict()}
         if not args.json:
-            print(f"{info.tag} fine-tuned on {args.days:g} days of {s.station}")
-            print(render(tuned, base=based))
+            print(f"{info.tag} fine-tuned on {args.days:g} days of {s.station} "
+                  f"({a.normalization} normalization, best epoch {a.trained.result.best_epoch})")
+            print(render_holdout(a))
+            print(render(tuned, title=f"{name} on the test span", base=based))
             if registered:
-                print(f"registered {tuned['model']} in {registry.root} as a candidate"
+                print(f"registered {tuned['model']} in {registry.root} as a candidate: {a.reason}"
                       + (f"; now the champion for station {s.station}" if promoted else ""))
+            elif a.accepted:
+                print(f"not registered (--no-register): {a.reason}")
+            else:
+                print(f"not registered: {a.reason}; station {s.station} stays on {info.tag}")
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
+
+
+def render_holdout(a: adapt.Adaptation) -> str:
+    """The decision's evidence: every model and baseline per horizon on the holdout windows."""
+    h = a.holdout
+    ev = a.normalization_evidence
+    lines = [f"holdout {h.span[0]} to {h.span[1]}, {h.windows:,} windows over {h.days} days: base {a.base_mae:.3f}, "
+             f"fine-tuned {a.tuned_mae:.3f} °C; normalization {a.normalization} (station's own won "
+             f"{ev['station_wins']} of {ev['days']} days, needs {ev['needed']}; {ev['station_mae']:.3f} vs "
+             f"{ev['base_mae']:.3f} °C)"]
+    rows = [["horizon", "base", "fine-tuned", "persistence", "diurnal"]]
+    for i, step in enumerate(h.horizons):
+        rows.append([f"+{step}", f"{h.base[i]:.3f}", f"{h.tuned[i]:.3f}", f"{h.persistence[i]:.3f}",
+                     "-" if h.diurnal is None else f"{h.diurnal[i]:.3f}"])
+    lines.append(format_table(rows, right=[False] + [True] * 4, indent="  "))
+    return "\n".join(lines)
 
 
 def cmd_models_list(args) -> int:

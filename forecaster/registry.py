@@ -102,13 +102,17 @@ class Registry:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "registry.json").exists())
 
-    def register(self, name: str, model: nn.Module, card: ModelCard, note: str = "") -> VersionInfo:
-        """Save a new version as a candidate; it serves nothing until promoted."""
+    def register(self, name: str, model: nn.Module, card: ModelCard, note: str = "",
+                 status: str = "candidate") -> VersionInfo:
+        """Save a new version as a candidate (it serves nothing until promoted), or as already ``rejected``: an
+        attempt kept with its metrics as a record, never a candidate."""
+        if status not in ("candidate", "rejected"):
+            raise RegistryError(f"a new version is a candidate or rejected, not {status!r}")
         with self._locked(name, create=True) as index:
             version = max(map(int, index["versions"]), default=0) + 1
             save_artifact(self._dir(name) / f"v{version:04d}", model, card)
             index["versions"][str(version)] = {
-                "status": "candidate", "created_at": card.created_at, "metrics": card.metrics, "note": note,
+                "status": status, "created_at": card.created_at, "metrics": card.metrics, "note": note,
             }
             if name.startswith(STATION_PREFIX) and len(card.stations) == 1:
                 index["station"] = card.stations[0]  # the id itself: station_model_name() is lossy

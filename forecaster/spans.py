@@ -20,7 +20,6 @@ from forecaster.windows import valid_origins
 
 TEST_FRACTION = 0.2  # default test span: the last 20 % of the time span
 TRAIN_VAL_FRACTION = 0.25  # `train` with dates: the last quarter of the time before the test span validates
-FINETUNE_VAL_FRACTION = 0.2  # `finetune`: the last 20 % of its --days of history validates
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -106,13 +105,22 @@ def train_ranges(series: StationSeries, spans: Spans, val_fraction: float = TRAI
     return (rows(series, spans.data_start, split), rows(series, split, spans.train_end), test_rows(series, spans))
 
 
-def finetune_ranges(series: StationSeries, spans: Spans, days: float,
-                    val_fraction: float = FINETUNE_VAL_FRACTION) -> Ranges:
-    """``finetune``: only the ``days`` before ``train_end``, their last ``val_fraction`` validating."""
-    history = pd.Timedelta(days=days)
-    start = max(spans.train_end - history, spans.data_start)
-    split = spans.train_end - history * val_fraction
-    return rows(series, start, split), rows(series, split, spans.train_end), test_rows(series, spans)
+def holdout_split(series: StationSeries, history: slice, holdout_days: float) -> tuple[slice, slice]:
+    """The last ``holdout_days`` (in time) of the ``history`` rows, held out, and the rows before them."""
+    start, stop, _ = history.indices(len(series.frame))
+    if stop <= start:
+        return slice(start, start), slice(start, start)
+    end = series.times[stop - 1] + series.cadence
+    split = min(max(rows(series, end - pd.Timedelta(days=holdout_days), end).start, start), stop)
+    return slice(start, split), slice(split, stop)
+
+
+def finetune_ranges(series: StationSeries, spans: Spans, days: float, holdout_days: float) -> Ranges:
+    """``finetune``: only the ``days`` before ``train_end``, their last ``holdout_days`` held out (training rows,
+    holdout rows, test rows)."""
+    start = max(spans.train_end - pd.Timedelta(days=days), spans.data_start)
+    fit, hold = holdout_split(series, rows(series, start, spans.train_end), holdout_days)
+    return fit, hold, test_rows(series, spans)
 
 
 def require_windows(series: Sequence[StationSeries], data: DataConfig, ranges: Sequence[Ranges]) -> None:

@@ -9,8 +9,11 @@ from typing import Any
 
 import yaml
 
+from forecaster.adapt import AdaptConfig
 from forecaster.registry import DEFAULT_REGISTRY
 from pipeline.validation import SettingError, validate
+
+ADAPT = AdaptConfig()  # `stationcast finetune`'s defaults: the station job runs the same adaptation
 
 DEFAULT_STORE = "sqlite:///var/stationcast.db"
 
@@ -92,6 +95,8 @@ class ServiceConfig:
     max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
     status_history: int = 72  # recent actuals per station kept for the status page
     station_idle_s: float = 86400.0  # a station silent this long leaves the status page and frees its metric labels
+    band_window: int = 96  # recent scored forecasts per station and horizon the P10-P90 band is calibrated on; 0: off
+    band_min_scores: int = 48  # a station's own scores needed before its band uses them (before: the fleet's)
     # --- model lifecycle (pipeline/scheduler.py, pipeline/lifecycle.py); the defaults keep the scheduler off ---
     retrain_interval_s: float = 0  # periodic retraining every N seconds; 0 = disabled
     retrain_cron: str | None = None  # or a crontab line (UTC), e.g. "0 3 * * *"; wins over the interval
@@ -114,9 +119,9 @@ class ServiceConfig:
     finetune_interval_s: float = 0  # look for stations to fine-tune every N seconds; 0 = disabled
     finetune_min_history_days: float = 30.0  # stored history a new station needs before it is fine-tuned
     finetune_history_days: float = 60.0  # at most this much of a station's newest history is trained on
-    finetune_holdout_days: float = 3.0  # its last days score the fine-tuned model against the global one
-    finetune_epochs: int = 30  # early-stopped (patience 5); a month of hourly rows takes seconds
-    finetune_margin: float = 0.02  # relative holdout-MAE gain over the global model needed to serve it
+    finetune_holdout_days: float = ADAPT.holdout_days  # its last days pick epochs and normalization, and decide
+    finetune_epochs: int = ADAPT.epochs  # early-stopped on the holdout; a month of hourly rows takes seconds
+    finetune_margin: float = ADAPT.margin  # relative holdout-MAE gain over the global model needed to serve it
     finetune_retry_days: float = 7.0  # a rejected station is tried again once it has this many more days of data
     finetune_max_stations: int = 10  # stations fine-tuned per run (the rest wait for the next run)
     finetune_timeout_s: float = 3600.0  # a fine-tuning run longer than this is killed and counted as failed

@@ -6,11 +6,14 @@ service does, :mod:`pipeline.jobs`; forecasting is undisturbed) or as a function
 (:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
-2. the last ``holdout_days`` are the holdout, the rows before it train (and validate, for early stopping);
-3. fine-tune a copy of the global champion (:func:`forecaster.transfer.finetune`: frozen Conv1D front-end,
-   the station's own normalization, GRU and head at a lower learning rate);
-4. score it and the global champion on the same holdout windows; register it as ``station-<id>`` and promote
-   it only if it beats the global model there by ``margin`` (relative), else keep it marked rejected.
+2. adapt the global champion to it with :func:`forecaster.adapt.adapt_station`, the code ``stationcast finetune``
+   runs, with the same :class:`~forecaster.adapt.AdaptConfig` (the same flags and defaults): its last
+   ``holdout_days`` are held out, pick epochs and normalization, and score the fine-tuned and the global model on
+   the same windows;
+3. only an accepted model (better than the global one by ``margin``, and than the station's current model if it
+   has one) is registered as ``station-<id>`` and promoted; a rejected attempt is kept in the registry already
+   marked rejected, never a candidate, with the numbers that decided it (so the station is retried only once it
+   has gathered ``retry_days`` more data).
 
 Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
 ``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected and that has
@@ -31,25 +34,17 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
+from forecaster import adapt
 from forecaster.registry import Registry, VersionInfo, station_model_name
-from forecaster.train import TrainConfig
-from forecaster.transfer import finetune
-from pipeline.challenger import (
-    DAY,
-    Outcome,
-    beats,
-    holdout_mae,
-    load_series,
-    record_holdout,
-    register_challenger,
-    reject_failed,
-    split_ranges,
-)
+from forecaster.spans import holdout_split
+from pipeline.challenger import DAY, Outcome, beats, holdout_mae, load_series, reject_failed
 from pipeline.config import ServiceConfig
 from pipeline.jobs import add_store_arguments, job_config, job_main, setting_help
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
+
+
 _SERVICE = ServiceConfig()
 
 
@@ -63,30 +58,25 @@ class FinetuneSettings:
     stations: tuple[str, ...] = ()  # () = every eligible station
     min_history_days: float = _SERVICE.finetune_min_history_days  # stored history needed before fine-tuning
     history_days: float = _SERVICE.finetune_history_days  # at most this much of its newest history is read
-    holdout_days: float = _SERVICE.finetune_holdout_days
-    margin: float = _SERVICE.finetune_margin  # relative holdout-MAE gain over the global model needed to serve it
     retry_days: float = _SERVICE.finetune_retry_days  # a rejected or failed station is tried again after this long
-    epochs: int = _SERVICE.finetune_epochs
+    adapt: adapt.AdaptConfig = adapt.AdaptConfig()  # holdout, margin, training: the same as `stationcast finetune`
     device: str = _SERVICE.training_device
-    max_fill_steps: int = _SERVICE.max_fill_steps
-    lr: float = 2e-4
-    batch_size: int = 64
-    patience: int = 5
-    val_fraction: float = 0.2
-    freeze_frontend: bool = True
     max_stations: int = 0  # 0 = no limit per run (the scheduler names its stations, at most finetune_max_stations)
     end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: station's newest reading
-    seed: int = 0
+    max_fill_steps: int = _SERVICE.max_fill_steps
     torch_threads: int = 1
     progress: bool = True
 
     @classmethod
-    def from_config(cls, cfg: ServiceConfig, **job) -> FinetuneSettings:
-        """The service's settings of a fine-tuning run, and ``job`` for the knobs it does not have."""
+    def from_config(cls, cfg: ServiceConfig, adaptation: adapt.AdaptConfig | None = None, **job) -> FinetuneSettings:
+        """The service's settings of a fine-tuning run: its ``finetune_holdout_days``, ``finetune_margin`` and
+        ``finetune_epochs`` in ``adaptation`` (default: the adaptation's other defaults); ``job`` for the knobs the
+        service does not have."""
+        adaptation = replace(adaptation or adapt.AdaptConfig(), holdout_days=cfg.finetune_holdout_days,
+                             margin=cfg.finetune_margin, epochs=cfg.finetune_epochs)
         return cls(store_url=cfg.store_url, registry=cfg.registry, base=cfg.model_name,
                    min_history_days=cfg.finetune_min_history_days, history_days=cfg.finetune_history_days,
-                   holdout_days=cfg.finetune_holdout_days, margin=cfg.finetune_margin,
-                   retry_days=cfg.finetune_retry_days, epochs=cfg.finetune_epochs, device=cfg.training_device,
+                   retry_days=cfg.finetune_retry_days, adapt=adaptation, device=cfg.training_device,
                    max_fill_steps=cfg.max_fill_steps, **job)
 
 
@@ -131,7 +121,7 @@ def finetune_stations(s: FinetuneSettings) -> list[Outcome]:
 
 def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> Outcome:
     started = time.perf_counter()
-    out = Outcome("failed", margin=s.margin, stations=[station])
+    out = Outcome("failed", margin=s.adapt.margin, stations=[station])
     name = station_model_name(station)
     try:
         _run(s, station, name, registry, out)
@@ -152,43 +142,43 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
         raise ValueError(f"the store holds no readings of station {station!r}")
     end_ts = newest + 1 if s.end_ts is None else int(s.end_ts)
     start_ts = end_ts - int(s.history_days * DAY)
-    holdout_start = pd.Timestamp(end_ts - int(s.holdout_days * DAY), unit="s")
     series = load_series(s.store_url, start_ts, end_ts, list(card.data.features), card.cadence_s, s.max_fill_steps,
                          stations=[station])
     if not series:
         raise ValueError(f"station {station!r} has no readings in the history window")
-    ranges = split_ranges(series[0], holdout_start, s.val_fraction)
-    if ranges[0].stop <= card.data.lookback or ranges[2].stop <= ranges[2].start:
+    history = slice(0, len(series[0].frame))
+    fit_rows, hold_rows = holdout_split(series[0], history, s.adapt.holdout_days)
+    if fit_rows.stop - fit_rows.start <= card.data.lookback or hold_rows.stop <= hold_rows.start:
         raise ValueError(f"station {station!r} has too little history before its holdout "
-                         f"({ranges[0].stop} training rows, lookback {card.data.lookback})")
-    train_cfg = TrainConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, patience=s.patience, seed=s.seed,
-                            device=s.device, progress=s.progress)
-    trained = finetune(base, card, series[0], ranges, train_cfg, freeze_frontend=s.freeze_frontend,
-                       label=f"{name} from {info.tag}", parent=info.tag)
-    tuned_mae = record_holdout(out, trained, holdout_start, series[0].times[-1])
-    base_mae = holdout_mae(base, card, series, [ranges])  # the global model on the same holdout windows
-    out.champion_mae = base_mae
-    note = (f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}; holdout MAE "
-            f"{tuned_mae:.4f} vs {info.tag} {base_mae:.4f} (margin {s.margin:+.1%})")
-    new = register_challenger(registry, name, trained, out, {"base_holdout_mae": base_mae}, note)
+                         f"({fit_rows.stop - fit_rows.start} training rows, lookback {card.data.lookback})")
+    a = adapt.adapt_station(base, card, series[0], history, s.adapt, label=f"{name} from {info.tag}",
+                            parent=info.tag, device=s.device, progress=s.progress)
+    out.challenger_mae, out.champion_mae = a.tuned_mae, a.base_mae
+    out.holdout_samples, out.train_span = a.holdout.windows, a.card.training_span
+    out.holdout_span = a.holdout.span
+    accepted, reason = a.accepted, a.reason
     current = registry.champion(name)
-    if current is not None:  # a station model already serves: the new one must beat it too
+    if accepted and current is not None:  # a station model already serves: the new one must beat it too
         cur_model, cur_card, _ = registry.load(name)
-        base_mae = min(base_mae, holdout_mae(cur_model, cur_card, series, [ranges]))
-    if not beats(tuned_mae, base_mae, s.margin):
-        registry.reject(name, new.version, note=f"rejected: {note}")
-        out.outcome, out.reason = "rejected", f"fine-tuned model did not beat the serving model by {s.margin:.1%}"
-        log.info("rejected %s: %s", new.tag, note)
+        cur_mae = holdout_mae(cur_model, cur_card, series, [(fit_rows, hold_rows, hold_rows)])
+        if not beats(a.tuned_mae, cur_mae, s.adapt.margin):
+            accepted, reason = False, f"{reason}; but {current.tag} serving the station has {cur_mae:.3f}"
+    note = f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}: {reason}"
+    new = registry.register(name, a.model, a.card, note=note, status="candidate" if accepted else "rejected")
+    out.challenger = new.tag
+    if not accepted:
+        out.outcome, out.reason = "rejected", f"not registered as a candidate: {reason}"
+        log.info("station %s stays on %s, %s kept as rejected: %s", station, info.tag, new.tag, reason)
         return
     registry.promote(name, new.version, note=f"promoted: {note}")
-    out.outcome, out.reason = "promoted", f"fine-tuned model beat {info.tag} on the station by more than {s.margin:.1%}"
+    out.outcome, out.reason = "promoted", f"accepted: {reason}"
     log.info("promoted %s for station %s: %s", new.tag, station, note)
 
 
 # flag -> the service setting it overrides (its default is that setting's)
 SETTING_FLAGS = {"base": "model_name", "min_history_days": "finetune_min_history_days",
-                 "history_days": "finetune_history_days", "holdout_days": "finetune_holdout_days",
-                 "margin": "finetune_margin", "retry_days": "finetune_retry_days", "epochs": "finetune_epochs"}
+                 "history_days": "finetune_history_days", "retry_days": "finetune_retry_days",
+                 "holdout_days": "finetune_holdout_days", "margin": "finetune_margin", "epochs": "finetune_epochs"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -200,20 +190,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "stored history a station needs to be eligible", "finetune_min_history_days"))
     p.add_argument("--history-days", type=float, help=setting_help(
         "at most this many of a station's newest days are read", "finetune_history_days"))
-    p.add_argument("--holdout-days", type=float, help=setting_help(
-        "last days, never trained on, that score it against the base model", "finetune_holdout_days"))
-    p.add_argument("--margin", type=float, help=setting_help("relative MAE gain needed to serve the station",
-                                                             "finetune_margin"))
     p.add_argument("--retry-days", type=float, help=setting_help(
         "a rejected station is tried again once it has this many more days", "finetune_retry_days"))
-    p.add_argument("--epochs", type=int, help=setting_help("most epochs", "finetune_epochs"))
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--patience", type=int, default=d.patience, help="default %(default)s")
     p.add_argument("--max-stations", type=int, default=d.max_stations,
                    help="stations fine-tuned at most (default %(default)s: no limit)")
-    p.add_argument("--no-freeze", action="store_true", help="also train the Conv1D front-end")
     p.add_argument("--end-ts", type=int)
-    p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    # The adaptation flags of `stationcast finetune`; the three the service has settings for default to them.
+    adapt.add_arguments(p, d.adapt, from_settings={"holdout_days": setting_help("", "finetune_holdout_days"),
+                                                   "margin": setting_help("", "finetune_margin"),
+                                                   "epochs": setting_help("", "finetune_epochs")})
     p.add_argument("--torch-threads", type=int, default=d.torch_threads, help="default %(default)s")
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
@@ -222,12 +207,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     """Flags over the service's settings layers (:func:`pipeline.jobs.job_config`)."""
+    from pipeline.validation import SettingError
+
     cfg = job_config(args, {setting: f"--{flag.replace('_', '-')}" for flag, setting in SETTING_FLAGS.items()},
                      **{setting: getattr(args, flag) for flag, setting in SETTING_FLAGS.items()})
+    try:
+        adaptation = adapt.config_from_args(argparse.Namespace(**{
+            **vars(args), "holdout_days": cfg.finetune_holdout_days, "margin": cfg.finetune_margin,
+            "epochs": cfg.finetune_epochs}))
+    except ValueError as exc:
+        raise SettingError(str(exc)) from exc
     return FinetuneSettings.from_config(
-        cfg, stations=tuple(args.station), lr=args.lr, patience=args.patience, max_stations=args.max_stations,
-        freeze_frontend=not args.no_freeze, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,
-        progress=not args.no_progress)
+        cfg, adaptation, stations=tuple(args.station), max_stations=args.max_stations, end_ts=args.end_ts,
+        torch_threads=args.torch_threads, progress=not args.no_progress)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -65,8 +65,23 @@ class Metrics:
             f"{NS}_rolling_mae_celsius", "Rolling MAE over the recent window, by station (capped) and forecaster",
             ["station", "forecaster"], registry=r,
         )
-        self.skill = Gauge(f"{NS}_skill_vs_persistence", "1 - MAE(model)/MAE(persistence), rolling, by station",
-                           ["station"], registry=r)
+        self.skill = Gauge(f"{NS}_skill_vs_persistence", "1 - MAE(model)/MAE(persistence), rolling, by station "
+                           "(see stationcast_skill_vs_best_baseline)", ["station"], registry=r)
+        self.skill_best = Gauge(
+            f"{NS}_skill_vs_best_baseline", "1 - MAE(model)/MAE(better of persistence and diurnal persistence), "
+            "rolling, by station (station=all: the fleet)", ["station"], registry=r)
+        self.horizon_mae = Gauge(
+            f"{NS}_horizon_rolling_mae_celsius", "Rolling MAE over all stations by horizon (hours) and forecaster",
+            ["horizon", "forecaster"], registry=r)
+        self.horizon_skill = Gauge(
+            f"{NS}_horizon_skill_vs_best_baseline", "1 - MAE(model)/MAE(better baseline at that horizon), rolling, "
+            "over all stations, by horizon (hours)", ["horizon"], registry=r)
+        self.band_coverage = Gauge(
+            f"{NS}_band_coverage", "Rolling fraction of actuals inside the published (calibrated) P10-P90 band, by "
+            "horizon (hours; all: every horizon); nominal 0.8", ["horizon"], registry=r)
+        self.band_offset = Gauge(
+            f"{NS}_band_offset_celsius", "Fleet conformal widening of the model's band by horizon (negative: "
+            "narrowed); stations with enough scored forecasts use their own", ["horizon"], registry=r)
         self.last_forecast = Gauge(f"{NS}_forecast_celsius", "Latest forecast by station, horizon and quantile",
                                    ["station", "horizon", "quantile"], registry=r)
         self.last_actual = Gauge(f"{NS}_actual_celsius", "Latest observed temperature by station", ["station"],
@@ -175,15 +190,24 @@ class Metrics:
             self._labelled -= gone
         if not gone:
             return
-        for gauge in (self.rolling_mae, self.skill, self.last_forecast, self.last_actual, self.seconds_since_reading):
+        for gauge in (self.rolling_mae, self.skill, self.skill_best, self.last_forecast, self.last_actual,
+                      self.seconds_since_reading):
             series = {tuple(sample.labels.values()) for family in gauge.collect() for sample in family.samples
                       if sample.labels.get("station") in gone}
             for labels in series:
                 with contextlib.suppress(KeyError):  # removed meanwhile
                     gauge.remove(*labels)
 
-    def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray) -> None:
-        self.abs_error.observe(horizons, {"model": model_err, "persistence": persistence_err})
+    def observe_errors(self, horizons: np.ndarray, model_err: np.ndarray, persistence_err: np.ndarray,
+                       diurnal_err: np.ndarray | None = None) -> None:
+        """Errors of the model and both baselines, same rows; a row without a diurnal value adds no diurnal
+        sample (the histogram holds where the baseline existed)."""
+        errors = {"model": model_err, "persistence": persistence_err}
+        if diurnal_err is not None:
+            ok = ~np.isnan(diurnal_err)
+            if ok.any():
+                self.abs_error.observe(np.asarray(horizons)[ok], {"diurnal": np.asarray(diurnal_err)[ok]})
+        self.abs_error.observe(horizons, errors)
 
     def set_station_gauges(self, stations: Sequence[str], gauge: Gauge, values: Sequence[float], **labels) -> None:
         for s, v in zip(stations, values, strict=True):

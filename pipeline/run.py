@@ -20,6 +20,7 @@ from pipeline.http import HttpServer
 from pipeline.redact import redact_url
 from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
 from pipeline.scheduler import LifecycleScheduler, enabled
+from pipeline.scoring import error_summary, skill_vs_best
 from pipeline.service import Service
 from pipeline.store_url import parse_store_url
 
@@ -89,9 +90,11 @@ class LiveLine:
         now = time.monotonic()
         rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
         self._last = (now, consumed)
-        mae, pers = s.skill.fleet_model, s.skill.fleet_persistence
-        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f} (skill {1 - mae / pers:+.0%})"
-                 if np.isfinite(mae) and np.isfinite(pers) and pers > 0 else "MAE: waiting for actuals")
+        mae, pers, day = s.skill.maes()
+        best = skill_vs_best(mae, pers, day)
+        diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
+        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})"
+                 if np.isfinite(mae) and np.isfinite(best) else "MAE: waiting for actuals")
         return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
                 f"lag {lag:,} | dead letters {rejected:,}")
 
@@ -188,11 +191,26 @@ def _summary(service: Service, cfg: ServiceConfig) -> None:
     if errors.empty:
         print("no forecast was scored yet (replay longer than the model's lookback plus horizon)", file=sys.stderr)
         return
-    by = errors.groupby("station")[["abs_error", "persistence_abs_error"]].mean()
-    by.loc["all"] = errors[["abs_error", "persistence_abs_error"]].mean()
-    rows = [("station", "model MAE", "persistence", "skill")]
-    for station, row in by.iterrows():
-        skill = 1 - row["abs_error"] / row["persistence_abs_error"]
-        rows.append((str(station), f"{row['abs_error']:.2f} °C", f"{row['persistence_abs_error']:.2f} °C",
-                     f"{skill:+.0%}"))
-    print(format_table(rows, right=[False, True, True, True]), file=sys.stderr)
+    print(_score_table(error_summary(errors, "station"), "station"), file=sys.stderr)
+    by_h = error_summary(errors, "horizon")
+    shown = [h for h in (1, 3, 6, 12, 24) if h in by_h.index]
+    print("\nper horizon (hours ahead):", file=sys.stderr)
+    print(_score_table(by_h.loc[[*shown, "all"]], "horizon"), file=sys.stderr)
+
+
+def _score_table(table, label: str) -> str:
+    """Model MAE beside both baselines, skill against the better one and the P10-P90 band's coverage."""
+    rows = [(label, "model MAE", "persistence", "diurnal pers.", "skill vs better", "P10-P90 coverage")]
+    for key, r in table.iterrows():
+        rows.append((f"+{key} h" if label == "horizon" and key != "all" else str(key), _deg(r["mae"]),
+                     _deg(r["persistence_mae"]), _deg(r["diurnal_mae"]), _pct(r["skill"], "+.0%"),
+                     _pct(r["coverage"], ".0%")))
+    return format_table(rows, right=[False, True, True, True, True, True])
+
+
+def _deg(x: float) -> str:
+    return f"{x:.2f} °C" if np.isfinite(x) else "-"
+
+
+def _pct(x: float, spec: str) -> str:
+    return format(x, spec) if np.isfinite(x) else "-"

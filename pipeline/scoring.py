@@ -2,7 +2,10 @@
 
 Pending forecasts are held as flat numpy columns keyed by ``(station, target_ts)``; a batch of actuals is
 matched with one ``np.isin``/``searchsorted`` pass, never a Python loop per reading. Each match yields the
-model's absolute error and the persistence forecast's, so skill against persistence is always visible.
+model's absolute error and those of the two naive baselines on the same row (persistence: the last value at
+issue time; diurnal persistence: the value 24 h before the target time), so skill is always measured against
+the better of the two. With a band, it also yields whether the actual fell inside the published band and the
+conformity score against the model's raw band (what :mod:`pipeline.calibration` learns from).
 """
 
 from __future__ import annotations
@@ -12,19 +15,73 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-_COLUMNS = ("station", "issue_ts", "horizon", "target_ts", "model_version", "value", "persistence")
+from forecaster.evaluate import diurnal_offsets, steps_per_day
+from pipeline.calibration import band_hits, conformity_scores
+
+_COLUMNS = ("station", "issue_ts", "horizon", "target_ts", "model_version", "value", "persistence", "diurnal",
+            "lo", "hi", "band_offset")
+_FLOATS = ("value", "persistence", "diurnal", "lo", "hi", "band_offset")
+# Rolling-MAE trackers: name -> the errors column they follow.
+TRACKED = {"model": "abs_error", "persistence": "persistence_abs_error", "diurnal": "diurnal_abs_error"}
+
+
+def season_of(card) -> int | None:
+    """Steps per day of a model card: the model's own ``season`` when it has one, else from the cadence."""
+    season = getattr(card.model, "season", None)
+    return int(season) if season else steps_per_day(card.cadence_s)
+
+
+def diurnal_baseline(target: np.ndarray, horizons: np.ndarray, season: int | None) -> np.ndarray:
+    """[N, H] diurnal persistence from windows of the target ([N, L], newest last): the value one day before
+    each target time (whole days back for horizons beyond a day, as ``stationcast evaluate`` does); NaN
+    where the window does not reach back that far or no whole number of steps makes a day."""
+    n, length = target.shape
+    if not season:
+        return np.full((n, len(horizons)), np.nan)
+    idx = length - 1 + diurnal_offsets(tuple(int(h) for h in horizons), season)
+    ok = idx >= 0
+    out = np.full((n, len(horizons)), np.nan)
+    out[:, ok] = target[:, idx[ok]]
+    return out
+
+
+def skill_vs_best(model: np.ndarray | float, persistence: np.ndarray | float,
+                  diurnal: np.ndarray | float) -> np.ndarray | float:
+    """1 - MAE(model) / MAE(better baseline); a baseline with no score (NaN) is left out; NaN when neither."""
+    best = np.fmin(persistence, diurnal)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(best > 0, 1 - np.asarray(model, dtype=np.float64) / best, np.nan)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def _ewma_batch(prev: float, x: np.ndarray, a: float) -> float:
+    """An EWMA advanced over a batch in arrival order, in closed form: weights (1-a)^(n-1-i) * a. NaN skipped."""
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if not n:
+        return prev
+    w = a * (1 - a) ** np.arange(n - 1, -1, -1)
+    decay = (1 - a) ** n
+    value = float((w * x).sum() + (decay * prev if not np.isnan(prev) else 0.0))
+    return value / (1 - decay) if np.isnan(prev) else value
+
+
+def _column(errors: pd.DataFrame, col: str) -> np.ndarray:
+    return errors[col].to_numpy(dtype=np.float64) if col in errors else np.full(len(errors), np.nan)
 
 
 @dataclass
 class RollingSkill:
-    """Exponentially weighted MAE of the model and of persistence, per station and for the fleet."""
+    """Exponentially weighted MAE of the model, persistence and diurnal persistence, per station and fleet."""
 
     halflife: float = 2000.0  # errors (all horizons of about 80 hourly forecasts of one station)
     station_model: dict[str, float] = field(default_factory=dict)
     station_persistence: dict[str, float] = field(default_factory=dict)
+    station_diurnal: dict[str, float] = field(default_factory=dict)
     station_count: dict[str, int] = field(default_factory=dict)
     fleet_model: float = float("nan")
     fleet_persistence: float = float("nan")
+    fleet_diurnal: float = float("nan")
     count: int = 0
 
     @property
@@ -35,33 +92,93 @@ class RollingSkill:
         if errors.empty:
             return
         a = self.alpha
-        # The fleet EWMA over a batch in arrival order, in closed form: weights (1-a)^(n-1-i) * a.
-        n = len(errors)
-        w = a * (1 - a) ** np.arange(n - 1, -1, -1)
-        decay = (1 - a) ** n
-        for attr, col in (("fleet_model", "abs_error"), ("fleet_persistence", "persistence_abs_error")):
-            prev = getattr(self, attr)
-            x = errors[col].to_numpy()
-            value = float((w * x).sum() + (decay * prev if not np.isnan(prev) else 0.0))
-            if np.isnan(prev):
-                value /= 1 - decay
-            setattr(self, attr, value)
-        grouped = errors.groupby("station", sort=False).agg(
-            m=("abs_error", "mean"), p=("persistence_abs_error", "mean"), n=("abs_error", "size"))
-        weight = 1 - (1 - a) ** grouped["n"].to_numpy()  # n errors at once weigh as n single updates
-        for station, m, p, w, k in zip(grouped.index, grouped["m"], grouped["p"], weight, grouped["n"],
-                                       strict=True):
+        cols = {name: _column(errors, col) for name, col in TRACKED.items()}
+        for name, x in cols.items():
+            setattr(self, f"fleet_{name}", _ewma_batch(getattr(self, f"fleet_{name}"), x, a))
+        frame = pd.DataFrame({"station": errors["station"].to_numpy(), **cols})
+        grouped = frame.groupby("station", sort=False)
+        means, counts = grouped.mean(), grouped.count()  # both skip NaN: a baseline missing on a row is left out
+        for name in TRACKED:
+            table = getattr(self, f"station_{name}")
+            weight = 1 - (1 - a) ** counts[name].to_numpy()  # n errors at once weigh as n single updates
+            for station, m, w, k in zip(means.index, means[name], weight, counts[name], strict=True):
+                if not k:
+                    continue
+                old = table.get(station)
+                table[station] = m if old is None else old + w * (m - old)
+        for station, k in zip(counts.index, counts["model"], strict=True):
             self.station_count[station] = self.station_count.get(station, 0) + int(k)
-            old_m = self.station_model.get(station)
-            old_p = self.station_persistence.get(station)
-            self.station_model[station] = m if old_m is None else old_m + w * (m - old_m)
-            self.station_persistence[station] = p if old_p is None else old_p + w * (p - old_p)
-        self.count += n
+        self.count += len(errors)
+
+    def maes(self, station: str | None = None) -> tuple[float, float, float]:
+        """(model, persistence, diurnal) rolling MAE of a station, or of the fleet."""
+        if station is None:
+            return self.fleet_model, self.fleet_persistence, self.fleet_diurnal
+        return tuple(getattr(self, f"station_{n}").get(station, np.nan) for n in TRACKED)  # type: ignore[return-value]
 
     def skill(self, station: str | None = None) -> float:
-        m, p = ((self.fleet_model, self.fleet_persistence) if station is None
-                else (self.station_model.get(station, np.nan), self.station_persistence.get(station, np.nan)))
+        """Skill against the better of persistence and diurnal persistence."""
+        return float(skill_vs_best(*self.maes(station)))
+
+    def skill_vs_persistence(self, station: str | None = None) -> float:
+        m, p, _ = self.maes(station)
         return float(1 - m / p) if p and not np.isnan(p) else float("nan")
+
+    def forget(self, stations: list[str]) -> None:
+        for table in (*(getattr(self, f"station_{n}") for n in TRACKED), self.station_count):
+            for s in stations:
+                table.pop(s, None)
+
+
+@dataclass
+class HorizonSkill:
+    """Per horizon, exponentially weighted MAE of the model and both baselines, and band coverage (the rolling
+    fraction of actuals inside the published band): what the per-horizon gauges and the status page show."""
+
+    halflife: float = 500.0  # errors of one horizon (about 500 station-hours)
+    mae: dict[str, dict[int, float]] = field(default_factory=lambda: {n: {} for n in TRACKED})
+    coverage: dict[int, float] = field(default_factory=dict)
+    coverage_all: float = float("nan")
+
+    def update(self, errors: pd.DataFrame) -> None:
+        if errors.empty:
+            return
+        a = 1 - 0.5 ** (1 / self.halflife)
+        horizon = errors["horizon"].to_numpy()
+        covered = _column(errors, "covered")
+        self.coverage_all = _ewma_batch(self.coverage_all, covered, 1 - 0.5 ** (1 / (self.halflife * 4)))
+        cols = {name: _column(errors, col) for name, col in TRACKED.items()}
+        order = np.argsort(horizon, kind="stable")  # per horizon, still in arrival order
+        h_sorted = horizon[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(h_sorted)) + 1]
+        for lo, hi in zip(starts.tolist(), np.r_[starts[1:], len(order)].tolist(), strict=True):
+            h, rows = int(h_sorted[lo]), order[lo:hi]
+            for name, x in cols.items():
+                self.mae[name][h] = _ewma_batch(self.mae[name].get(h, np.nan), x[rows], a)
+            self.coverage[h] = _ewma_batch(self.coverage.get(h, np.nan), covered[rows], a)
+
+    def horizons(self) -> list[int]:
+        return sorted(self.mae["model"])
+
+    def skill(self, horizon: int) -> float:
+        return float(skill_vs_best(*(self.mae[n].get(horizon, np.nan) for n in TRACKED)))
+
+
+def error_summary(errors: pd.DataFrame, by: str = "horizon") -> pd.DataFrame:
+    """Scored errors summarized per ``by`` (horizon or station) plus an ``all`` row, on the same rows for every
+    forecaster: MAE of the model, persistence and diurnal persistence, skill against the better baseline, the
+    P10-P90 band's coverage (NaN without a band) and the number of errors. Each baseline's MAE is over the rows
+    where it exists (diurnal persistence needs a day of history in the window)."""
+    cols = {"mae": "abs_error", "persistence_mae": "persistence_abs_error", "diurnal_mae": "diurnal_abs_error",
+            "coverage": "covered"}
+    frame = pd.DataFrame({k: _column(errors, c) for k, c in cols.items()} | {by: errors[by].to_numpy()})
+    table = frame.groupby(by).mean()
+    table["n"] = frame.groupby(by).size()
+    table.index = table.index.astype(object)
+    table.loc["all"] = [*frame[list(cols)].mean().tolist(), len(frame)]
+    table["skill"] = skill_vs_best(table["mae"].to_numpy(), table["persistence_mae"].to_numpy(),
+                                   table["diurnal_mae"].to_numpy())
+    return table[["mae", "persistence_mae", "diurnal_mae", "skill", "coverage", "n"]]
 
 
 class Scoreboard:
@@ -91,7 +208,9 @@ class Scoreboard:
         """Track forecast rows (one per station, issue time and horizon) until their target arrives."""
         if forecasts.empty:
             return
-        new = {c: forecasts[c].to_numpy(dtype=_dtype(c)) for c in _COLUMNS}
+        n = len(forecasts)
+        new = {c: forecasts[c].to_numpy(dtype=_dtype(c)) if c in forecasts else np.full(n, np.nan)
+               for c in _COLUMNS}
         new["key"] = self._keys(new["station"], new["target_ts"], register=True)
         self._cols = {c: np.concatenate([self._cols[c], new[c]]) for c in self._cols}
 
@@ -115,6 +234,10 @@ class Scoreboard:
             "station": rows["station"], "issue_ts": rows["issue_ts"], "horizon": rows["horizon"],
             "target_ts": rows["target_ts"], "model_version": rows["model_version"], "actual": act,
             "abs_error": np.abs(rows["value"] - act), "persistence_abs_error": np.abs(rows["persistence"] - act),
+            "diurnal_abs_error": np.abs(rows["diurnal"] - act),
+            "covered": band_hits(rows["lo"], rows["hi"], act),
+            # Against the model's raw band: the published one widened by band_offset (none: 0).
+            "band_score": conformity_scores(rows["lo"], rows["hi"], act) + np.nan_to_num(rows["band_offset"]),
         })
         self._cols = {c: v[~hit] for c, v in self._cols.items()}
         return errors
@@ -150,10 +273,11 @@ class Scoreboard:
 
 def _dtype(column: str):
     return object if column in ("station", "model_version") else (
-        np.float64 if column in ("value", "persistence") else np.int64)
+        np.float64 if column in _FLOATS else np.int64)
 
 
 def _empty_errors() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
         ("station", object), ("issue_ts", np.int64), ("horizon", np.int64), ("target_ts", np.int64),
-        ("model_version", object), ("actual", float), ("abs_error", float), ("persistence_abs_error", float))})
+        ("model_version", object), ("actual", float), ("abs_error", float), ("persistence_abs_error", float),
+        ("diurnal_abs_error", float), ("covered", float), ("band_score", float))})

@@ -31,15 +31,16 @@ from forecaster.artifact import ModelCard
 from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
+from pipeline.calibration import BandCalibrator
 from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
 from pipeline.readings import SENSORS, DeadLetter
 from pipeline.ring import RollingWindows
-from pipeline.scoring import RollingSkill
+from pipeline.scoring import TRACKED, HorizonSkill, RollingSkill, skill_vs_best
 from pipeline.serving import Served, ServingModels
-from pipeline.step import Step, StepConfig, StepResult
+from pipeline.step import Step, StepConfig, StepResult, rank_within_station
 from pipeline.step_metrics import export_step
 from pipeline.store import Store, StoreUnavailable
 
@@ -153,6 +154,14 @@ class Service:
     @property
     def windows(self) -> RollingWindows:
         return self.step.ring
+
+    @property
+    def horizon_skill(self) -> HorizonSkill:
+        return self.step.horizon_skill
+
+    @property
+    def calibrator(self) -> BandCalibrator:
+        return self.step.calibrator
 
     @property
     def totals(self) -> Totals:
@@ -350,7 +359,7 @@ class Service:
             for msg in out.messages:
                 self._latest_forecast[msg["station"]] = msg
         self._note_readings(out.actuals, out.arrived)
-        export_step(self.metrics, out, self.step.skill, batch=batch)
+        export_step(self.metrics, out, self.step, batch=batch)
         for observer in self.observers:
             observer(out)
 
@@ -444,8 +453,10 @@ class Service:
         since = dict(zip(stations, (cut - lateness).tolist(), strict=True))
         self.step.restore(names, st[head], ts[head], features[head], self.store.pending_since(since, max_h))
         tail = np.flatnonzero(~head)
+        rank = rank_within_station(st[tail], ts[tail])
+        scored_later = self._rebuild_calibration(stations, newest, cut, st[tail], ts[tail], rank)
         out = self.step.replay(st[tail], ts[tail], history[list(SENSORS)].to_numpy(dtype=np.float64)[tail],
-                               restored=names)
+                               restored=names, band_scores=scored_later)
         self._publish(out)
         self._store_outcomes(out)
         self._observe(out, batch=False)
@@ -453,6 +464,40 @@ class Service:
         log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
                  len(stations), sorted(partitions), len(tail))
         return stations
+
+    def _rebuild_calibration(self, stations: list[str], newest: np.ndarray, cut: np.ndarray, tail_station: np.ndarray,
+                             tail_ts: np.ndarray, tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
+        """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores (the newest
+        ``band_window`` per horizon within four windows of each one's newest reading), so that after a restart or
+        rebalance every band is what it would have been without one. Scores up to each station's cut are learnt now;
+        those of targets among the readings still to be replayed (stored before a crash, with their forecasts lost)
+        are returned by replay round (-1: after the last), to be learnt just before that round forecasts, as they
+        were."""
+        window = self.cfg.band_window
+        if not window:
+            return {}
+        cad, half = self.card.cadence_s, self.card.cadence_s - self.card.cadence_s // 2
+        since = dict(zip(stations, (newest - 4 * window * cad).tolist(), strict=True))
+        scored = self.store.recent_errors(since, max(self.card.data.horizons) * cad, window)
+        code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
+        target = scored["target_ts"].to_numpy()
+        now = target < cut[code] + half
+        self.step.learn_band(scored[now])
+        later = scored[~now]
+        if later.empty:
+            return {}
+        # The replay round whose reading scores each target: the station's first replayed reading in its slot.
+        rounds = np.full(len(later), -1, dtype=np.int64)
+        if len(tail_ts):
+            keys = (pd.Index(stations).get_indexer(tail_station).astype(np.int64) << 32) | tail_ts
+            order = np.argsort(keys, kind="stable")
+            keys, ranks = keys[order], tail_rank[order]
+            code_later = code[~now].astype(np.int64)
+            pos = np.searchsorted(keys, (code_later << 32) | (target[~now] - half), side="left")
+            ok = pos < len(keys)
+            ok[ok] = (keys[pos[ok]] >> 32) == code_later[ok]
+            rounds[ok] = ranks[pos[ok]]
+        return {int(k): frame for k, frame in later.groupby(rounds, sort=False)}
 
     def _apply_rebalances(self) -> None:
         """Rebuild/forget in the loop thread, before the records of newly assigned partitions are processed."""
@@ -482,16 +527,15 @@ class Service:
             service = {
                 "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
-                "errors_scored": t.errors_scored, "rolling_mae": _num(self.skill.fleet_model),
-                "rolling_persistence_mae": _num(self.skill.fleet_persistence), "skill": _num(self.skill.skill()),
-                "store_up": self.store.up,
+                "errors_scored": t.errors_scored, "store_up": self.store.up, **self._skill_status(),
             }
             names = np.asarray(list(self._recent), dtype=object)
-        model, pers = self.skill.station_model, self.skill.station_persistence
-        m = np.array([model.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
-        pm = np.array([pers.get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+        sk = self.skill
+        m, pm, dm = (np.array([getattr(sk, f"station_{n}").get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+                     for n in TRACKED)
+        skill = skill_vs_best(m, pm, dm)
         with np.errstate(divide="ignore", invalid="ignore"):
-            skill = np.where(pm > 0, 1 - m / pm, np.nan)
+            skill_p = np.where(pm > 0, 1 - m / pm, np.nan)
         ready = self.windows.ready(names) if len(names) else np.zeros(0, dtype=bool)
         match = np.ones(len(names), dtype=bool)
         if q:
@@ -503,7 +547,8 @@ class Service:
         page = order[offset:offset + limit]
         summary = {
             "stations": len(names), "ready": int(ready.sum()), "scored": int(scored.sum()),
-            "behind_persistence": int((skill < 0).sum()), "matched": len(idx), "q": q, "offset": offset,
+            "behind_persistence": int((skill_p < 0).sum()), "behind_baseline": int((skill < 0).sum()),
+            "matched": len(idx), "q": q, "offset": offset,
             "limit": limit,
         }
         with self._lock:
@@ -522,9 +567,28 @@ class Service:
                     "issue_ts": fc["issue_ts"], "target_ts": fc["target_ts"], "value": fc["values"],
                     "lo": fc.get("lo"), "hi": fc.get("hi"),
                 },
-                "mae": _num(m[i]), "persistence_mae": _num(pm[i]), "skill": _num(skill[i]),
+                "mae": _num(m[i]), "persistence_mae": _num(pm[i]), "diurnal_mae": _num(dm[i]),
+                "skill": _num(skill[i]), "skill_vs_persistence": _num(skill_p[i]),
             })
         return {"service": service, "summary": summary, "stations": stations}
+
+    def _skill_status(self) -> dict:
+        """Fleet rolling MAE of the model and both baselines, skill against the better one, and per horizon the
+        same with the band's coverage (the status page's scores table)."""
+        sk, hs = self.skill, self.horizon_skill
+        m, p, d = sk.maes()
+        horizons = []
+        for h in hs.horizons():
+            hm, hp, hd = (hs.mae[n].get(h, np.nan) for n in TRACKED)
+            horizons.append({"horizon": h, "mae": _num(hm), "persistence_mae": _num(hp), "diurnal_mae": _num(hd),
+                             "skill": _num(skill_vs_best(hm, hp, hd)), "coverage": _num(hs.coverage.get(h))})
+        return {
+            "rolling_mae": _num(m), "rolling_persistence_mae": _num(p), "rolling_diurnal_mae": _num(d),
+            "best_baseline": None if np.isnan(np.fmin(p, d)) else ("diurnal" if d < p else "persistence"),
+            "skill": _num(sk.skill()), "skill_vs_persistence": _num(sk.skill_vs_persistence()),
+            "band_coverage": _num(hs.coverage_all), "band_nominal": self.calibrator.config.coverage,
+            "band_calibrated_stations": self.calibrator.stations_calibrated, "horizons": horizons,
+        }
 
     def _release_idle(self) -> None:
         """Stations silent for ``station_idle_s`` (wall clock) leave the status page and free their metric
@@ -543,9 +607,7 @@ class Service:
                 self._latest_forecast.pop(s, None)
         if not idle:
             return
-        for table in (self.skill.station_model, self.skill.station_persistence, self.skill.station_count):
-            for s in idle:
-                table.pop(s, None)
+        self.step.release(idle)
         self.metrics.release_stations(idle)
         self.metrics.stations_released.inc(len(idle))
         log.info("%d stations silent for %.0f s released from the status page and metric labels", len(idle), idle_s)

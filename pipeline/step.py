@@ -4,9 +4,11 @@
     out = step(values, keys, partitions, offsets)         # -> StepResult
 
 The state is the per-station ring of recent readings (:mod:`pipeline.ring`), the forecasts waiting for their
-actuals (:class:`pipeline.scoring.Scoreboard`) and the rolling skill. A step parses the messages (valid readings
+actuals (:class:`pipeline.scoring.Scoreboard`), the rolling skill (overall and per horizon) and the band
+calibration (:mod:`pipeline.calibration`). A step parses the messages (valid readings
 and dead letters), puts the readings in the ring, scores the pending forecasts they complete, forecasts every
-station whose window advanced, and drops pending forecasts that can no longer be scored. Its result says what the
+station whose window advanced (beside persistence and diurnal persistence, its P10-P90 band conformally
+calibrated), and drops pending forecasts that can no longer be scored. Its result says what the
 service must store, publish and count: readings, dead letters, forecast rows and messages, scored errors, counts
 and the seconds each stage took. The service (:mod:`pipeline.service`) is the adapter around it: poll -> step ->
 store -> publish -> commit. Unit tests and benchmarks run a step without a broker or a database.
@@ -15,7 +17,7 @@ store -> publish -> commit. Unit tests and benchmarks run a step without a broke
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,9 +26,10 @@ import pandas as pd
 
 from forecaster.artifact import ModelCard
 from forecaster.predict import Forecast
+from pipeline.calibration import BandCalibrator, CalibrationConfig
 from pipeline.readings import SENSOR_INDEX, DeadLetter, ReadingBatch, parse_readings
 from pipeline.ring import Outcome, RollingWindows, WindowConfig
-from pipeline.scoring import RollingSkill, Scoreboard
+from pipeline.scoring import HorizonSkill, RollingSkill, Scoreboard, diurnal_baseline, season_of
 from pipeline.serving import ServingModels
 
 T_INDEX = SENSOR_INDEX["T"]
@@ -39,11 +42,13 @@ class StepConfig:
     lateness_steps: int = 3  # a reading up to this many steps late still lands in its window slot
     max_fill_steps: int = 3  # gaps up to this many steps are interpolated
     max_future_s: int = 3600  # readings further ahead of the wall clock are dead letters
+    band_window: int = 96  # recent scores per station and horizon the band is calibrated on; 0: off
+    band_min_scores: int = 48  # a station's own scores needed before its band uses them
 
     @classmethod
     def of(cls, cfg) -> StepConfig:
         """The step's part of a :class:`pipeline.config.ServiceConfig`."""
-        return cls(cfg.lateness_steps, cfg.max_fill_steps, cfg.max_future_s)
+        return cls(cfg.lateness_steps, cfg.max_fill_steps, cfg.max_future_s, cfg.band_window, cfg.band_min_scores)
 
 
 @dataclass
@@ -104,6 +109,8 @@ class Step:
     def __init__(self, models: ServingModels, cfg: StepConfig, initial_stations: int = 64):
         self.models, self.cfg = models, cfg
         self.skill = RollingSkill()
+        self.horizon_skill = HorizonSkill()
+        self.calibrator: BandCalibrator | None = None  # set by use() (it needs the card's horizons)
         self.scoreboard = Scoreboard()
         self.ring: RollingWindows | None = None
         self._initial_stations = initial_stations
@@ -126,6 +133,11 @@ class Step:
             self.ring = RollingWindows(wcfg)
         self.card = card
         self.feature_index = np.array([SENSOR_INDEX[f] for f in features])
+        self.season = season_of(card)
+        horizons = tuple(int(h) for h in card.model.horizons)
+        if self.calibrator is None or self.calibrator.horizons != horizons:  # a new champion keeps the scores
+            self.calibrator = BandCalibrator(horizons, CalibrationConfig(
+                window=self.cfg.band_window, min_scores=self.cfg.band_min_scores))
 
     # ------------------------------------------------------------------ the step
 
@@ -144,24 +156,30 @@ class Step:
         return out
 
     def replay(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, restored: np.ndarray | None = None,
-               arrived: float | None = None) -> StepResult:
+               band_scores: Mapping[int, pd.DataFrame] | None = None, arrived: float | None = None) -> StepResult:
         """Readings the store already holds (``values`` in :data:`SENSORS` order) through the same rounds: after a
         restart, the ones accepted before a crash but never forecast. ``restored``: stations just restored, whose
-        pending forecasts are checked for expiry too."""
+        pending forecasts are checked for expiry too. ``band_scores``: stored band scores learnt just before the
+        round (of :func:`rank_within_station` over these readings; -1: after the last) that scored them live."""
         out = StepResult(arrived=time.time() if arrived is None else arrived)
+        band_scores = band_scores or {}
         if len(station):
-            self._rounds(station, ts, values, out)
+            self._rounds(station, ts, values, out, band_scores)
+        self.learn_band(band_scores.get(-1))
         if restored is not None:
             out.expired += self._expire(restored)
         return out
 
-    def _rounds(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
+    def _rounds(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult,
+                band_scores: Mapping[int, pd.DataFrame] | None = None) -> None:
         # A backlog brings many readings per station in one poll; every one of them is a due window. Round k holds
         # each station's k-th reading in time order, so a station advances at most once per round and all
         # stations due in a round share one forward pass (live traffic: a single round).
         rank = rank_within_station(station, ts)
         for k in range(int(rank.max()) + 1):
             sel = np.flatnonzero(rank == k)
+            if band_scores:
+                self.learn_band(band_scores.get(k))
             self._round(station[sel], ts[sel], values[sel], out)
         started = time.perf_counter()
         out.expired += self._expire(pd.unique(station))
@@ -194,7 +212,16 @@ class Step:
         if errors.empty:
             return
         self.skill.update(errors)
+        self.horizon_skill.update(errors)
+        self.calibrator.update(errors["station"].to_numpy(), errors["horizon"].to_numpy(),
+                               errors["band_score"].to_numpy())
         out.error_frames.append(errors)
+
+    def learn_band(self, scored: pd.DataFrame | None) -> None:
+        """Stored band scores (a rebuild after a restart or rebalance) into the calibration."""
+        if scored is not None and len(scored):
+            self.calibrator.update(scored["station"].to_numpy(), scored["horizon"].to_numpy(),
+                                   scored["band_score"].to_numpy())
 
     def _forecast(self, stations: np.ndarray, out: StepResult) -> None:
         """One batched forward pass for every station whose window advanced."""
@@ -208,9 +235,13 @@ class Step:
         fc = Forecast(raw, card.model.horizons, card.model.quantiles, card.model.median_index)
         horizons = np.asarray(fc.horizons, dtype=np.int64)
         n, h = len(stations), len(horizons)
-        persistence = values[:, -1, list(card.data.features).index(card.data.target)].astype(np.float64)
-        lo = fc.values[..., 0] if fc.quantiles else None
-        hi = fc.values[..., -1] if fc.quantiles else None
+        target = values[:, :, list(card.data.features).index(card.data.target)].astype(np.float64)
+        persistence = target[:, -1]
+        diurnal = diurnal_baseline(target, horizons, self.season)
+        lo = hi = offset = None
+        if fc.quantiles:  # the published band: the model's outer quantiles, conformally calibrated per station
+            lo, hi, offset = self.calibrator.adjust(stations, fc.values[..., 0], fc.values[..., -1])
+            fc.values[..., 0], fc.values[..., -1] = lo, hi  # the exported quantile gauges show the same band
         targets = origin[:, None] + horizons[None, :] * card.cadence_s
         columns = {
             "station": np.repeat(stations, h),
@@ -220,16 +251,17 @@ class Step:
             "model_version": np.repeat(tags, h),
             "value": fc.point.reshape(-1).astype(np.float64),
             "persistence": np.repeat(persistence, h),
+            "diurnal": diurnal.reshape(-1),
         }
         if lo is not None:
-            columns |= {"lo": lo.reshape(-1).astype(np.float64), "hi": hi.reshape(-1).astype(np.float64)}
+            columns |= {"lo": lo.reshape(-1), "hi": hi.reshape(-1), "band_offset": offset.reshape(-1)}
         frame = pd.DataFrame(columns)
         quantiles = list(fc.quantiles)
         for i, station in enumerate(stations.tolist()):  # one message per station forecast
             msg = {
                 "station": station, "issue_ts": int(origin[i]), "model_version": tags[i], "cadence_s": card.cadence_s,
                 "horizons": horizons.tolist(), "target_ts": targets[i].tolist(), "values": fc.point[i].tolist(),
-                "persistence": float(persistence[i]),
+                "persistence": float(persistence[i]), "diurnal": diurnal[i].tolist(),  # NaN: null
             }
             if quantiles:
                 msg |= {"quantiles": quantiles, "lo": lo[i].tolist(), "hi": hi[i].tolist()}
@@ -249,9 +281,17 @@ class Step:
     # ------------------------------------------------------------------ state moves (rebalances)
 
     def forget(self, stations: np.ndarray) -> None:
-        """Stations whose partitions went to another replica: their windows and pending forecasts go."""
+        """Stations whose partitions went to another replica: their windows, pending forecasts and band scores go
+        (a rebuild restores them from the store)."""
         self.ring.drop(stations)
         self.scoreboard.drop_stations(stations)
+        self.calibrator.forget(list(stations))
+
+    def release(self, stations: list[str]) -> None:
+        """Stations silent for long: their rolling scores and band scores go; their windows stay (a station that
+        comes back continues where it stopped)."""
+        self.skill.forget(stations)
+        self.calibrator.forget(stations)
 
     def restore(self, stations: np.ndarray, station: np.ndarray, ts: np.ndarray, features: np.ndarray,
                 pending: pd.DataFrame) -> None:

@@ -8,13 +8,13 @@ import time
 import numpy as np
 
 from pipeline.metrics import Metrics
-from pipeline.scoring import RollingSkill
-from pipeline.step import ForwardPass, StepResult
+from pipeline.scoring import TRACKED
+from pipeline.step import ForwardPass, Step, StepResult
 
 GAUGE_HORIZONS = (1, 6, 12, 24)  # horizons exported per station as forecast gauges
 
 
-def export_step(m: Metrics, out: StepResult, skill: RollingSkill, batch: bool = True) -> None:
+def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True) -> None:
     """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages). The consumed
     count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch."""
     for outcome, n in out.ring.items():
@@ -26,7 +26,7 @@ def export_step(m: Metrics, out: StepResult, skill: RollingSkill, batch: bool = 
             m.stage_seconds.labels(stage=stage).observe(seconds)
     errors = out.errors
     if not errors.empty:
-        _export_errors(m, errors, skill)
+        _export_errors(m, errors, step)
     for p in out.passes:
         _export_pass(m, p, out.arrived)
     if batch:
@@ -38,18 +38,33 @@ def export_step(m: Metrics, out: StepResult, skill: RollingSkill, batch: bool = 
         m.readings_consumed.inc(out.consumed)
 
 
-def _export_errors(m: Metrics, errors, skill: RollingSkill) -> None:
+def _export_errors(m: Metrics, errors, step: Step) -> None:
+    """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per station
+    and fleet; per horizon over the fleet, with band coverage and the fleet's band offsets."""
     m.errors_scored.inc(len(errors))
     m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
-                     errors["persistence_abs_error"].to_numpy())
+                     errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
     stations = errors["station"].unique()
-    m.set_station_gauges(stations, m.rolling_mae, [skill.station_model[s] for s in stations], forecaster="model")
-    m.set_station_gauges(stations, m.rolling_mae, [skill.station_persistence[s] for s in stations],
-                         forecaster="persistence")
-    m.set_station_gauges(stations, m.skill, [skill.skill(s) for s in stations])
-    m.rolling_mae.labels(station="all", forecaster="model").set(skill.fleet_model)
-    m.rolling_mae.labels(station="all", forecaster="persistence").set(skill.fleet_persistence)
-    m.skill.labels(station="all").set(skill.skill())
+    sk = step.skill
+    for name in TRACKED:
+        table = getattr(sk, f"station_{name}")
+        have = [s for s in stations if s in table]
+        m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
+        m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
+    m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
+    m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
+    m.skill.labels(station="all").set(sk.skill_vs_persistence())
+    m.skill_best.labels(station="all").set(sk.skill())
+    hs = step.horizon_skill
+    for h in hs.horizons():
+        label = str(h)
+        for name in TRACKED:
+            m.horizon_mae.labels(horizon=label, forecaster=name).set(hs.mae[name].get(h, np.nan))
+        m.horizon_skill.labels(horizon=label).set(hs.skill(h))
+        m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
+    m.band_coverage.labels(horizon="all").set(hs.coverage_all)
+    for h, q in step.calibrator.summary().items():
+        m.band_offset.labels(horizon=str(h)).set(q)
 
 
 def _export_pass(m: Metrics, p: ForwardPass, arrived: float) -> None:

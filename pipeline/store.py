@@ -88,6 +88,8 @@ _COLUMNS: dict[str, list[tuple[str, Kind, bool]]] = {
         ("lo", "float", False),
         ("hi", "float", False),
         ("persistence", "float", False),
+        ("diurnal", "float", False),  # migration 2
+        ("band_offset", "float", False),  # migration 2
     ],
     "errors": [
         ("station", "text", True),
@@ -98,6 +100,9 @@ _COLUMNS: dict[str, list[tuple[str, Kind, bool]]] = {
         ("actual", "float", True),
         ("abs_error", "float", True),
         ("persistence_abs_error", "float", False),
+        ("diurnal_abs_error", "float", False),  # migration 2
+        ("covered", "float", False),  # migration 2
+        ("band_score", "float", False),  # migration 2
     ],
 }
 _KIND: dict[str, dict[str, Kind]] = {t: {n: k for n, k, _ in cols} for t, cols in _COLUMNS.items()}
@@ -154,6 +159,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS {p}readings_ts ON {p}readings (ts)",
         "CREATE INDEX IF NOT EXISTS {p}forecasts_issue ON {p}forecasts (issue_ts)",
         "CREATE INDEX IF NOT EXISTS {p}errors_target ON {p}errors (target_ts)",
+    ),
+    (  # 2: the diurnal-persistence baseline and the calibrated band (issue #11); NULL on older rows
+        "ALTER TABLE {p}forecasts ADD COLUMN diurnal DOUBLE PRECISION",  # the value 24 h before the target
+        "ALTER TABLE {p}forecasts ADD COLUMN band_offset DOUBLE PRECISION",  # lo/hi = model's band -/+ this
+        "ALTER TABLE {p}errors ADD COLUMN diurnal_abs_error DOUBLE PRECISION",
+        "ALTER TABLE {p}errors ADD COLUMN covered DOUBLE PRECISION",  # 1: actual inside [lo, hi]; 0: outside
+        "ALTER TABLE {p}errors ADD COLUMN band_score DOUBLE PRECISION",  # max(lo - y, y - hi), model's raw band
     ),
 )
 
@@ -532,13 +544,14 @@ class Store:
 
     def add_forecasts(self, data: pd.DataFrame | Mapping[str, Any]) -> int:
         """Insert forecasts (station, issue_ts, horizon, target_ts, model_version, value; optional lo, hi,
-        persistence); committed; returns rows new. Re-issuing the same (station, issue_ts, horizon) is a no-op.
+        persistence, diurnal, band_offset); committed; returns rows new. Re-issuing the same (station, issue_ts,
+        horizon) is a no-op.
         """
         return self._add_frame("forecasts", data)
 
     def add_errors(self, data: pd.DataFrame | Mapping[str, Any]) -> int:
         """Insert realized errors (station, issue_ts, horizon, target_ts, model_version, actual, abs_error;
-        optional persistence_abs_error); committed; returns rows new.
+        optional persistence_abs_error, diurnal_abs_error, covered, band_score); committed; returns rows new.
         """
         return self._add_frame("errors", data)
 
@@ -706,6 +719,24 @@ class Store:
             where.append("target_ts >= ?")
             params.append(int(since_ts))
         return self._table_frame("errors", " AND ".join(where), params, order="target_ts, station, horizon")
+
+    def recent_errors(self, since_target_ts: Mapping[str, int], max_lead_s: int, per_horizon: int) -> pd.DataFrame:
+        """Per station, its newest ``per_horizon`` errors at each horizon with target_ts >= its time, by target_ts
+        (rebuild rolling state after a restart). ``max_lead_s`` (the longest horizon) bounds the issue times
+        scanned, so the primary key's range serves the scan."""
+        p, spec = self._p, _COLUMNS["errors"]
+        cols = ", ".join(c for c, _, _ in spec)
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(list(since_target_ts)):
+            values, params = _since_values(chunk, since_target_ts)
+            rows += self._query(
+                f"WITH s (station, since) AS (VALUES {values}) SELECT {cols} FROM (SELECT e.*, ROW_NUMBER() OVER "
+                "(PARTITION BY e.station, e.horizon ORDER BY e.target_ts DESC) AS newest FROM s JOIN "
+                f"{p}errors e ON e.station = s.station AND e.issue_ts >= s.since - ? AND e.target_ts >= s.since) x "
+                "WHERE newest <= ? ORDER BY target_ts, station, horizon", [*params, int(max_lead_s), int(per_horizon)])
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
+        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, columns, strict=True)})
 
     def count(self, table: str) -> int:
         """Rows in one of :data:`TABLES`."""

@@ -129,6 +129,8 @@ RULES: dict[str, Rule] = {
     "finetune_epochs": _between(1),
     "finetune_max_stations": _between(1),
     "finetune_timeout_s": _positive,
+    "band_window": _between(0, 10_000, "must be 0 (no calibration) or a number of scores up to 10000"),
+    "band_min_scores": _between(1, 10_000),
 }
 RULES["forecasts_topic"] = RULES["deadletter_topic"] = RULES["readings_topic"]
 for _name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):

@@ -76,8 +76,9 @@ def test_every_rule_has_severity_summary_description_and_runbook():
 def test_the_required_conditions_are_covered():
     exprs = "\n".join(r["expr"] for r in rules())
     for needle in (
-        'stationcast_rolling_mae_celsius{forecaster="model"',  # model worse than persistence, per station
-        'forecaster="persistence"',
+        'stationcast_rolling_mae_celsius{forecaster="model"',  # model worse than the better baseline, per station
+        'forecaster=~"persistence|diurnal"',
+        'stationcast_band_coverage{horizon="all"}',
         "stationcast_consumer_lag",
         "stationcast_seconds_since_reading",
         "stationcast_max_seconds_since_reading",

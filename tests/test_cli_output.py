@@ -42,13 +42,17 @@ def test_run_is_quiet_and_its_summary_is_aligned_for_long_ids(tmp_path):
     assert not [ln for ln in lines if " ERROR " in ln or "Traceback" in ln], res.stderr[-3000:]
     assert not [ln for ln in lines if re.search(r" (INFO|DEBUG) kafka", ln)], res.stderr[-3000:]
     assert any(" INFO stationcast.service: serving global@v1" in ln for ln in lines)  # our own INFO stays
-    # The summary: every row's numbers end where their header ends, whatever the station id's length.
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("station") and "model MAE" in ln)
-    header, rows = lines[start], lines[start + 1:]
-    assert [r.split()[0] for r in rows] == sorted([LONG_ID, "LGA"]) + ["all"]
-    ends = columns_end(header, ["model MAE", "persistence", "skill"])
-    for row in rows:
-        assert [m.end() for m in re.finditer(r"[-+]?\d+\.\d+ °C|[-+]\d+%", row)] == ends, (header, row)
+    # The summaries (per station, then per horizon): every row's numbers end where their header ends, whatever
+    # the station id's length; the model beside both baselines, skill vs the better one and the band's coverage.
+    columns = ["model MAE", "persistence", "diurnal pers.", "skill vs better", "P10-P90 coverage"]
+    for first, keys in (("station", sorted([LONG_ID, "LGA"]) + ["all"]), ("horizon", ["+1", "+3", "+6", "+12",
+                                                                                      "+24", "all"])):
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(first) and "model MAE" in ln)
+        header, rows = lines[start], lines[start + 1:start + 1 + len(keys)]
+        assert [r.split()[0] for r in rows] == keys, lines[start:]
+        ends = columns_end(header, columns)
+        for row in rows:
+            assert [m.end() for m in re.finditer(r"[-+]?\d+\.\d+ °C|[-+]?\d+%", row)] == ends, (header, row)
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def test_a_job_reads_the_services_settings_from_its_environment(tmp_path, monkey
     p = argparse.ArgumentParser()
     finetune.add_arguments(p)
     f = finetune.settings_from_args(p.parse_args(["--station", "X"]))
-    assert (f.base, f.epochs, f.retry_days, f.stations, f.max_stations) == ("fleet", 7, 2.0, ("X",), 0)
+    assert (f.base, f.adapt.epochs, f.retry_days, f.stations, f.max_stations) == ("fleet", 7, 2.0, ("X",), 0)
+    f = finetune.settings_from_args(p.parse_args(["--epochs", "3", "--layers", "head"]))
+    assert (f.adapt.epochs, f.adapt.layers, f.adapt.margin) == (3, "head", service.finetune_margin)
     with pytest.raises(ValueError, match="--history-days"):
         retrain.settings_from_args(retrain.build_parser().parse_args(["--history-days", "-1"]))
 

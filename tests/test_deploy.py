@@ -454,7 +454,8 @@ def test_dashboard_queries_cover_the_required_views(dashboard_mod):
     for needle in (
         "stationcast_forecast_celsius", "stationcast_actual_celsius", "stationcast_abs_error_celsius_sum",
         "stationcast_abs_error_celsius_count", 'forecaster="persistence"', "stationcast_rolling_mae_celsius",
-        "stationcast_skill_vs_persistence", "stationcast_readings_consumed_total",
+        'forecaster="diurnal"', "stationcast_skill_vs_best_baseline", "stationcast_band_coverage",
+        "stationcast_readings_consumed_total",
         "stationcast_readings_accepted_total",
         "stationcast_readings_rejected_total", "stationcast_forecasts_total", "stationcast_consumer_lag",
         "histogram_quantile(0.95, sum by (le) (rate(stationcast_inference_seconds_bucket",

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forecaster.adapt import AdaptConfig
 from forecaster.artifact import read_card
 from forecaster.clean import clean_station
 from forecaster.data import load_records
@@ -204,7 +205,8 @@ def test_eligible_stations_follow_history_and_previous_attempts(tmp_path):
         assert eligible_stations(store, registry, 5, 7) == ["long", "short"]
     # A station without enough history before its holdout fails cleanly and leaves nothing serving.
     [out] = finetune_stations(FinetuneSettings(url, str(tmp_path / "registry"), stations=("short",),
-                                               history_days=3, holdout_days=2, progress=False))
+                                               history_days=3, adapt=AdaptConfig(holdout_days=2),
+                                               progress=False))
     assert out.outcome == "failed" and "too little history" in out.reason
     assert "short" not in registry.station_champions()
 

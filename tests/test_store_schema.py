@@ -42,6 +42,15 @@ RELEASED_V1 = [
     "CREATE INDEX IF NOT EXISTS {p}errors_target ON {p}errors (target_ts)",
 ]
 
+# Migration 2 as released: the diurnal-persistence baseline and the calibrated band (issue #11).
+RELEASED_V2 = [
+    "ALTER TABLE {p}forecasts ADD COLUMN diurnal DOUBLE PRECISION",
+    "ALTER TABLE {p}forecasts ADD COLUMN band_offset DOUBLE PRECISION",
+    "ALTER TABLE {p}errors ADD COLUMN diurnal_abs_error DOUBLE PRECISION",
+    "ALTER TABLE {p}errors ADD COLUMN covered DOUBLE PRECISION",
+    "ALTER TABLE {p}errors ADD COLUMN band_score DOUBLE PRECISION",
+]
+
 D = "DOUBLE PRECISION"
 _SENSOR_COLUMNS = [(s, D, False) for s in (
     "T", "Tdew", "Tpot", "Tlog", "p", "rh", "VPmax", "VPact", "VPdef", "sh", "H2OC", "rho", "wv", "max_wv", "wd",
@@ -70,6 +79,20 @@ RELEASED_SCHEMA = {
     "station_state": ([("station", "TEXT", True), ("json", "TEXT", True)], ("station",), {}),
     "schema_version": ([("version", "INT", True), ("applied_ts", "BIGINT", False)], ("version",), {}),
 }
+
+
+def _after(schema: dict, added: dict[str, list[str]]) -> dict:
+    """``schema`` with nullable DOUBLE PRECISION columns appended to tables (what ALTER TABLE ADD COLUMN does)."""
+    out = dict(schema)
+    for table, columns in added.items():
+        cols, pk, idx = out[table]
+        out[table] = ([*cols, *[(c, D, False) for c in columns]], pk, idx)
+    return out
+
+
+# What a database has after migration 2, created new or migrated from 1.
+CURRENT_SCHEMA = _after(RELEASED_SCHEMA, {"forecasts": ["diurnal", "band_offset"],
+                                          "errors": ["diurnal_abs_error", "covered", "band_score"]})
 
 # A sensor someone adds to forecaster.schema later, in a fresh interpreter, before the store is imported.
 _NEW_SENSOR = """
@@ -138,15 +161,16 @@ def _python(script: str, *args: str) -> Any:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_migration_1_is_the_released_ddl():
+def test_migrations_are_the_released_ddl():
     for p in ("", "t_abc_"):
         assert _migrations(p)[0] == [s.replace("{p}", p) for s in RELEASED_V1]
+        assert _migrations(p)[1] == [s.replace("{p}", p) for s in RELEASED_V2]
 
 
 def test_new_database_has_the_released_schema(db):
     url, namespace = db
     Store.open(url, namespace=namespace).close()
-    assert _schema(url, namespace) == RELEASED_SCHEMA
+    assert _schema(url, namespace) == CURRENT_SCHEMA
     readings = [c for c, _, _ in RELEASED_SCHEMA["readings"][0]]
     assert readings[2:-2] == list(SENSORS), "store.SENSORS must list the readings table's sensor columns"
 
@@ -164,7 +188,7 @@ def test_adding_a_sensor_does_not_change_migration_1(db):
         print(json.dumps(_migrations("")))
     """), url, namespace or "")
     assert got[0] == [s.replace("{p}", "") for s in RELEASED_V1]
-    assert _schema(url, namespace) == RELEASED_SCHEMA
+    assert _schema(url, namespace) == CURRENT_SCHEMA
 
 
 def test_store_keeps_working_on_a_database_older_than_a_new_sensor(db):
@@ -193,3 +217,55 @@ def test_store_keeps_working_on_a_database_older_than_a_new_sensor(db):
     assert got["added"] == 1 and got["stations"] == ["A", "B"] and got["T"] == [5.0, 7.0]
     assert got["rows"] == 2
     assert got["refused"] is not None and "X_new" in got["refused"] and "migration" in got["refused"]
+
+
+def _create_v1(url: str, namespace: str | None) -> None:
+    """A database as a release with only migration 1 left it, with one forecast and its scored error."""
+    p = f"{namespace}_" if namespace else ""
+    statements = [x.replace("{p}", p) for x in RELEASED_V1] + [
+        f"CREATE TABLE IF NOT EXISTS {p}schema_version (version INT PRIMARY KEY, applied_ts BIGINT)",
+        f"INSERT INTO {p}schema_version (version, applied_ts) VALUES (1, 0)",
+        f"INSERT INTO {p}forecasts VALUES ('OLD', 0, 1, 3600, 'global@v1', 5.0, 4.0, 6.0, 4.5)",
+        f"INSERT INTO {p}errors VALUES ('OLD', 0, 1, 3600, 'global@v1', 5.5, 0.5, 1.0)",
+    ]
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path)
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(db):
+    """An existing database gains the baseline and band columns in place: its old rows read back with NULL (NaN)
+    there, new rows keep their values, and the schema equals a new database's."""
+    url, namespace = db
+    _create_v1(url, namespace)
+    with Store.open(url, namespace=namespace) as store:
+        store.add_forecasts({"station": "NEW", "issue_ts": 0, "horizon": 1, "target_ts": 3600,
+                             "model_version": "global@v2", "value": 5.0, "lo": 4.0, "hi": 6.0, "persistence": 4.5,
+                             "diurnal": 3.0, "band_offset": 0.25})
+        store.add_errors({"station": "NEW", "issue_ts": 0, "horizon": 1, "target_ts": 3600,
+                          "model_version": "global@v2", "actual": 5.5, "abs_error": 0.5,
+                          "persistence_abs_error": 1.0, "diurnal_abs_error": 2.5, "covered": 1.0,
+                          "band_score": -0.75})
+        errors = store.errors().set_index("station")
+        pending = store.pending_forecasts(0)
+        versions = [r[0] for r in store._query(f"SELECT version FROM {store._p}schema_version ORDER BY version")]
+    assert versions == [1, 2]
+    assert _schema(url, namespace) == CURRENT_SCHEMA
+    assert errors.loc["OLD", "abs_error"] == 0.5 and np.isnan(errors.loc["OLD", "diurnal_abs_error"])
+    assert errors.loc["NEW", ["diurnal_abs_error", "covered", "band_score"]].tolist() == [2.5, 1.0, -0.75]
+    assert pending.empty  # both forecasts have their error
+    Store.open(url, namespace=namespace).close()  # opening again migrates nothing twice
+    assert _schema(url, namespace) == CURRENT_SCHEMA

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from forecaster.adapt import finetune
 from forecaster.clean import clean_station, load_stations
 from forecaster.data import load_records
-from forecaster.dataset import DataConfig
+from forecaster.dataset import DataConfig, fit_normalizer
 from forecaster.experiment import fit, model_config
 from forecaster.models import ConvLayer, frontend_parameters
 from forecaster.train import TrainConfig
-from forecaster.transfer import few_shot_ranges, finetune
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +44,23 @@ def test_early_stopping_restores_best_weights(jena):
         assert len(t.result.history) == t.result.best_epoch + 1
 
 
-def test_finetune_freezes_frontend_and_refits_normalization(jena, noaa_denver):
+def test_finetune_freezes_frontend_and_takes_the_given_normalization(jena, noaa_denver):
     data = DataConfig(lookback=72, horizons=(1, 24), time_features=True)
     arch = model_config(data, "conv_gru", quantiles=(0.1, 0.5, 0.9), residual=True)
     base = fit([jena], data, arch, TrainConfig(epochs=1, steps_per_epoch=20, progress=False), label="base")
     denver = load_stations(noaa_denver)[0]
-    ranges = few_shot_ranges(denver, 30 * 24)
-    assert ranges[1].stop - ranges[0].start == 30 * 24
+    n = len(denver.frame)
+    ranges = (slice(n - 1000, n - 300), slice(n - 300, n - 100), slice(n - 100, n))
+    station_norm = fit_normalizer([denver], data, [ranges])
     before = [p.detach().clone() for p in frontend_parameters(base.model)]
     ft = finetune(base.model, base.card, denver, ranges,
-                  TrainConfig(lr=2e-4, epochs=2, steps_per_epoch=10, progress=False))
+                  TrainConfig(lr=2e-4, epochs=2, steps_per_epoch=10, progress=False), station_norm)
     after = frontend_parameters(ft.model)
     assert all((a == b).all() for a, b in zip(before, after, strict=True))
-    assert ft.card.normalizer != base.card.normalizer
-    assert ft.test["samples"] > 10_000 and "band_coverage" in ft.test
+    assert ft.card.normalizer == station_norm != base.card.normalizer
+    assert ft.test["samples"] == 100 - 24 and "band_coverage" in ft.test
     assert ft.model is not base.model and replace(ft.card.data) == base.card.data
+    assert any((a != b).any() for a, b in zip(base.model.parameters(), ft.model.parameters(), strict=True))
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():

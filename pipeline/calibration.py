@@ -1,0 +1,219 @@
+"""Online conformal calibration of the forecast band (conformalized quantile regression, CQR).
+
+The model's P10-P90 band is only as honest as its training: on a station it never saw, or after the
+weather changes regime, it covers more or less than 80 % of actuals. Each scored forecast yields a
+conformity score ``max(lo - y, y - hi)`` against the model's raw band (negative inside it, the distance
+outside otherwise). The next band of the same station and horizon is widened (or narrowed, when the
+quantile is negative) by the finite-sample ``coverage`` quantile of that station's recent scores, so
+its coverage converges to ``coverage`` whatever the model's band was. Until a station has
+``min_scores`` of its own, the fleet's scores at that horizon are used (pooled from the rings of up to
+``fleet_stations`` stations, a fixed pseudo-random sample by a hash of their ids), and before the pool
+holds ``fleet_min_scores`` the model's band is published as is.
+
+Everything is a function of each station's own newest scores, so the service rebuilds the state exactly
+from the stored errors after a restart (the newest ``window`` per station and horizon). Which of the
+fleet's scores exist when a new station's first forecasts go out depends on how far the other stations
+have got, so those first bands can differ between two runs; a station's own bands cannot.
+
+State: a ring of the last ``window`` scores per (station, horizon) in float32 (24 horizons x 96 scores
+are 9 KiB a station; 10,000 stations about 90 MiB); the offsets of the (station, horizon) pairs a batch
+scored are recomputed by partial sorts, the fleet's only when a station without enough scores of its own
+asks, so adjusting a batch of forecasts is a gather.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    coverage: float = 0.8  # nominal coverage of the band (P10-P90)
+    window: int = 96  # recent scores kept per (station, horizon); 0 disables calibration
+    min_scores: int = 48  # a station's own scores needed before they replace the fleet's
+    fleet_stations: int = 256  # stations whose scores are pooled for the fleet's offsets
+    fleet_min_scores: int = 48  # pooled scores needed before the model's raw band is adjusted at all
+
+
+def conformity_scores(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """CQR's score: how far the actual lies outside [lo, hi] (negative: how deep inside); NaN without a band."""
+    return np.maximum(np.asarray(lo, dtype=np.float64) - actual, actual - np.asarray(hi, dtype=np.float64))
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float, axis: int = -1) -> np.ndarray:
+    """The finite-sample conformal quantile along ``axis`` ignoring NaN: the ceil((n+1) * coverage)-th smallest
+    score (the largest when that exceeds n), which guarantees ``coverage`` on exchangeable data."""
+    s = np.sort(np.asarray(scores, dtype=np.float64), axis=axis)  # NaN sort last
+    n = (~np.isnan(s)).sum(axis=axis)
+    k = np.clip(np.ceil((n + 1) * coverage).astype(np.int64), 1, np.maximum(n, 1)) - 1
+    out = np.take_along_axis(s, np.expand_dims(k, axis), axis=axis).squeeze(axis)
+    return np.where(n > 0, out, np.nan)
+
+
+def quantile_by_count(rows: np.ndarray, filled: np.ndarray, coverage: float) -> np.ndarray:
+    """:func:`conformal_quantile` of each row (NaN last, ``filled`` values each) by partial sorts, one per
+    distinct count (a single one once the rings are full): linear in the scores, not n log n."""
+    out = np.full(len(rows), np.nan)
+    for n in np.unique(filled[filled > 0]).tolist():
+        sel = np.flatnonzero(filled == n)
+        k = min(math.ceil((n + 1) * coverage), n) - 1
+        out[sel] = np.partition(rows[sel], k, axis=1)[:, k]
+    return out
+
+
+@dataclass
+class BandCalibrator:
+    """Per (station, horizon) band offsets from realized conformity scores (see the module doc).
+
+    The rings of all stations live in one array [stations, horizons, window] (grown by doubling; a forgotten
+    station's row is reused), so a batch of scores is pushed and the touched offsets recomputed with numpy."""
+
+    horizons: tuple[int, ...]
+    config: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        self._h = np.asarray(self.horizons, dtype=np.int64)
+        self._index: dict[str, int] = {}
+        self._free: list[int] = []
+        self._grow(64)
+        self._fleet_offset: np.ndarray | None = None  # [H]; None: to recompute
+        self._pool: list[int] | None = None  # rows pooled for the fleet; None: to recompute
+
+    def _grow(self, capacity: int) -> None:
+        h, w = len(self._h), max(self.config.window, 1)
+        old = getattr(self, "_scores", None)
+        scores = np.full((capacity, h, w), np.nan, dtype=np.float32)
+        head, count = np.zeros((capacity, h), np.int64), np.zeros((capacity, h), np.int64)
+        offset = np.full((capacity, h), np.nan)
+        if old is not None:
+            n = len(old)
+            scores[:n], head[:n], count[:n], offset[:n] = old, self._head, self._count, self._offset
+            self._free += list(range(capacity - 1, n - 1, -1))
+        else:
+            self._free = list(range(capacity - 1, -1, -1))
+        self._scores, self._head, self._count, self._offset = scores, head, count, offset
+
+    def _rows(self, stations: np.ndarray, register: bool) -> np.ndarray:
+        """Row of each station (-1: unknown and not registered); one dict lookup per distinct station."""
+        inverse, uniq = pd.factorize(np.asarray(stations, dtype=object))
+        rows = np.empty(len(uniq), dtype=np.int64)
+        for i, s in enumerate(uniq.tolist()):
+            row = self._index.get(s)
+            if row is None and register:
+                if not self._free:
+                    self._grow(2 * len(self._scores))
+                row = self._index[s] = self._free.pop()
+                self._pool = None
+            rows[i] = -1 if row is None else row
+        return rows[inverse]
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.window > 0
+
+    def update(self, station: np.ndarray, horizon: np.ndarray, scores: np.ndarray) -> None:
+        """Learn from scored forecasts, in arrival order: ``scores`` are conformity scores against the model's
+        raw band. A batch longer than the window keeps each ring's newest scores."""
+        if not self.enabled:
+            return
+        scores = np.asarray(scores, dtype=np.float64)
+        horizon = np.asarray(horizon)
+        hidx = np.searchsorted(self._h, horizon)
+        ok = np.isfinite(scores) & (hidx < len(self._h))
+        ok[ok] = self._h[hidx[ok]] == horizon[ok]
+        if not ok.any():
+            return
+        n_h, w = len(self._h), self.config.window
+        rows = self._rows(np.asarray(station, dtype=object)[ok], register=True)
+        key = rows * n_h + hidx[ok]
+        order = np.argsort(key, kind="stable")
+        key, sc = key[order], scores[ok][order]
+        ukeys, starts, counts = np.unique(key, return_index=True, return_counts=True)
+        rank = np.arange(len(key)) - np.repeat(starts, counts)
+        keep = rank >= np.repeat(counts, counts) - w
+        flat_scores = self._scores.reshape(-1, w)
+        head, count = self._head.reshape(-1), self._count.reshape(-1)
+        slot = (head[key] + rank) % w
+        flat_scores[key[keep], slot[keep]] = sc[keep]
+        head[ukeys] = (head[ukeys] + counts) % w
+        count[ukeys] += counts
+        filled = np.minimum(count[ukeys], w)
+        own = filled >= min(self.config.min_scores, w)
+        offset = self._offset.reshape(-1)
+        offset[ukeys] = np.nan
+        offset[ukeys[own]] = quantile_by_count(flat_scores[ukeys[own]], filled[own], self.config.coverage)
+        self._fleet_offset = None
+
+    def offsets(self, stations: np.ndarray) -> np.ndarray:
+        """[N, H] widening per station and horizon: the station's own where it has enough scores, else the
+        fleet's, else 0 (the model's band)."""
+        if not self.enabled:
+            return np.zeros((len(stations), len(self._h)))
+        rows = self._rows(stations, register=False)
+        out = np.where((rows >= 0)[:, None], self._offset[np.maximum(rows, 0)], np.nan)
+        missing = np.isnan(out)
+        if missing.any():
+            out[missing] = np.broadcast_to(np.nan_to_num(self.fleet_offsets(), nan=0.0), out.shape)[missing]
+        return out
+
+    def fleet_offsets(self) -> np.ndarray:
+        """[H] the conformal quantile of the pooled scores of the sampled stations; NaN where too few."""
+        if self._fleet_offset is None:
+            cfg = self.config
+            if self._pool is None:
+                self._pool = [self._index[s] for s in sorted(self._index, key=_sample_rank)[:cfg.fleet_stations]]
+            out = np.full(len(self._h), np.nan)
+            if self._pool:
+                pooled = self._scores[self._pool].transpose(1, 0, 2).reshape(len(self._h), -1)
+                for j, row in enumerate(pooled):  # one partial sort per horizon
+                    row = row[~np.isnan(row)]
+                    if len(row) >= cfg.fleet_min_scores:
+                        out[j] = quantile_by_count(row[None, :], np.array([len(row)]), cfg.coverage)[0]
+            self._fleet_offset = out
+        return self._fleet_offset
+
+    def adjust(self, stations: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+        """Calibrated ``lo``, ``hi`` ([N, H] each, horizons as constructed) and the offsets applied. A negative
+        offset narrows the band, never past its midpoint."""
+        q = self.offsets(stations)
+        lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        q = np.maximum(q, -(hi - lo) / 2)
+        return lo - q, hi + q, q
+
+    def forget(self, stations: list[str]) -> None:
+        for s in stations:
+            row = self._index.pop(s, None)
+            if row is None:
+                continue
+            self._scores[row], self._head[row], self._count[row], self._offset[row] = np.nan, 0, 0, np.nan
+            self._free.append(row)
+            self._pool = self._fleet_offset = None
+
+    def summary(self) -> dict[int, float]:
+        """The fleet offset per horizon (NaN until enough scores), for the status page and metrics."""
+        return {int(h): float(q) for h, q in zip(self._h.tolist(), self.fleet_offsets().tolist(), strict=True)}
+
+    @property
+    def stations_calibrated(self) -> int:
+        """Stations whose band uses their own scores at one horizon at least."""
+        rows = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
+        return int((~np.isnan(self._offset[rows])).any(axis=1).sum()) if len(rows) else 0
+
+
+def _sample_rank(station: str) -> int:
+    """A stable pseudo-random rank of a station id (the same in every process, unlike ``hash``)."""
+    return zlib.crc32(station.encode())
+
+
+def band_hits(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """1.0 where the actual is inside [lo, hi], 0.0 outside, NaN where there was no band."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    inside = ((actual >= lo) & (actual <= hi)).astype(np.float64)
+    return np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
+
