@@ -90,7 +90,16 @@ def test_a_backlog_forecasts_every_due_window_once_and_scores_what_arrived(serve
     truth = actual.loc[list(zip(joined["station"], joined["target_ts_x"], strict=True))].to_numpy()
     np.testing.assert_allclose(joined["abs_error"], np.abs(joined["value"] - truth), atol=1e-9)
     np.testing.assert_allclose(joined["persistence_abs_error"], np.abs(joined["persistence"] - truth), atol=1e-9)
+    # Diurnal persistence (the value 24 h before the target) beside persistence, on the same windows.
+    prior = actual.reindex(pd.MultiIndex.from_arrays([forecasts["station"], forecasts["target_ts"] - 86_400]))
+    have = forecasts["diurnal"].notna().to_numpy() & prior.notna().to_numpy()
+    assert have.sum() > len(forecasts) // 2
+    np.testing.assert_allclose(forecasts["diurnal"].to_numpy()[have], prior.to_numpy()[have], atol=1e-4)
+    scored = joined["diurnal_abs_error"].notna().to_numpy()
+    np.testing.assert_allclose(joined["diurnal_abs_error"].to_numpy()[scored],
+                               np.abs(joined["diurnal"].to_numpy() - truth)[scored], atol=1e-9)
     assert step.skill.count == len(errors) and np.isfinite(step.skill.fleet_model)
+    assert set(step.horizon_skill.horizons()) == set(card.model.horizons)
     assert set(out.stages) == set(STAGES) and all(v >= 0 for v in out.stages.values())
     assert out.stages["forecast"] >= sum(p.seconds for p in out.passes) > 0
 
