@@ -73,6 +73,11 @@ def job_env(cfg: ServiceConfig) -> dict[str, str]:
     return out
 
 
+def job_flags(cfg: ServiceConfig) -> list[str]:
+    """How a job runs beside the service (not what it does): one thread, lower priority, no progress bars."""
+    return ["--torch-threads", "1", "--no-progress", "--nice", str(cfg.training_nice)]
+
+
 def job_main(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
     """``python -m`` entry of a job: logging on stderr, and a bad setting is one line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -47,7 +47,7 @@ from forecaster.registry import Registry
 from pipeline.challenger import Outcome
 from pipeline.config import ServiceConfig
 from pipeline.finetune import eligible_stations
-from pipeline.jobs import job_env
+from pipeline.jobs import job_env, job_flags
 from pipeline.metrics import NS, Metrics
 from pipeline.redact import redact_text
 from pipeline.scoring import RollingSkill
@@ -252,11 +252,7 @@ class LifecycleScheduler:
 
     def command(self) -> list[str]:
         """The retraining subprocess: its settings are the service's, in its environment (:func:`job_env`)."""
-        return [sys.executable, "-m", "pipeline.retrain", *self._process_flags()]
-
-    def _process_flags(self) -> list[str]:
-        """How a job runs beside the service (not what it does): one thread, lower priority, no progress bars."""
-        return ["--torch-threads", "1", "--no-progress", "--nice", str(self.cfg.training_nice)]
+        return [sys.executable, "-m", "pipeline.retrain", *job_flags(self.cfg)]
 
     def run_retrain(self) -> Outcome | None:
         if self._stopping.is_set():
@@ -306,7 +302,7 @@ class LifecycleScheduler:
 
     def finetune_command(self, stations: list[str]) -> list[str]:
         """The fine-tuning subprocess for ``stations``; its settings are the service's, in its environment."""
-        cmd = [sys.executable, "-m", "pipeline.finetune", *self._process_flags()]
+        cmd = [sys.executable, "-m", "pipeline.finetune", *job_flags(self.cfg)]
         for station in stations:
             cmd += ["--station", station]
         return cmd
