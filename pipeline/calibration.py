@@ -82,6 +82,7 @@ class BandCalibrator:
         self._free: list[int] = []
         self._grow(64)
         self._fleet_offset: np.ndarray | None = None  # [H]; None: to recompute
+        self._calibrated = 0
         self._pool: list[int] | None = None  # rows pooled for the fleet; None: to recompute
 
     def _grow(self, capacity: int) -> None:
@@ -148,6 +149,7 @@ class BandCalibrator:
         offset[ukeys] = np.nan
         offset[ukeys[own]] = quantile_by_count(flat_scores[ukeys[own]], filled[own], self.config.coverage)
         self._fleet_offset = None
+        self._count_calibrated()
 
     def offsets(self, stations: np.ndarray) -> np.ndarray:
         """[N, H] widening per station and horizon: the station's own where it has enough scores, else the
@@ -194,6 +196,7 @@ class BandCalibrator:
             self._scores[row], self._head[row], self._count[row], self._offset[row] = np.nan, 0, 0, np.nan
             self._free.append(row)
             self._pool = self._fleet_offset = None
+        self._count_calibrated()
 
     def summary(self) -> dict[int, float]:
         """The fleet offset per horizon (NaN until enough scores), for the status page and metrics."""
@@ -201,9 +204,12 @@ class BandCalibrator:
 
     @property
     def stations_calibrated(self) -> int:
-        """Stations whose band uses their own scores at one horizon at least."""
-        rows = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
-        return int((~np.isnan(self._offset[rows])).any(axis=1).sum()) if len(rows) else 0
+        """Stations whose band uses their own scores at one horizon at least (kept current by the loop thread, so
+        the status page reads it without touching the arrays)."""
+        return self._calibrated
+
+    def _count_calibrated(self) -> None:
+        self._calibrated = int((~np.isnan(self._offset)).any(axis=1).sum())
 
 
 def _sample_rank(station: str) -> int:
