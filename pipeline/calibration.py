@@ -15,8 +15,8 @@ from the stored errors after a restart (the newest ``window`` per station and ho
 fleet's scores exist when a new station's first forecasts go out depends on how far the other stations
 have got, so those first bands can differ between two runs; a station's own bands cannot.
 
-State: a ring of the last ``window`` scores per (station, horizon) in float16 (24 horizons x 240 scores
-are 11 KiB a station; 10,000 stations about 110 MiB); the offsets of the (station, horizon) pairs a batch
+State: a ring of the last ``window`` scores per (station, horizon) in float32 (24 horizons x 240 scores
+are 23 KiB a station; 10,000 stations about 220 MiB); the offsets of the (station, horizon) pairs a batch
 scored are recomputed by partial sorts, the fleet's only when a station without enough scores of its own
 asks, so adjusting a batch of forecasts is a gather.
 """
@@ -62,7 +62,7 @@ def quantile_by_count(rows: np.ndarray, filled: np.ndarray, coverage: float) -> 
     for n in np.unique(filled[filled > 0]).tolist():
         sel = np.flatnonzero(filled == n)
         k = min(math.ceil((n + 1) * coverage), n) - 1
-        out[sel] = np.partition(rows[sel].astype(np.float32), k, axis=1)[:, k]  # numpy is slow on float16
+        out[sel] = np.partition(rows[sel], k, axis=1)[:, k]
     return out
 
 
@@ -88,7 +88,8 @@ class BandCalibrator:
     def _grow(self, capacity: int) -> None:
         h, w = len(self._h), max(self.config.window, 1)
         old = getattr(self, "_scores", None)
-        scores = np.full((capacity, h, w), np.nan, dtype=np.float16)  # °C: steps of 0.008 below 16, 0.016 to 32
+        # float32: float16 would round two runs' scores, a few float32 ulps apart, to different steps (0.008 °C).
+        scores = np.full((capacity, h, w), np.nan, dtype=np.float32)
         head, count = np.zeros((capacity, h), np.int64), np.zeros((capacity, h), np.int64)
         offset = np.full((capacity, h), np.nan)
         if old is not None:
