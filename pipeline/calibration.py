@@ -15,8 +15,8 @@ from the stored errors after a restart (the newest ``window`` per station and ho
 fleet's scores exist when a new station's first forecasts go out depends on how far the other stations
 have got, so those first bands can differ between two runs; a station's own bands cannot.
 
-State: a ring of the last ``window`` scores per (station, horizon) in float32 (24 horizons x 96 scores
-are 9 KiB a station; 10,000 stations about 90 MiB); the offsets of the (station, horizon) pairs a batch
+State: a ring of the last ``window`` scores per (station, horizon) in float32 (24 horizons x 240 scores
+are 23 KiB a station; 10,000 stations about 220 MiB); the offsets of the (station, horizon) pairs a batch
 scored are recomputed by partial sorts, the fleet's only when a station without enough scores of its own
 asks, so adjusting a batch of forecasts is a gather.
 """
@@ -34,7 +34,7 @@ import pandas as pd
 @dataclass(frozen=True)
 class CalibrationConfig:
     coverage: float = 0.8  # nominal coverage of the band (P10-P90)
-    window: int = 96  # recent scores kept per (station, horizon); 0 disables calibration
+    window: int = 240  # recent scores kept per (station, horizon); 0 disables calibration
     min_scores: int = 48  # a station's own scores needed before they replace the fleet's
     fleet_stations: int = 256  # stations whose scores are pooled for the fleet's offsets
     fleet_min_scores: int = 48  # pooled scores needed before the model's raw band is adjusted at all
@@ -82,11 +82,13 @@ class BandCalibrator:
         self._free: list[int] = []
         self._grow(64)
         self._fleet_offset: np.ndarray | None = None  # [H]; None: to recompute
+        self._calibrated = 0
         self._pool: list[int] | None = None  # rows pooled for the fleet; None: to recompute
 
     def _grow(self, capacity: int) -> None:
         h, w = len(self._h), max(self.config.window, 1)
         old = getattr(self, "_scores", None)
+        # float32: float16 would round two runs' scores, a few float32 ulps apart, to different steps (0.008 °C).
         scores = np.full((capacity, h, w), np.nan, dtype=np.float32)
         head, count = np.zeros((capacity, h), np.int64), np.zeros((capacity, h), np.int64)
         offset = np.full((capacity, h), np.nan)
@@ -148,6 +150,7 @@ class BandCalibrator:
         offset[ukeys] = np.nan
         offset[ukeys[own]] = quantile_by_count(flat_scores[ukeys[own]], filled[own], self.config.coverage)
         self._fleet_offset = None
+        self._count_calibrated()
 
     def offsets(self, stations: np.ndarray) -> np.ndarray:
         """[N, H] widening per station and horizon: the station's own where it has enough scores, else the
@@ -194,6 +197,7 @@ class BandCalibrator:
             self._scores[row], self._head[row], self._count[row], self._offset[row] = np.nan, 0, 0, np.nan
             self._free.append(row)
             self._pool = self._fleet_offset = None
+        self._count_calibrated()
 
     def summary(self) -> dict[int, float]:
         """The fleet offset per horizon (NaN until enough scores), for the status page and metrics."""
@@ -201,9 +205,12 @@ class BandCalibrator:
 
     @property
     def stations_calibrated(self) -> int:
-        """Stations whose band uses their own scores at one horizon at least."""
-        rows = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
-        return int((~np.isnan(self._offset[rows])).any(axis=1).sum()) if len(rows) else 0
+        """Stations whose band uses their own scores at one horizon at least (kept current by the loop thread, so
+        the status page reads it without touching the arrays)."""
+        return self._calibrated
+
+    def _count_calibrated(self) -> None:
+        self._calibrated = int((~np.isnan(self._offset)).any(axis=1).sum())
 
 
 def _sample_rank(station: str) -> int:

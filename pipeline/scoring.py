@@ -133,9 +133,11 @@ class RollingSkill:
 @dataclass
 class HorizonSkill:
     """Per horizon, exponentially weighted MAE of the model and both baselines, and band coverage (the rolling
-    fraction of actuals inside the published band): what the per-horizon gauges and the status page show."""
+    fraction of actuals inside the published band): what the per-horizon gauges and the status page show. Each
+    horizon gets 1/H of the errors, so its half-life is ``halflife`` / H errors: the table spans the same recent
+    time as :class:`RollingSkill`'s fleet figures beside it."""
 
-    halflife: float = 500.0  # errors of one horizon (about 500 station-hours)
+    halflife: float = RollingSkill.halflife  # errors over all horizons, as RollingSkill's
     mae: dict[str, dict[int, float]] = field(default_factory=lambda: {n: {} for n in TRACKED})
     coverage: dict[int, float] = field(default_factory=dict)
     coverage_all: float = float("nan")
@@ -143,10 +145,11 @@ class HorizonSkill:
     def update(self, errors: pd.DataFrame) -> None:
         if errors.empty:
             return
-        a = 1 - 0.5 ** (1 / self.halflife)
         horizon = errors["horizon"].to_numpy()
         covered = _column(errors, "covered")
-        self.coverage_all = _ewma_batch(self.coverage_all, covered, 1 - 0.5 ** (1 / (self.halflife * 4)))
+        self.coverage_all = _ewma_batch(self.coverage_all, covered, 1 - 0.5 ** (1 / self.halflife))
+        n_h = max(len(self.mae["model"]), len(np.unique(horizon)))
+        a = 1 - 0.5 ** (n_h / self.halflife)
         cols = {name: _column(errors, col) for name, col in TRACKED.items()}
         order = np.argsort(horizon, kind="stable")  # per horizon, still in arrival order
         h_sorted = horizon[order]

@@ -82,7 +82,7 @@ def test_rolling_skill_tracks_diurnal_and_skill_is_vs_the_better_baseline():
 
 
 def test_horizon_skill_and_coverage_per_horizon():
-    hs = HorizonSkill(halflife=50)
+    hs = HorizonSkill(halflife=100)
     hs.update(_errors("A", 1.0, 2.0, 1.6, 400))
     assert hs.horizons() == [1, 24]
     assert np.isclose(hs.coverage[1], 1.0) and np.isclose(hs.coverage[24], 0.0)
