@@ -50,10 +50,12 @@ pretrained: install  ## retrain the shipped default model (Jena + NOAA records, 
 	  --data ../shared/data/noaa_denver_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_great_falls_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_rapid_city_2010_2016_hourly.csv.gz \
-	  --features T,Tdew,rh,wv --time-features --residual --horizons 1-24 --quantiles 0.1,0.5,0.9 \
+	  --features T,Tdew,rh,wv --time-features --anchor both --relative T,Tdew --band-offsets \
+	  --horizons 1-24 --quantiles 0.1,0.5,0.9 --split 0.75,0.15 \
 	  --lookback 168 --hidden 64 --dropout 0.2 --optimizer adam --lr 1e-3 --epochs 12 --steps-per-epoch 400 \
 	  --patience 3 --conv 32x5/3,32x5/2 --registry var/pretrain --plots docs/figures/pretrained --promote
 	rm -rf pipeline/pretrained_models/global && cp -r var/pretrain/global/v0001 pipeline/pretrained_models/global
+	$(BIN)/python -m forecaster.artifact pipeline/pretrained_models/global
 
 data:  ## download the full Jena climate archive (needs the internet)
 	$(BIN)/python -m pipeline.download

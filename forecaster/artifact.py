@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from forecaster.calibration import BandCalibration
 from forecaster.dataset import DataConfig
 from forecaster.models import ModelConfig, build_model
 from forecaster.windows import Normalizer
@@ -59,6 +60,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     parent: str | None = None  # what a fine-tuned model started from
+    calibration: BandCalibration | None = None  # band shifts from the validation span (None on old cards)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     weights_sha256: str | None = None
 
@@ -75,6 +77,7 @@ class ModelCard:
             "metrics": self.metrics,
             "train": self.train,
             "parent": self.parent,
+            **({"calibration": self.calibration.to_dict()} if self.calibration else {}),
             "created_at": self.created_at,
             "weights_sha256": self.weights_sha256,
         }
@@ -94,6 +97,7 @@ class ModelCard:
             metrics=d.get("metrics", {}),
             train=d.get("train", {}),
             parent=d.get("parent"),
+            calibration=BandCalibration.from_dict(d.get("calibration")),
             created_at=d["created_at"],
             weights_sha256=d.get("weights_sha256"),
         )

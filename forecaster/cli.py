@@ -18,7 +18,7 @@ from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_f
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
-from forecaster.models import MODEL_KINDS, ConvLayer
+from forecaster.models import ANCHORS, MODEL_KINDS, ConvLayer
 from forecaster.plots import forecast_vs_actual, mae_by_horizon
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
 from forecaster.scorecard import render, score_on_span
@@ -51,6 +51,10 @@ def _horizons(text: str) -> tuple[int, ...]:
         a, b = text.split("-", 1)
         return tuple(range(int(a), int(b) + 1))
     return tuple(int(h) for h in text.split(","))
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -110,6 +114,14 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
     t.add_argument("--quantiles", type=_floats, default=(), help="e.g. 0.1,0.5,0.9 for an uncertainty band")
     t.add_argument("--time-features", action="store_true", help="add time-of-day and day-of-year encodings")
     t.add_argument("--residual", action="store_true", help="predict the change from the last observation")
+    t.add_argument("--anchor", choices=list(ANCHORS),
+                   help="what forecasts are relative to: none, last (= --residual), or both: a learned per-horizon "
+                        "mix of the last value and the value a day before the target (default: by --residual)")
+    t.add_argument("--relative", metavar="SENSORS",
+                   help="comma-separated sensors fed as deviations from their window mean (e.g. T,Tdew): the "
+                        "station's level is removed so an unseen climate looks familiar")
+    t.add_argument("--band-offsets", action="store_true",
+                   help="predict the outer quantiles as positive offsets around the median (bands never cross)")
     t.add_argument("--conv", type=_conv, default=(ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)),
                    help="front-end layers CHANNELSxKERNEL/POOL,... (default 32x5/3,32x5/1)")
     t.add_argument("--hidden", type=int, default=32, help="GRU units (default 32)")
@@ -319,8 +331,14 @@ def cmd_train(args) -> int:
     require_windows(series, data, ranges)
     print(_span_line(series, ranges))
     season = int(86400 // series[0].cadence.total_seconds())
+    unknown = sorted(set(_names(args.relative)) - set(features))
+    if unknown:
+        raise DataError(f"--relative names {unknown}, which are not among the model's sensors {list(features)}")
     arch = model_config(data, args.model, quantiles=args.quantiles, conv=args.conv, gru_hidden=args.hidden,
-                        dropout=args.dropout, residual=args.residual, season=season)
+                        dropout=args.dropout, residual=args.residual, season=season,
+                        anchor=args.anchor or ("last" if args.residual else "none"),
+                        relative=tuple(features.index(n) for n in _names(args.relative)),
+                        band_offsets=args.band_offsets)
     name = args.name or GLOBAL
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))

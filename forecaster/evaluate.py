@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from forecaster.calibration import BandCalibration
 from forecaster.device import autocast
 from forecaster.windows import Normalizer, Windows
 
@@ -45,10 +46,11 @@ def diurnal_offsets(horizons: tuple[int, ...], season: int) -> np.ndarray:
 @torch.no_grad()
 def predict_windows(
     model: nn.Module, windows: Windows, normalizer: Normalizer, target: str, batch_size: int = 2048,
-    season: int | None = None,
+    season: int | None = None, band: BandCalibration | None = None,
 ) -> Predictions:
     """Forecasts on every window; with ``season`` (rows per day) the diurnal baseline too. The windows must
-    then hold a day of history before each origin (``windows_for(min_history=season)``)."""
+    then hold a day of history before each origin (``windows_for(min_history=season)``). ``band``: the card's
+    calibration, applied as :class:`forecaster.predict.Predictor` applies it."""
     model.eval()
     device = next(model.parameters(), windows.inputs).device
     windows = windows.to(device)
@@ -66,9 +68,12 @@ def predict_windows(
         if offsets is not None:
             days.append(windows.target_at(idx, offsets).cpu())
     denorm = lambda t: torch.cat(t).numpy() * std + mean  # noqa: E731
+    pred = denorm(preds)
+    if band is not None:
+        pred = band.apply(pred, model.cfg.median_index)
     return Predictions(
         origins=windows.origins.cpu().numpy(),
-        pred=denorm(preds),
+        pred=pred,
         actual=denorm(ys),
         persistence=denorm(lasts),
         median_index=model.cfg.median_index,

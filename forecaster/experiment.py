@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from forecaster.artifact import ModelCard
+from forecaster.calibration import calibrate
 from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
 from forecaster.evaluate import Predictions, predict_windows, score
@@ -67,8 +68,14 @@ def fit(
         model = build_model(arch)
     result = train(model, splits.train, splits.val, train_cfg, label=label)
     val_p = predict_windows(model, splits.val, splits.normalizer, data.target)
-    test_p = predict_windows(model, splits.test, splits.normalizer, data.target)
+    band = calibrate(val_p.pred, val_p.actual, arch.quantiles)  # fine-tuned models get their own too
+    raw_val_coverage = score(val_p, data.horizons).get("band_coverage")
+    if band is not None:
+        val_p.pred = band.apply(val_p.pred, arch.median_index)
+    test_p = predict_windows(model, splits.test, splits.normalizer, data.target, band=band)
     val, test = score(val_p, data.horizons), score(test_p, data.horizons)
+    coverage = {"val_coverage_uncalibrated": raw_val_coverage, "test_coverage": test.get("band_coverage")} \
+        if raw_val_coverage is not None else {}
     cadence = series[0].cadence
     card = ModelCard(
         model=arch,
@@ -83,10 +90,11 @@ def fit(
             "val_persistence_mae": val["persistence_mae"], "test_persistence_mae": test["persistence_mae"],
             "val_by_horizon": {str(h): v["mae"] for h, v in val["by_horizon"].items()},
             "best_epoch": result.best_epoch, "seconds_per_epoch": result.seconds_per_epoch,
-            "parameters": n_parameters(model),
+            "parameters": n_parameters(model), **coverage,
         },
         train={**train_cfg.to_dict(), "history": result.history},
         parent=parent,
+        calibration=band,
     )
     if plot_dir is not None and result.history:
         _, std = splits.normalizer.scale_of(data.target)

@@ -36,10 +36,22 @@ class ModelConfig:
     dropout: float = 0.0
     residual: bool = False  # predict the change from the last observed target (persistence + delta)
     season: int = 24  # steps per day, for the seasonal baseline
+    # What the output is relative to: "none" (old cards without residual), "last" (= residual), or "both":
+    # per horizon, last + sigmoid(a_h) * (diurnal_h - last) + delta_h, diurnal_h the value a day before the target.
+    anchor: str | None = None  # None: follows ``residual`` (old cards)
+    relative: tuple[int, ...] = ()  # input columns given as deviations from their window mean (level removed)
+    band_offsets: bool = False  # quantiles as softplus offsets around the median: bands never cross
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose from {', '.join(MODEL_KINDS)}")
+        if self.anchor is None:
+            object.__setattr__(self, "anchor", "last" if self.residual else "none")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"unknown anchor {self.anchor!r}; choose from {', '.join(ANCHORS)}")
+        object.__setattr__(self, "residual", self.anchor != "none")
+        if any(not 0 <= i < self.n_features for i in self.relative):
+            raise ValueError(f"relative input columns {self.relative} outside the {self.n_features} inputs")
         if any(not 0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
         if self.conv is None:
@@ -47,7 +59,13 @@ class ModelConfig:
             object.__setattr__(self, "conv", default if self.kind in ("conv", "conv_gru") else ())
 
     def min_input_length(self) -> int:
-        """The shortest input sequence the convolution stack can take (1 for recurrent-only models)."""
+        """The shortest input sequence the model can take: the convolution stack's, and a day for the diurnal
+        anchor (1 for recurrent-only models)."""
+        if self.anchor == "both":
+            return max(self.season, self._stack_length())
+        return self._stack_length()
+
+    def _stack_length(self) -> int:
         if self.kind not in ("conv", "conv_gru"):
             return max(1, self.season * math.ceil(max(self.horizons) / self.season) - max(self.horizons) + 1) \
                 if self.kind == "seasonal" else 1
@@ -71,6 +89,7 @@ class ModelConfig:
         d = asdict(self)
         d["horizons"] = list(self.horizons)
         d["quantiles"] = list(self.quantiles)
+        d["relative"] = list(self.relative)
         return d
 
     @classmethod
@@ -79,7 +98,11 @@ class ModelConfig:
         d["conv"] = tuple(ConvLayer(**c) for c in d.get("conv", ()))
         d["horizons"] = tuple(d["horizons"])
         d["quantiles"] = tuple(d.get("quantiles", ()))
+        d["relative"] = tuple(d.get("relative", ()))
         return cls(**d)
+
+
+ANCHORS = ("none", "last", "both")
 
 
 LISTING_6_47 = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
@@ -126,21 +149,54 @@ def _conv_stack(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
 
 
 class _Forecaster(nn.Module):
-    """Shared head: a linear layer to ``H * Q`` outputs, optionally added to the last observed target."""
+    """Shared head: a linear layer to ``H * Q`` outputs, relative to the anchor the config names.
+
+    With ``anchor="both"`` the median starts from a learned per-horizon mix of the last value and the value a
+    day before the target (the two baselines), so the network only has to learn the correction: on a station
+    it has never seen it starts no worse than a blend of the baselines it must beat. ``relative`` inputs lose
+    their window mean first, so an unseen climate's level looks like a familiar one.
+    """
 
     def __init__(self, cfg: ModelConfig, width: int):
         super().__init__()
         self.cfg = cfg
         self.head = nn.Linear(width, len(cfg.horizons) * cfg.n_outputs)
+        if cfg.anchor == "both":
+            h = torch.tensor(cfg.horizons, dtype=torch.float32)
+            back = torch.tensor(cfg.horizons, dtype=torch.int64)
+            back = back - torch.ceil(back / cfg.season).long() * cfg.season  # <= 0: already observed
+            self.register_buffer("day_index", back - 1, persistent=False)
+            # Start near the better baseline: persistence for short horizons, the day-ago value near +24 h.
+            self.mix = nn.Parameter(torch.logit((h / cfg.season).clamp(0.05, 0.95)))
+        if cfg.relative:
+            self.register_buffer("rel_mask", torch.zeros(cfg.n_features), persistent=False)
+            self.rel_mask[list(cfg.relative)] = 1.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.features(x)).view(x.shape[0], len(self.cfg.horizons), self.cfg.n_outputs)
-        if self.cfg.residual:
-            out = out + x[:, -1, self.cfg.target_index, None, None]
+        cfg = self.cfg
+        last = x[:, -1, cfg.target_index, None]
+        z = x - x.mean(dim=1, keepdim=True) * self.rel_mask if cfg.relative else x
+        out = self.head(self.features(z)).view(x.shape[0], len(cfg.horizons), cfg.n_outputs)
+        if cfg.band_offsets and cfg.n_outputs > 1:
+            out = _offsets_to_quantiles(out, cfg.median_index)
+        if cfg.anchor == "both":
+            day = x[:, self.day_index + x.shape[1], cfg.target_index]
+            anchor = last + torch.sigmoid(self.mix) * (day - last)
+            out = out + anchor[:, :, None]
+        elif cfg.anchor == "last":
+            out = out + last[:, :, None]
         return out
+
+
+def _offsets_to_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
+    """Outputs below the median become ``median - cumulative softplus``, above it ``median + ...``."""
+    mid = raw[..., median : median + 1]
+    below = nn.functional.softplus(raw[..., :median]).flip(-1).cumsum(-1).flip(-1)
+    above = nn.functional.softplus(raw[..., median + 1 :]).cumsum(-1)
+    return torch.cat([mid - below, mid, mid + above], dim=-1)
 
 
 class ConvNet(_Forecaster):

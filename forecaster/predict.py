@@ -72,4 +72,6 @@ class Predictor:
             out = self.model(xt)
         pred = out.float().cpu().numpy() * self._t_std + self._t_mean
         cfg = self.card.model
+        if self.card.calibration is not None:
+            pred = self.card.calibration.apply(pred, cfg.median_index)
         return Forecast(pred, cfg.horizons, cfg.quantiles, cfg.median_index)

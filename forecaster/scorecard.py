@@ -63,7 +63,7 @@ def score_on_span(model: nn.Module, tag: str, card: ModelCard, series: Sequence[
                   spans: Spans) -> Scored:
     windows, rows = test_windows(series, card, spans)
     season = steps_per_day(card.cadence_s)
-    p = predict_windows(model, windows, card.normalizer, card.data.target, season=season)
+    p = predict_windows(model, windows, card.normalizer, card.data.target, season=season, band=card.calibration)
     raw = score(p, card.data.horizons)
     first, last = covered(series, rows)
     return Scored(contract(tag, raw, card, [s.station for s in series], first, last), p)

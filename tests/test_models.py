@@ -56,3 +56,46 @@ def test_bad_config_is_refused():
         ModelConfig("gru", 1, 0, quantiles=(0.1, 1.5))
     cfg = ModelConfig("conv_gru", 3, 0, horizons=(1, 2), quantiles=(0.1, 0.5, 0.9))
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.median_index == 1
+
+
+def _zero_head(m: torch.nn.Module) -> None:
+    torch.nn.init.zeros_(m.head.weight)
+    torch.nn.init.zeros_(m.head.bias)
+
+
+def test_both_anchor_blends_last_value_and_day_before_target():
+    cfg = ModelConfig("conv_gru", 2, 0, horizons=(1, 12, 24), anchor="both", season=24)
+    assert cfg.residual and cfg.min_input_length() >= 24
+    m = build_model(cfg)
+    _zero_head(m)
+    x = torch.randn(4, 48, 2)
+    w = torch.sigmoid(m.mix)
+    last = x[:, -1, 0]
+    # target t+h; a day before it is input row 47 + h - 24 (h = 24: the last row itself).
+    for i, h in enumerate(cfg.horizons):
+        day = x[:, 47 + h - 24, 0]
+        assert torch.allclose(m(x)[:, i, 0], last + w[i] * (day - last), atol=1e-6)
+    assert w[0] < 0.1 < 0.9 < w[2]  # starts near persistence at +1 h and near the day-ago value at +24 h
+
+
+def test_relative_inputs_remove_the_window_level():
+    cfg = ModelConfig("conv_gru", 3, 0, horizons=(1, 24), quantiles=(0.1, 0.5, 0.9), anchor="both",
+                      relative=(0, 1), band_offsets=True)
+    m = build_model(cfg).eval()
+    x = torch.randn(2, 48, 3)
+    shifted = x.clone()
+    shifted[..., :2] += 7.0  # a warmer, wetter climate: same weather, other level
+    # The forecast moves with the level (through the anchor) and nothing else does.
+    assert torch.allclose(m(shifted), m(x) + 7.0, atol=1e-4)
+    out = m(torch.randn(64, 48, 3))
+    assert (out[..., 0] <= out[..., 1]).all() and (out[..., 1] <= out[..., 2]).all()  # the band never crosses
+
+
+def test_old_cards_without_the_new_fields_still_load():
+    old = ModelConfig("conv_gru", 3, 0, residual=True).to_dict()
+    for key in ("anchor", "relative", "band_offsets"):
+        old.pop(key)
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.anchor == "last" and cfg.relative == () and not cfg.band_offsets
+    with pytest.raises(ValueError, match="unknown anchor"):
+        ModelConfig("gru", 1, 0, anchor="yesterday")

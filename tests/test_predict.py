@@ -1,4 +1,5 @@
-"""The serving path (raw windows -> Predictor) gives the same forecasts as the training/evaluation path."""
+"""The serving path (raw windows -> Predictor) gives the same forecasts as the training/evaluation path, the
+card's band calibration included."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_predictor_matches_evaluation_path():
     model, card = load_artifact(shipped_artifact("global"))
     series = load_stations(nycflights_weather_path(), stations=["JFK"])[0]
     splits = make_splits([series], card.data, normalizer=card.normalizer)
-    ref = predict_windows(model, splits.test, card.normalizer, card.data.target)
+    ref = predict_windows(model, splits.test, card.normalizer, card.data.target, band=card.calibration)
     pick = np.arange(0, len(ref.origins), 97)[:40]
     origins = ref.origins[pick]
     raw = series.values(list(card.data.features))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from forecaster.adapt import finetune
@@ -127,3 +128,21 @@ def test_same_seed_same_model_whatever_ran_before(jena):
     assert first.result.history[0]["val_loss"] == second.result.history[0]["val_loss"]
     for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_fit_calibrates_the_band_on_validation_and_applies_it_to_test(jena):
+    from forecaster.calibration import coverage
+    from forecaster.evaluate import predict_windows
+
+    data = DataConfig(lookback=48, horizons=(1, 24), time_features=True)
+    arch = model_config(data, "conv_gru", quantiles=(0.1, 0.5, 0.9), anchor="both", relative=(1,),
+                        band_offsets=True)
+    t = fit([jena], data, arch, TrainConfig(epochs=1, steps_per_epoch=20, progress=False), label="band")
+    band = t.card.calibration
+    assert band is not None and band.windows == len(t.val_predictions.actual)
+    # On the span it was fitted on, each horizon's band covers its nominal 80 % (finite-sample: at least that).
+    val_cov = coverage(t.val_predictions.pred, t.val_predictions.actual)
+    assert ((val_cov >= 0.8) & (val_cov < 0.81)).all()
+    raw = predict_windows(t.model, t.splits.test, t.splits.normalizer, data.target)
+    assert np.allclose(t.test_predictions.pred, band.apply(raw.pred, 1))
+    assert not np.allclose(t.test_predictions.pred, raw.pred)
