@@ -9,7 +9,7 @@ model is registered and hot-swapped in. Afterwards every scored forecast is read
 exactly the windows scored after each station's decision, set beside the global model (re-run offline on the
 same windows), the fine-tuned model (accepted or not, likewise), persistence and diurnal persistence.
 
-    python -m bench.lifecycle_transfer          # about 5 minutes on 2 CPU cores
+    python -m bench.lifecycle_transfer          # about 5 minutes on 2 CPU cores (120 data days at 1.5 s each)
 
 Writes docs/lifecycle_transfer.md, docs/results/lifecycle_transfer.json, docs/figures/lifecycle_transfer.png.
 """

@@ -10,7 +10,7 @@ accepted, else the base), persistence and diurnal persistence, per horizon, on t
 
 Writes docs/transfer.md and docs/results/transfer.json.
 
-    python -m bench.transfer                 # every station (about a minute per station on 2 CPU cores)
+    python -m bench.transfer                 # every station (about 17 minutes on 2 shared CPU cores)
     python -m bench.transfer --quick         # plumbing only (1 epoch, Jena and LGA), prints, writes nothing
 """
 
