@@ -5,14 +5,24 @@ The station's history is split in time: the last ``holdout_days`` are held out, 
 origin of the holdout whose targets all lie in it is scored (rolling origins, never a handful of windows), and on
 those same windows: the base model as it is (zero-shot), the fine-tuned copy, persistence and diurnal persistence.
 
-* Normalization by evidence: the base model's normalization is kept unless a copy fine-tuned with the station's
-  own (fitted on the training days only) is better over the holdout *and* on at least ``norm_win_share`` of its
-  days. A few weeks of one season say little about a station's climate; the base model's statistics often
-  generalize better, so the station's must earn its place.
+* Normalization by evidence: the base model's normalization is kept unless the station's own is a candidate
+  (its training days span at least ``norm_min_days``: a few weeks of one season say little about a station's
+  climate, and scaled by them the inputs of another season fall outside anything the model saw) and a copy
+  fine-tuned with it is better over the holdout *and* on at least ``norm_win_share`` of the holdout's days.
+  Measured (previous shipped model, lr 5e-5, 30 days of history): allowed to compete, the station's normalization
+  won overall and on at least 5 of 6 held-out days at Chicago and Rapid City, and then was 31 % and 17 % worse
+  than the base model over the following 17 months.
 * Epochs by evidence: training stops early on the holdout loss (patience), keeping the best epoch.
 * Acceptance: the fine-tuned model must beat the base model's holdout MAE (mean over horizons) by ``margin``
-  (relative) and be at most ``horizon_tolerance`` worse at any single horizon. The epoch and the normalization
-  are chosen on the same holdout, a small optimistic bias the margin is there to absorb.
+  (relative) and be at most ``horizon_tolerance`` worse at any single horizon (a guard against trading one range
+  of horizons for another; one horizon's MAE over a week of windows moves by a few percent by chance alone, so
+  the guard is wider than the margin). The epoch and the normalization are chosen on the same holdout, a small
+  optimistic bias the margin is there to absorb.
+* A low learning rate (5e-5): a week adjacent to the training days flatters a model that has learned the current
+  season's weather. Measured with the shipped model (#11 recipe), 30 days of history and the last 20 % of each
+  record as the test span, on 8 stations: at 2e-4 the fine-tuned model was worse than the base on 7 of them (by up
+  to 10.7 %, at Great Falls, where the holdout said 7.7 % better and accepted it); at 5e-5 by at most 2.5 %, and
+  the holdout accepted only Denver (+0.4 % on the test span), Rapid City (-0.3 %) and LGA (-1.1 %).
 """
 
 from __future__ import annotations
@@ -37,7 +47,6 @@ from forecaster.spans import SpanError, covered, holdout_split
 from forecaster.train import TrainConfig
 from forecaster.windows import Normalizer, Windows, windows_for
 
-NORMALIZATIONS = ("base", "station")
 LAYERS = ("head", "gru+head", "all")
 
 
@@ -48,11 +57,12 @@ class AdaptConfig:
 
     holdout_days: float = 7.0  # the last days of the history: never trained on, decide epochs, norm., acceptance
     margin: float = 0.01  # relative holdout-MAE gain over the base model needed to accept the fine-tuned one
-    horizon_tolerance: float = 0.02  # ... and at no horizon worse than the base by more than this (relative)
-    norm_win_share: float = 0.75  # the station's normalization must win on this share of the holdout days
+    horizon_tolerance: float = 0.05  # ... and at no horizon worse than the base by more than this (relative)
+    norm_min_days: float = 365.0  # the station's own normalization is tried only on this many training days
+    norm_win_share: float = 0.75  # ... and must then win on this share of the holdout days
     layers: str = "gru+head"  # what trains: "head", "gru+head" (the Conv1D front-end's patterns hold anywhere), "all"
     optimizer: str = "rmsprop"
-    lr: float = 2e-4
+    lr: float = 5e-5
     weight_decay: float = 0.0
     epochs: int = 30
     patience: int = 5  # epochs without a better holdout loss before stopping
@@ -157,7 +167,11 @@ def adapt_station(base: nn.Module, base_card: ModelCard, station: StationSeries,
     season = steps_per_day(base_card.cadence_s) or 0
     _require_windows(station, base_card, fit_rows, hold_rows, season)
     ranges = (fit_rows, hold_rows, hold_rows)
-    norms = {"base": base_card.normalizer, "station": fit_normalizer([station], data, [ranges])}
+    training_days = float((station.times[fit_rows.stop - 1] - station.times[fit_rows.start]) / pd.Timedelta(days=1)
+                          + station.cadence / pd.Timedelta(days=1))
+    norms = {"base": base_card.normalizer}
+    if training_days >= cfg.norm_min_days:  # else the station's statistics would describe one season only
+        norms["station"] = fit_normalizer([station], data, [ranges])
     train_cfg = cfg.train_config(device, progress)
     tuned, preds = {}, {}
     for name, norm in norms.items():
@@ -168,7 +182,12 @@ def adapt_station(base: nn.Module, base_card: ModelCard, station: StationSeries,
     for p in preds.values():  # the same windows whatever the normalization: the comparison rests on it
         if not np.array_equal(p.origins, zero.origins):
             raise AssertionError("holdout windows differ between normalizations")
-    choice, evidence = _choose_normalization(preds["base"], preds["station"], season, cfg.norm_win_share)
+    if "station" in preds:
+        choice, evidence = _choose_normalization(preds["base"], preds["station"], season, cfg.norm_win_share)
+    else:
+        choice, evidence = "base", {"base_mae": float(np.abs(preds["base"].point - preds["base"].actual).mean())}
+    evidence |= {"candidate": "station" in preds, "training_days": round(training_days, 2),
+                 "needed_days": cfg.norm_min_days}
     chosen, p = tuned[choice], preds[choice]
     abs_err = lambda q: np.abs(q.point - q.actual).mean(axis=0)  # noqa: E731
     scores = HoldoutScores(
@@ -272,6 +291,9 @@ def add_arguments(p: argparse.ArgumentParser, defaults: AdaptConfig = AdaptConfi
                    help="relative holdout-MAE gain over the base model needed to keep it" + note("margin"))
     g.add_argument("--horizon-tolerance", type=float, default=d.horizon_tolerance,
                    help="most it may be worse than the base at any one horizon, relative (default %(default)s)")
+    g.add_argument("--norm-min-days", type=float, default=d.norm_min_days,
+                   help="training days the station's own normalization needs to be tried at all (default "
+                        "%(default)s: a year, so it describes every season)")
     g.add_argument("--norm-win-share", type=float, default=d.norm_win_share,
                    help="share of the holdout days the station's own normalization must win on to replace the base "
                         "model's (default %(default)s)")
@@ -292,9 +314,9 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     """The one builder of :class:`AdaptConfig` from parsed flags (:func:`add_arguments`)."""
     cfg = AdaptConfig(
         holdout_days=args.holdout_days, margin=args.margin, horizon_tolerance=args.horizon_tolerance,
-        norm_win_share=args.norm_win_share, layers=args.layers, optimizer=args.optimizer,
-        lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, patience=args.patience,
-        batch_size=args.batch_size, seed=args.seed,
+        norm_min_days=args.norm_min_days, norm_win_share=args.norm_win_share, layers=args.layers,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
+        patience=args.patience, batch_size=args.batch_size, seed=args.seed,
     )
     check(cfg)
     return cfg
@@ -309,6 +331,8 @@ def check(cfg: AdaptConfig) -> None:
         problems.append(f"--margin must be in [0, 1), got {cfg.margin:g}")
     if cfg.horizon_tolerance < 0:
         problems.append(f"--horizon-tolerance must be >= 0, got {cfg.horizon_tolerance:g}")
+    if cfg.norm_min_days < 0:
+        problems.append(f"--norm-min-days must be >= 0, got {cfg.norm_min_days:g}")
     if not 0 <= cfg.norm_win_share <= 1:
         problems.append(f"--norm-win-share must be in [0, 1], got {cfg.norm_win_share:g}")
     if cfg.epochs < 1 or cfg.patience < 1 or cfg.batch_size < 1 or not cfg.lr > 0:

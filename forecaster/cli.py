@@ -449,10 +449,13 @@ def render_holdout(a: adapt.Adaptation) -> str:
     """The decision's evidence: every model and baseline per horizon on the holdout windows."""
     h = a.holdout
     ev = a.normalization_evidence
+    if ev["candidate"]:
+        why = (f"the station's own won {ev['station_wins']} of {ev['days']} days, needs {ev['needed']}; "
+               f"{ev['station_mae']:.3f} vs {ev['base_mae']:.3f} °C")
+    else:
+        why = (f"{ev['training_days']:g} training days, the station's own needs {ev['needed_days']:g} to be tried")
     lines = [f"holdout {h.span[0]} to {h.span[1]}, {h.windows:,} windows over {h.days} days: base {a.base_mae:.3f}, "
-             f"fine-tuned {a.tuned_mae:.3f} °C; normalization {a.normalization} (station's own won "
-             f"{ev['station_wins']} of {ev['days']} days, needs {ev['needed']}; {ev['station_mae']:.3f} vs "
-             f"{ev['base_mae']:.3f} °C)"]
+             f"fine-tuned {a.tuned_mae:.3f} °C; normalization {a.normalization} ({why})"]
     rows = [["horizon", "base", "fine-tuned", "persistence", "diurnal"]]
     for i, step in enumerate(h.horizons):
         rows.append([f"+{step}", f"{h.base[i]:.3f}", f"{h.tuned[i]:.3f}", f"{h.persistence[i]:.3f}",

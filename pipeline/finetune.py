@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ import pandas as pd
 import torch
 
 from forecaster import adapt
+from forecaster.artifact import load_artifact
 from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.spans import holdout_split
 from pipeline.challenger import DAY, Outcome, beats, holdout_mae, load_series, reject_failed
@@ -163,9 +165,12 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
         cur_mae = holdout_mae(cur_model, cur_card, series, [(fit_rows, hold_rows, hold_rows)])
         if not beats(a.tuned_mae, cur_mae, s.adapt.margin):
             accepted, reason = False, f"{reason}; but {current.tag} serving the station has {cur_mae:.3f}"
+    if not (math.isfinite(a.tuned_mae) and math.isfinite(a.base_mae)):
+        raise FloatingPointError(f"holdout MAE fine-tuned {a.tuned_mae}, base {a.base_mae}")
     note = f"fine-tuned from {info.tag} on {out.train_span[0]} .. {out.train_span[1]}: {reason}"
     new = registry.register(name, a.model, a.card, note=note, status="candidate" if accepted else "rejected")
     out.challenger = new.tag
+    load_artifact(registry.path(name, new.version))  # what was written loads back, or the run fails
     if not accepted:
         out.outcome, out.reason = "rejected", f"not registered as a candidate: {reason}"
         log.info("station %s stays on %s, %s kept as rejected: %s", station, info.tag, new.tag, reason)

@@ -152,13 +152,20 @@ def test_normalization_decision_matches_its_evidence_on_a_real_station(denver_sl
     model, card = load_artifact(shipped_artifact("global"))
     station = clean_station(load_records(path))
     ranges = finetune_ranges(station, resolve([station]), 30, 7)
+    history = slice(ranges[0].start, ranges[1].stop)
+    station_norm = fit_normalizer([station], card.data, [ranges])
     torch.set_num_threads(1)
-    a = adapt.adapt_station(model, card, station, slice(ranges[0].start, ranges[1].stop),
-                            AdaptConfig(epochs=3), progress=False)
+    # 23 training days describe one season: the station's own statistics are not even tried.
+    a = adapt.adapt_station(model, card, station, history, AdaptConfig(epochs=2), progress=False)
+    ev = a.normalization_evidence
+    assert a.normalization == "base" and a.card.normalizer == card.normalizer
+    assert ev["candidate"] is False and ev["training_days"] == pytest.approx(23) and ev["needed_days"] == 365
+    # Allowed to compete, it is chosen exactly when it wins overall and on enough held-out days.
+    a = adapt.adapt_station(model, card, station, history, AdaptConfig(epochs=2, norm_min_days=0), progress=False)
     ev = a.normalization_evidence
     wins = ev["station_wins"] >= ev["needed"] and ev["station_mae"] < ev["base_mae"]
+    assert ev["candidate"] is True and ev["days"] == 6 and ev["needed"] == 5
     assert a.normalization == ("station" if wins else "base")
-    station_norm = fit_normalizer([station], card.data, [ranges])
     assert a.card.normalizer == (station_norm if wins else card.normalizer)
     # The chosen variant's holdout MAE is the one the decision compared.
     assert a.tuned_mae == pytest.approx(ev[f"{a.normalization}_mae"], rel=1e-5)
