@@ -78,23 +78,6 @@ def reference_model():
     return load_artifact(path)
 
 
-def without_time_of_day(held_out: tuple[str, ...], shipped: ModelCard) -> dict:
-    """Diagnostic: the same recipe without time features (they are UTC clock inputs, so a station in another time
-    zone sees its daily cycle at the 'wrong' hours), scored on the ``held_out`` stations."""
-    path = CACHE / ("no_time_features_without_" + "_".join(held_out))
-    if (path / "card.json").exists():
-        model, card = load_artifact(path)
-    else:
-        data, arch, train = recipe(shipped)
-        data = dataclasses.replace(data, time_features=False)
-        arch = dataclasses.replace(arch, n_features=len(data.input_names))
-        t = fit([station(n) for n in ALL if n not in held_out], data, arch, train,
-                label="no time features, without " + ", ".join(held_out))
-        save_artifact(path, t.model, t.card)
-        model, card = t.model, t.card
-    return {n: zero_shot(model, card, n, "no time features") for n in held_out}
-
-
 def shifted_clock(held_out: tuple[str, ...], name: str, hours: tuple[int, ...] = (-3, 4, 7)) -> dict:
     """Diagnostic: the held-out group's model on ``name`` with its timestamps moved by ``hours`` (the readings are
     unchanged): if the score moves, the model reads the clock, not only the weather."""
@@ -172,26 +155,48 @@ def horizon_rows(stations: dict, horizons=(1, 3, 6, 12, 18, 23, 24)) -> list[lis
     return rows
 
 
+def _misses(stations: dict, key: str, bad) -> str:
+    """Per station: how many horizons miss, and the worst one."""
+    parts = []
+    for n, r in stations.items():
+        hs = [h for h in r[key]["horizons"] if bad(h)]
+        if hs:
+            worst = min(hs, key=lambda h: h["skill"]) if key else hs[0]
+            parts.append(f"{n} ({len(hs)}/24, worst {worst['skill']:+.1%} at +{worst['horizon']} h)")
+    return "; ".join(parts)
+
+
+def _coverage_misses(stations: dict, key: str) -> str:
+    parts = []
+    for n, r in stations.items():
+        cov = [h["coverage"] for h in r[key]["horizons"]]
+        out = sum(not 0.77 <= c <= 0.83 for c in cov)
+        if out:
+            parts.append(f"{n} {out}/24 ({min(cov):.0%}-{max(cov):.0%})")
+    return "; ".join(parts)
+
+
 def verdicts(stations: dict) -> str:
     z = [r["zero_shot"] for r in stations.values()]
-    every = all(h["skill"] > 0 for c in z for h in c["horizons"])
-    cov_ok = all(0.77 <= h["coverage"] <= 0.83 for c in z for h in c["horizons"])
-    cov_mean_ok = all(0.77 <= c["coverage"] <= 0.83 for c in z)
-    misses = [f"{n} +{h['horizon']} h ({h['skill']:+.1%})" for n, r in stations.items()
-              for h in r["zero_shot"]["horizons"] if h["skill"] <= 0]
-    cov_miss = [f"{n} +{h['horizon']} h ({h['coverage']:.1%})" for n, r in stations.items()
-                for h in r["zero_shot"]["horizons"] if not 0.77 <= h["coverage"] <= 0.83]
-    per_horizon = "met" if cov_ok else (f"missed at {len(cov_miss)} of {24 * len(z)} station-horizons: "
-                                        + ", ".join(cov_miss[:12]) + (" ..." if len(cov_miss) > 12 else ""))
+    misses = _misses(stations, "zero_shot", lambda h: h["skill"] <= 0)
+    pooled = [f"{n} {r['zero_shot']['coverage']:.1%}" for n, r in stations.items()
+              if not 0.77 <= r["zero_shot"]["coverage"] <= 0.83]
+    per_h = _coverage_misses(stations, "zero_shot")
+    ny = [n for n in stations if n in NY]
     lines = [
         "| target | verdict |", "|---|---|",
         f"| zero-shot beats both baselines at every horizon +1..+24 h on every station | "
-        f"{'met' if every else 'missed: ' + ', '.join(misses)} |",
-        f"| P10-P90 coverage 77-83 % on every station (all horizons pooled) | {'met' if cov_mean_ok else 'missed'} |",
+        f"{'met' if not misses else 'missed on ' + misses} |",
+        f"| P10-P90 coverage 77-83 % on every station (all horizons pooled) | "
+        f"{'met' if not pooled else 'missed: ' + ', '.join(pooled)} |",
         f"| P10-P90 coverage 77-83 % at every horizon on every station | "
-        f"{per_horizon} |",
+        f"{'met' if not per_h else 'missed (horizons outside, range): ' + per_h} |",
         f"| mean skill over the better baseline, mean of stations | {np.mean([c['skill'] for c in z]):+.1%} "
-        f"(reference, shipped before: {np.mean([r['reference']['skill'] for r in stations.values()]):+.1%}) |",
+        f"(reference, shipped before: {np.mean([r['reference']['skill'] for r in stations.values()]):+.1%}, "
+        "but it had trained on Jena and NOAA) |",
+        f"| the same on the New York stations, unseen by both models | "
+        f"{np.mean([stations[n]['zero_shot']['skill'] for n in ny]):+.1%} (reference "
+        f"{np.mean([stations[n]['reference']['skill'] for n in ny]):+.1%}) |",
     ]
     return "\n".join(lines)
 
@@ -211,19 +216,21 @@ def finetune_rows(stations: dict) -> list[list]:
 
 def finetune_verdicts(stations: dict) -> str:
     ft = {n: r["finetune"] for n, r in stations.items()}
-    misses = [f"{n} +{h['horizon']} h ({h['skill']:+.1%})" for n, f in ft.items()
-              for h in f["fine_tuned"]["horizons"] if h["skill"] <= 0]
+    misses = _misses({n: {"fine_tuned": f["fine_tuned"]} for n, f in ft.items()}, "fine_tuned",
+                     lambda h: h["skill"] <= 0)
     changes = {n: f["served"]["mae"] / stations[n]["zero_shot"]["mae"] - 1 for n, f in ft.items()}
     worse = [f"{n} ({c:+.1%})" for n, c in changes.items() if c > 0.01]
     mean = float(np.mean(list(changes.values())))
     return "\n".join([
         "| target | verdict |", "|---|---|",
         f"| fine-tuned beats both baselines at every horizon on every station | "
-        f"{'met' if not misses else 'missed: ' + ', '.join(misses[:12]) + (' ...' if len(misses) > 12 else '')} |",
+        f"{'met' if not misses else 'missed on ' + misses} |",
         f"| served no worse than zero-shot by more than 1 % at any station | "
         f"{'met' if not worse else 'missed: ' + ', '.join(worse)} |",
         f"| served better than zero-shot on average | {'met' if mean < 0 else 'not met'} ({mean:+.2%} MAE) |",
         f"| fine-tunes accepted | {sum(f['accepted'] for f in ft.values())} of {len(ft)} |",
+        f"| P10-P90 coverage 77-83 % of what is served | "
+        f"{_coverage_misses({n: {'served': f['served']} for n, f in ft.items()}, 'served') or 'met'} |",
     ])
 
 
@@ -305,24 +312,24 @@ Full per-horizon figures: `docs/results/loso.json`.
 def diagnostics_section(diag: dict | None, stations: dict) -> str:
     if not diag:
         return ""
-    rows = [[n, "as shipped (UTC time-of-day and day-of-year inputs)", stations[n]["zero_shot"]["mae"],
-             f"{stations[n]['zero_shot']['skill']:+.1%}",
-             f"{min(h['skill'] for h in stations[n]['zero_shot']['horizons']):+.1%}",
-             f"{stations[n]['zero_shot']['coverage']:.1%}"] for n in diag["no_time_features"]]
-    rows += [[n, "same recipe, no time features", c["mae"], f"{c['skill']:+.1%}",
-              f"{min(h['skill'] for h in c['horizons']):+.1%}", f"{c['coverage']:.1%}"]
-             for n, c in diag["no_time_features"].items()]
-    rows += [["jena", f"as shipped, Jena's clock moved {int(h):+d} h", c["mae"], f"{c['skill']:+.1%}",
+    z = stations["jena"]["zero_shot"]
+    rows = [["as it is", z["mae"], f"{z['skill']:+.1%}", f"{min(h['skill'] for h in z['horizons']):+.1%}",
+             f"{z['coverage']:.1%}"]]
+    rows += [[f"timestamps moved {int(h):+d} h", c["mae"], f"{c['skill']:+.1%}",
               f"{min(x['skill'] for x in c['horizons']):+.1%}", f"{c['coverage']:.1%}"]
-             for h, c in diag.get("jena_clock_shift", {}).items()]
+             for h, c in diag["jena_clock_shift"].items()]
     return f"""## Diagnosis: why Jena fails zero-shot
 
 The model that has not seen Jena or Chicago was trained on US stations only (UTC-5 to UTC-7). Its time-of-day
-inputs are UTC clock time, so at Jena (UTC+1) the daily cycle arrives 6-8 hours "early". Two checks, scored on the
-same test span: moving Jena's timestamps (readings unchanged) changes its score a lot, so the model reads the
-clock; and the same recipe trained without time features, on the same stations:
+inputs are UTC clock time, so at Jena (UTC+1) the daily cycle arrives hours "early". Moving Jena's timestamps
+(readings unchanged) and scoring the same model on the same test span shows that it reads the clock: the same
+weather scores very differently depending on what hour the model is told it is. The best shift measured is
+smaller than the time-zone difference (6-8 h), so the clock explains part of the failure, not all of it: Jena's
+climate (milder, damper, smaller daily range) is also unlike any station this model saw. Likely remedies, not
+tried in this session: local solar time (from the station's longitude) instead of UTC, or no time-of-day inputs (the
+lookback shows the daily cycle), and training stations in more time zones.
 
-{markdown_table(["station", "model", "MAE °C", "skill", "worst horizon skill", "P10-P90 coverage"], rows)}
+{markdown_table(["Jena test span", "MAE °C", "skill", "worst horizon skill", "P10-P90 coverage"], rows)}
 """
 
 
@@ -349,15 +356,12 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rewrite docs/loso.md from docs/results/loso.json")
     ap.add_argument("--zero-shot-only", action="store_true", help="skip the fine-tuning phase")
     ap.add_argument("--diagnose", action="store_true",
-                    help="add the no-time-features diagnostic for Jena and Chicago to docs/results/loso.json")
+                    help="add the clock-shift diagnostic for Jena to docs/results/loso.json")
     args = ap.parse_args()
     path = DOCS / "results" / "loso.json"
     if args.diagnose:
         data = orjson.loads(path.read_bytes())
-        data["diagnostics"] = {
-            "no_time_features": without_time_of_day(HOLDOUT_GROUPS[0], load_artifact(shipped_artifact("global"))[1]),
-            "jena_clock_shift": shifted_clock(HOLDOUT_GROUPS[0], "jena"),
-        }
+        data["diagnostics"] = {"jena_clock_shift": shifted_clock(HOLDOUT_GROUPS[0], "jena")}
     else:
         data = orjson.loads(path.read_bytes()) if args.render else measure(not args.zero_shot_only)
     data = {k: v for k, v in data.items() if k not in ("measured_at", "machine")}
