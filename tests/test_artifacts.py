@@ -281,3 +281,26 @@ def test_hot_swap_refuses_a_tampered_champion(kafka_broker, tmp_path):  # noqa: 
         assert service.card.normalizer.mean == card.normalizer.mean
     finally:
         service.close()
+
+
+def test_band_calibration_travels_in_the_card_and_the_predictor_applies_it(tmp_path):
+    import numpy as np
+
+    from forecaster.calibration import BandCalibration
+    from forecaster.predict import Predictor
+
+    model, card = make()
+    windows = np.random.default_rng(0).normal(10, 5, (4, 48, 2)).astype(np.float32)
+    origin = np.full(4, 1_370_000_000, dtype=np.int64)
+    raw = Predictor(model, card, "cpu").predict(windows, origin).values
+    card.calibration = BandCalibration(lower=(-1.0, -2.0, -3.0), upper=(1.0, 2.0, 3.0), windows=500)
+    _, loaded = load_artifact(save_artifact(tmp_path / "m", model, card))
+    assert loaded.calibration == card.calibration
+    out = Predictor(model, loaded, "cpu").predict(windows, origin).values
+    np.testing.assert_allclose(out[..., 1], raw[..., 1], atol=1e-5)  # the median is untouched
+    np.testing.assert_allclose(out[..., 0], np.minimum(raw[..., 0] + [-1.0, -2.0, -3.0], raw[..., 1]), atol=1e-5)
+    np.testing.assert_allclose(out[..., 2], np.maximum(raw[..., 2] + [1.0, 2.0, 3.0], raw[..., 1]), atol=1e-5)
+    fields = orjson.loads((tmp_path / "m" / CARD).read_bytes())
+    fields.pop("calibration")  # a card written before calibration existed (resealed): loads without one
+    (tmp_path / "m" / CARD).write_bytes(orjson.dumps({**fields, "card_sha256": card_checksum(fields)}))
+    assert load_artifact(tmp_path / "m")[1].calibration is None
