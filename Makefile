@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install run test lint bench pretrained pretrained-10min data deploy deploy-local clean
+.PHONY: help install run test lint bench bench-render pretrained pretrained-10min data deploy deploy-local clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(PIP_TORCH) torch==2.13.0
-	$(BIN)/pip install -q $(PIP_TORCH) -e '.[dev]'
+	$(BIN)/pip install -q $(PIP_TORCH) -e '.[train,demo,dev]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the project and its pinned dependencies
+install: $(VENV)/.installed  ## create .venv with the project, every extra (train, demo, dev) and pinned dependencies
 
 run: install  ## the main job: embedded broker, replay of real NY airport records, forecasts, /status, live line
 	$(BIN)/stationcast run $(ARGS)
@@ -42,6 +42,10 @@ bench: install  ## all benchmarks, results written to docs/ (long: tens of minut
 	$(BIN)/python -m bench.forecast_batch
 	$(BIN)/python -m bench.retrain_latency
 	$(BIN)/python -m bench.lifecycle_transfer
+	$(BIN)/python -m bench --render
+
+bench-render: install  ## rewrite the benchmark pages and docs/index.md from docs/results/*.json (no measuring)
+	$(BIN)/python -m bench --render
 
 pretrained: install  ## retrain the shipped default model (Jena + NOAA records, not the NY replay data)
 	rm -rf var/pretrain && $(BIN)/stationcast train \

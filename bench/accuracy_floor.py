@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DOCS, ROOT, markdown_table, shared_file, write_results  # noqa: E402
-from bench.tune import BOOK, FRONT_BOOK, FRONT_POOL2, HORIZON, TF  # noqa: E402
+from bench.recipes import BOOK, FRONT_BOOK, FRONT_POOL2, HORIZON, TF  # noqa: E402
 from forecaster.clean import StationSeries, clean_station  # noqa: E402
 from forecaster.data import load_records  # noqa: E402
 from forecaster.dataset import DataConfig, make_splits, split_rows  # noqa: E402
@@ -260,7 +260,8 @@ def findings(plan: list[Trial], results: dict[str, dict], refit: dict, ridge: di
                + ", ".join(f"`{n}` {v:.3f}" for n, v in reg)
                + f" (long-schedule references: `cg-long` {r['cg-long']['val']:.3f}, `best-long` "
                f"{r['best-long']['val']:.3f}). Differences this size are within the spread between seeds of one "
-               "recipe (2.269 to 2.310 °C in `docs/tuning.md`), so single-run rankings among them are weak evidence.")
+               "recipe (2.269 to 2.310 °C in `docs/archive/tuning.md`), so single-run rankings among them are weak "
+               "evidence.")
     gap = 100 * (ridge["val"] / r[winner.name]["val"] - 1)
     out.append(f"- **A linear model on hand-made lag features gets close**: ridge reaches {ridge['val']:.3f} °C "
                f"validation, {gap:.1f} % above the best network (`{winner.name}`, {r[winner.name]['val']:.3f}). The "

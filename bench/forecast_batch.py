@@ -10,9 +10,10 @@ ids, each replaying a gap-free run of a real NOAA hourly record from ../shared/d
   after warm-up, on CPU with ``torch.set_num_threads(1)`` (the service's setting), and on the GPU when CUDA is
   available.
 * Live traffic at 1,000 stations: each tick brings one reading per station as one batch. Arrival to forecasts
-  ready through parse + ``windows.add`` + ``windows.windows`` + ``predict`` (components), and through the whole
-  ``Service.process`` with a real (embedded) broker: published, polled, processed, forecasts published and
-  stored. p50/p99 over the timed ticks after warm-up.
+  ready through the pure step (``pipeline.step.Step``: parse, ring, scoring, forward pass; no broker), and
+  through the whole ``Service.process`` with a real (embedded) broker: published, polled, step, forecasts
+  published and stored. Stage times are the step's own timings and the service's ``stationcast_stage_seconds``
+  histogram. p50/p99 over the timed ticks after warm-up.
 * Memory per station in the windows: ``RollingWindows.memory_bytes() / n`` and the process' VmRSS growth,
   each configuration in a fresh subprocess, for 1,000 and 10,000 stations at lookback 168 and 240.
 
@@ -21,6 +22,7 @@ docs/results/forecast_batch.json and docs/figures/forecast_batch_latency.png.
 
     python -m bench.forecast_batch            # about 2.5 min on 2 busy cores
     python -m bench.forecast_batch --quick    # fewer repeats and ticks: plumbing only
+    python -m bench.forecast_batch --render   # the page again from docs/results/forecast_batch.json
 """
 
 from __future__ import annotations
@@ -42,17 +44,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import orjson  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import DOCS, ROOT, markdown_table, write_results  # noqa: E402
-from bench.ingest import FEATURES, consumer, fleet_values, new_topic, start_broker, vm_rss_bytes  # noqa: E402
+from bench.common import DOCS, ROOT, Benchmark, markdown_table  # noqa: E402
+from bench.fleet import (  # noqa: E402
+    FEATURES,
+    consumer,
+    fleet_values,
+    new_topic,
+    stamps_of,
+    start_broker,
+    tick_messages,
+    vm_rss_bytes,
+)
 from forecaster.artifact import load_artifact  # noqa: E402
 from forecaster.predict import Predictor  # noqa: E402
+from forecaster.registry import VersionInfo  # noqa: E402
 from pipeline.broker import make_producer  # noqa: E402
+from pipeline.config import ServiceConfig  # noqa: E402
 from pipeline.pretrained import shipped_artifact  # noqa: E402
-from pipeline.readings import SENSOR_INDEX, parse_readings  # noqa: E402
-from pipeline.windows import RollingWindows, WindowConfig  # noqa: E402
+from pipeline.ring import RollingWindows, WindowConfig  # noqa: E402
+from pipeline.serving import Served, ServingModels  # noqa: E402
+from pipeline.step import STAGES, Step, StepConfig  # noqa: E402
 
 SIZES = (100, 300, 1000, 3000, 10000)
 TARGET_STATIONS, TARGET_S = 1000, 0.050
@@ -147,119 +160,60 @@ def batch_latency(shipped: Predictor, quick: bool, device: str) -> tuple[list[di
 # ---------------------------------------------------------------------------------------------- 2. live ticks
 
 
-def tick_messages(names: np.ndarray, stamp: str, sensors: list[str], values: np.ndarray) -> list[bytes]:
-    """One tick's messages, built like ``pipeline.replay.replay`` builds them."""
-    dumps = orjson.dumps
-    return [dumps({"station": s, "time": stamp, "values": dict(zip(sensors, v, strict=True))})
-            for s, v in zip(names.tolist(), values.tolist(), strict=True)]
-
-
-def stamps_of(times: np.ndarray) -> list[str]:
-    return np.char.add(np.datetime_as_string(times, unit="s"), "Z").tolist()
-
-
-def component_ticks(predictor: Predictor, n_stations: int, n_ticks: int) -> dict:
-    """Arrival of a tick's raw messages -> parse -> windows.add -> windows(advanced) -> predict."""
+def step_ticks(predictor: Predictor, n_stations: int, n_ticks: int) -> dict:
+    """Arrival of a tick's raw messages -> the pure step (parse, ring, scoring, forward pass), no broker."""
     card = predictor.card
     lb = card.data.lookback
     names, times, sensors, values = fleet_values(n_stations, lb + n_ticks + 2, seed=2)
     fidx = [sensors.index(f) for f in card.data.features]
-    windows = RollingWindows(WindowConfig(lookback=lb, n_sensors=len(fidx), cadence_s=card.cadence_s))
-    fill_windows(windows, names, times[: lb + 2], values[: lb + 2], fidx)
-    feat = np.array([SENSOR_INDEX[f] for f in card.data.features])
+    models = ServingModels("cpu")
+    models.set_fleet(Served(predictor, VersionInfo("global", 1, "champion", card.created_at, {}, "shipped"), card))
+    step = Step(models, StepConfig.of(ServiceConfig()))
+    fill_windows(step.ring, names, times[: lb + 2], values[: lb + 2], fidx)
     stamps = stamps_of(times)
+    keys = [s.encode() for s in names.tolist()]
+    parts, offsets = np.zeros(n_stations, dtype=np.int64), np.arange(n_stations)
     lat, stages, forecasts = [], [], 0
     for k in range(lb + 2, len(times)):
         raw = tick_messages(names, stamps[k], sensors, values[k])
         t0 = time.perf_counter()
-        batch, dead = parse_readings(raw)
-        t1 = time.perf_counter()
-        ts = batch.time.astype("datetime64[s]").astype(np.int64)
-        res = windows.add(batch.station, ts, batch.values[:, feat])
-        t2 = time.perf_counter()
-        win, origin = windows.windows(np.asarray(res.advanced, dtype=object))
-        t3 = time.perf_counter()
-        fc = predictor.predict(win, origin)
-        t4 = time.perf_counter()
-        forecasts += len(fc.values)
-        lat.append(t4 - t0)
-        stages.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        out = step(raw, keys, parts, offsets)
+        lat.append(time.perf_counter() - t0)
+        forecasts += len(out.messages)
+        stages.append([out.stages[s] for s in STAGES])
     st = np.median(np.array(stages), axis=0)
     return {"ticks": len(lat), "stations": n_stations, "forecasts": forecasts,
             "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99)), "max_s": max(lat),
-            "median_stage_s": dict(zip(("parse", "windows.add", "windows.windows", "predict"), st.tolist(),
-                                       strict=True)),
-            "latencies_s": lat}
+            "median_stage_s": dict(zip(STAGES, st.tolist(), strict=True)), "latencies_s": lat}
 
 
-class StageClock:
-    """Wall seconds spent in wrapped callables, per stage, reset per tick. A call made from inside the same
-    stage (``Predictor.predict`` calls itself per CPU chunk, through the wrapped attribute) is not counted
-    again."""
-
-    def __init__(self) -> None:
-        self.now: dict[str, float] = {}
-        self.entered: dict[str, float] = {}  # perf_counter at the first call in this tick
-        self.active: set[str] = set()
-
-    def reset(self) -> None:
-        self.now, self.entered = {}, {}
-
-    def wrap(self, name: str, fn):
-        def timed_call(*a, **k):
-            if name in self.active:
-                return fn(*a, **k)
-            t0 = time.perf_counter()
-            self.entered.setdefault(name, t0)
-            self.active.add(name)
-            try:
-                return fn(*a, **k)
-            finally:
-                self.active.discard(name)
-                self.now[name] = self.now.get(name, 0.0) + time.perf_counter() - t0
-        return timed_call
+SERVICE_STAGES = (*STAGES, "store_readings", "publish", "store_forecasts")
 
 
-SERVICE_STAGES = (
-    "parse_readings", "store.add_readings", "windows.add", "_score", "metrics.observe_errors", "forecast",
-    "predictor.predict", "producer.send (forecasts)", "_note_readings", "producer.flush", "store.add_forecasts",
-    "store.add_errors",
-)
+def _stage_sums(service) -> np.ndarray:
+    get = service.metrics.registry.get_sample_value
+    return np.array([get("stationcast_stage_seconds_sum", {"stage": s}) or 0.0 for s in SERVICE_STAGES])
 
 
 def service_ticks(n_stations: int, n_warm: int, n_ticks: int) -> dict:
     """The whole Service.process per tick with the embedded broker.
 
-    Windows are warmed directly (``service.windows.add``, not timed), then ``n_warm`` forecast ticks and
-    ``n_ticks`` timed ticks go producer -> broker -> our consumer -> ``Service.process``. Stage times come
-    from wrappers set on the service's own objects (instance attributes; the code itself is unchanged)."""
-    import pipeline.service as service_module
-    from pipeline.config import ServiceConfig
-    from pipeline.service import Service
+    The ring is warmed directly (``service.windows.add``, not timed), then ``n_warm`` forecast ticks and
+    ``n_ticks`` timed ticks go producer -> broker -> our consumer -> ``Service.process``. Stage times per tick are
+    the service's own ``stationcast_stage_seconds`` histogram (its sums before and after the tick)."""
+    from pipeline.run import build_service
 
-    clock = StageClock()
-    real_parse = service_module.parse_readings
     with start_broker() as broker, tempfile.TemporaryDirectory(prefix="stationcast-fb-") as tmpdir:
         tmp = Path(tmpdir)
         bcfg = new_topic(broker.bootstrap, "fb")
         scfg = ServiceConfig(broker=bcfg, store_url=f"sqlite:///{tmp}/service.db", registry=str(tmp / "registry"),
                              group_id=f"bench.{uuid.uuid4().hex[:8]}", http_port=0, device="cpu")
-        service = Service(scfg, broker.bootstrap)
+        service = build_service(scfg, broker.bootstrap)
         card = service.card
         lb = card.data.lookback
         names, times, sensors, values = fleet_values(n_stations, lb + 1 + n_warm + n_ticks, seed=3)
         fidx = [sensors.index(f) for f in card.data.features]
         fill_windows(service.windows, names, times[: lb + 1], values[: lb + 1], fidx)
-        service_module.parse_readings = clock.wrap("parse_readings", real_parse)
-        for obj, attr, name in (
-            (service.store, "add_readings", "store.add_readings"), (service.windows, "add", "windows.add"),
-            (service, "_score", "_score"), (service.metrics, "observe_errors", "metrics.observe_errors"),
-            (service, "forecast", "forecast"), (service.predictor, "predict", "predictor.predict"),
-            (service.producer, "send", "producer.send (forecasts)"), (service, "_note_readings", "_note_readings"),
-            (service.producer, "flush", "producer.flush"), (service.store, "add_forecasts", "store.add_forecasts"),
-            (service.store, "add_errors", "store.add_errors"),
-        ):
-            setattr(obj, attr, clock.wrap(name, getattr(obj, attr)))
         stamps = stamps_of(times)
         keys = [s.encode() for s in names.tolist()]
         producer = make_producer(bcfg, broker.bootstrap, linger_ms=0)
@@ -282,20 +236,21 @@ def service_ticks(n_stations: int, n_warm: int, n_ticks: int) -> dict:
                         got += len(msgs)
                 t1 = time.perf_counter()
                 before, errors_before = service.totals.forecasts, service.totals.errors_scored
-                clock.reset()
+                sums = _stage_sums(service)
                 service.process(records)
                 t2 = time.perf_counter()
                 if k >= lb + 1 + n_warm:
+                    tick = _stage_sums(service) - sums
                     process.append(t2 - t1)
-                    # _persist flushes the producer (forecasts on the broker) before it stores them
-                    published.append(clock.entered["producer.flush"] + clock.now["producer.flush"] - t1)
+                    # The forecasts are on the broker once the publish stage (flush) ends; every stage before it
+                    # (step, readings stored) runs first, so their sum is the time to published.
+                    published.append(float(tick[: SERVICE_STAGES.index("publish") + 1].sum()))
                     e2e.append(t2 - t0)
                     transit.append(t1 - t0)
                     issued.append(service.totals.forecasts - before)
                     scored.append(service.totals.errors_scored - errors_before)
-                    stages.append([clock.now.get(name, 0.0) for name in SERVICE_STAGES])
+                    stages.append(tick)
         finally:
-            service_module.parse_readings = real_parse
             c.close()
             producer.close()
             service.close()
@@ -394,7 +349,7 @@ def chart(rows: list[dict], path: Path, ticks: dict, service: dict | None) -> No
     plt.close(fig)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and ticks: plumbing only")
     ap.add_argument("--ticks", type=int, help="timed live ticks without broker (default 100; quick 20)")
@@ -402,10 +357,10 @@ def main() -> None:
     ap.add_argument("--no-service", action="store_true", help="skip the Service.process ticks (no broker)")
     ap.add_argument("--memory-probe", nargs=3, type=int, metavar=("STATIONS", "LOOKBACK", "PRESIZED"),
                     help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.memory_probe:
-        print(json.dumps(memory_probe(*args.memory_probe)))
-        return
+    return ap
+
+
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)  # what the service does (ServiceConfig.torch_threads)
     wall0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -420,8 +375,8 @@ def main() -> None:
         gpu_rows, _ = batch_latency(load_predictor("cuda"), args.quick, "cuda")
         rows += gpu_rows
         gpu = torch.cuda.get_device_name(0)
-    ticks = component_ticks(shipped, TARGET_STATIONS, n_ticks)
-    print(f"live ticks (components): p50 {ms(ticks['p50_s']):.1f} ms, p99 {ms(ticks['p99_s']):.1f} ms", flush=True)
+    ticks = step_ticks(shipped, TARGET_STATIONS, n_ticks)
+    print(f"live ticks (the step): p50 {ms(ticks['p50_s']):.1f} ms, p99 {ms(ticks['p99_s']):.1f} ms", flush=True)
     service = None if args.no_service else service_ticks(TARGET_STATIONS, n_warm, n_service)
     if service:
         print(f"live ticks (Service.process): p50 {ms(service['process_p50_s']):.0f} ms, "
@@ -434,7 +389,32 @@ def main() -> None:
     chart(rows, figure, ticks, service)
     at = next(r for r in rows if r["stations"] == TARGET_STATIONS and r["device"] == "cpu")
     met_predict, met_step = at["predict_s"] <= TARGET_S, at["step_s"] <= TARGET_S
+    return {
+        "quick": args.quick, "batch": rows, "gpu": gpu, "filled": fill,
+        "target": {"stations": TARGET_STATIONS, "max_s": TARGET_S,
+                   "predict": "met" if met_predict else "not met", "step": "met" if met_step else "not met"},
+        "live_ticks": ticks, "service_ticks": service, "memory": memory,
+        "loadavg_before": load0, "loadavg_after": load1, "wall_s": wall,
+    }
 
+
+def headline(d: dict) -> str:
+    at = next(r for r in d["batch"] if r["stations"] == TARGET_STATIONS and r["device"] == "cpu")
+    out = (f"{TARGET_STATIONS:,} stations: forward pass {ms(at['predict_s']):.1f} ms, from the ring "
+           f"{ms(at['step_s']):.1f} ms")
+    sv = d["service_ticks"]
+    if sv:
+        out += (f"; live tick through the service: forecasts on Kafka p99 {ms(sv['published_p99_s']):.0f} ms, "
+                f"stored p99 {ms(sv['process_p99_s']):.0f} ms")
+    return out
+
+
+def render(d: dict) -> str:
+    rows, gpu, ticks, service, memory = d["batch"], d["gpu"], d["live_ticks"], d["service_ticks"], d["memory"]
+    figure = DOCS / "figures" / "forecast_batch_latency.png"
+    at = next(r for r in rows if r["stations"] == TARGET_STATIONS and r["device"] == "cpu")
+    met_predict, met_step = d["target"]["predict"] == "met", d["target"]["step"] == "met"
+    load0, load1, wall = d["loadavg_before"], d["loadavg_after"], d["wall_s"]
     body = "## Forward pass vs batch size\n\n" + markdown_table(
         ["device", "stations", "repeats", "Predictor.predict ms", "CPU ms", "ms per 1,000 stations",
          "windows() ms", "windows() + predict ms", "CPU ms"],
@@ -455,7 +435,7 @@ def main() -> None:
         f"![latency vs stations](figures/{figure.name})\n"
     )
     st = ticks["median_stage_s"]
-    table = [["parse_readings + windows.add + windows.windows + predict (no broker)", ticks["ticks"],
+    table = [["the pure step: parse, ring, scoring, forward pass (no broker, no store)", ticks["ticks"],
               ticks["forecasts"] / ticks["ticks"], ms(ticks["p50_s"]), ms(ticks["p99_s"])]]
     if service:
         table += [["Service.process: poll returned -> forecasts flushed to Kafka (before they are stored)",
@@ -468,7 +448,7 @@ def main() -> None:
     body += (
         f"\n## Reading-to-forecast latency, live ticks of {TARGET_STATIONS:,} stations\n\n"
         + markdown_table(["path", "timed ticks", "forecasts per tick", "p50 ms", "p99 ms"], table)
-        + "\n\nMedian stage times of the component path: "
+        + "\n\nMedian stage times of the step (its own timings): "
         + ", ".join(f"{k} {ms(v):.1f} ms" for k, v in st.items()) + ".\n"
     )
     if service:
@@ -516,18 +496,18 @@ def main() -> None:
         f"Load average {load0[0]:.2f} before, {load1[0]:.2f} after, on 2 cores shared with other work: "
         f"wall-clock latencies are upper bounds for an idle machine. Total wall time {wall:.0f} s.\n"
     )
-    if args.quick:
+    if d["quick"]:
         body = "**Quick plumbing run (fewer repeats and ticks): not a result.**\n\n" + body
-    data = {
-        "quick": args.quick, "batch": rows, "gpu": gpu, "filled": fill,
-        "target": {"stations": TARGET_STATIONS, "max_s": TARGET_S,
-                   "predict": "met" if met_predict else "not met", "step": "met" if met_step else "not met"},
-        "live_ticks": ticks, "service_ticks": service, "memory": memory,
-        "loadavg_before": load0, "loadavg_after": load1, "wall_s": wall,
-    }
-    md = write_results("forecast_batch", "Batched forecasting: latency and memory per station", body, data)
-    print(md.read_text())
+    return body
 
+
+BENCH = Benchmark("forecast_batch", "Batched forecasting: latency and memory per station", measure, render,
+                  parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    import sys as _sys
+
+    if "--memory-probe" in _sys.argv:  # a fresh process measuring one ring (memory_table)
+        print(json.dumps(memory_probe(*parser().parse_args().memory_probe)))
+    else:
+        BENCH.main()

@@ -23,13 +23,12 @@ from dataclasses import replace
 from statistics import median
 
 import matplotlib
-import orjson
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import DOCS, markdown_table, shared_file, write_results  # noqa: E402
+from bench.common import DOCS, Benchmark, markdown_table, shared_file  # noqa: E402
 from forecaster.clean import clean_station, split_by_fraction  # noqa: E402
 from forecaster.data import file_sha256, load_records  # noqa: E402
 from forecaster.dataset import DataConfig  # noqa: E402
@@ -206,23 +205,14 @@ Figures: `docs/figures/long_learning_curves.png` (both learning curves side by s
     return body
 
 
-def rerender() -> None:
-    """Rewrite docs/long_sequence.md from docs/results/long_sequence.json (text changes without a rerun)."""
-    d = orjson.loads((DOCS / "results" / "long_sequence.json").read_bytes())
-    (DOCS / "long_sequence.md").write_text(
-        f"# {TITLE}\n\nMeasured {d['measured_at']} on {d['machine']} by `bench/long_sequence.py`.\n\n"
-        f"{render(d).strip()}\n")
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 epoch of 3 steps per model, 2,000-row val/test slices")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--render", action="store_true", help="only rewrite the page from docs/results/long_sequence.json")
-    args = ap.parse_args()
-    if args.render:
-        rerender()
-        return
+    return ap
+
+
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
 
     path = shared_file(FILE)
@@ -307,9 +297,16 @@ def main() -> None:
                 "targets": {"speedup_at_least_4x": speed_met, "test_mae_within_3pct": mae_met},
                 "features": feat_info, "data_config": data.to_dict(), "train_config": train_cfg.to_dict(),
                 "frontend": [vars(c) for c in FRONTEND], "threads": args.threads, "quick": args.quick}
-    write_results("long_sequence", TITLE, render(data_out), data_out)
-    print((DOCS / "long_sequence.md").read_text())
+    return data_out
 
+
+def headline(d: dict) -> str:
+    gru, cg = d["rows"]["GRU(32), 1,440 steps"], d["rows"]["Conv1D+GRU(32), 117 steps"]
+    return (f"Conv1D+GRU {d['speedup']:.2f}x faster per epoch than GRU at a 1,440-step lookback; test MAE "
+            f"{cg['test_mae']:.3f} vs {gru['test_mae']:.3f} °C (persistence {gru['test_persistence']:.3f})")
+
+
+BENCH = Benchmark("long_sequence", TITLE, measure, render, parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -6,13 +6,15 @@ store, ticks arrive every ``--tick-s`` seconds: first idle, then while the sched
 (``python -m pipeline.retrain``, the exact command and environment the scheduler runs, as a subprocess) trains
 a challenger on that history, then idle again. Per tick two latencies are recorded:
 
-* service: the poll that brought the tick returned -> its forecasts handed to the producer (what the
-  ``stationcast_reading_to_forecast_seconds`` histogram observes);
-* end to end: the first reading of the tick sent by the producer -> its forecasts handed to the producer.
+* service: the poll that brought the tick returned -> its forward pass done (what the
+  ``stationcast_reading_to_forecast_seconds`` histogram observes), read from the step's result through the
+  service's ``observers`` seam;
+* end to end: the first reading of the tick sent by the producer -> its forward pass done.
 
 Target (issue 4): p99 during retraining within 1.5x of idle.
 
     python -m bench.retrain_latency          # about 10 minutes
+    python -m bench.retrain_latency --render # the page again from docs/results/retrain_latency.json
 
 Writes docs/retrain_latency.md, docs/results/retrain_latency.json and docs/figures/retrain_latency.png.
 """
@@ -33,14 +35,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import DOCS, markdown_table, write_results  # noqa: E402
-from bench.forecast_batch import stamps_of, tick_messages  # noqa: E402
-from bench.ingest import fleet_values, new_topic, start_broker  # noqa: E402
+from bench.common import DOCS, Benchmark, markdown_table  # noqa: E402
+from bench.fleet import fleet_values, new_topic, stamps_of, start_broker, tick_messages  # noqa: E402
 from pipeline.broker import make_producer  # noqa: E402
+from pipeline.challenger import Outcome  # noqa: E402
 from pipeline.config import ServiceConfig  # noqa: E402
-from pipeline.retrain import Outcome  # noqa: E402
+from pipeline.jobs import job_env  # noqa: E402
+from pipeline.run import build_service  # noqa: E402
 from pipeline.scheduler import LifecycleScheduler, run_subprocess  # noqa: E402
-from pipeline.service import Service  # noqa: E402
+from pipeline.step import StepResult  # noqa: E402
 
 
 class Ticks:
@@ -50,17 +53,13 @@ class Ticks:
         self.sent: dict[int, float] = {}
         self.rows: list[tuple[int, float, float, float]] = []  # issue_ts, made_at, service_s, end_to_end_s
 
-    def wrap(self, forecast):
-        def timed(stations, arrived=None):
-            frame = forecast(stations, arrived)
-            if len(stations) and arrived is not None:
-                now = time.time()
-                issue = int(frame["issue_ts"].iloc[0])
-                sent = self.sent.get(issue)
-                if sent is not None:
-                    self.rows.append((issue, now, now - arrived, now - sent))
-            return frame
-        return timed
+    def observe(self, out: StepResult) -> None:
+        """A service observer: each stored step's forward passes, with the issue time they forecast."""
+        for p in out.passes:
+            issue = int(p.issue_ts[0])
+            sent = self.sent.get(issue)
+            if sent is not None:
+                self.rows.append((issue, p.done_at, p.done_at - out.arrived, p.done_at - sent))
 
 
 def percentiles(xs: list[float]) -> dict:
@@ -69,14 +68,17 @@ def percentiles(xs: list[float]) -> dict:
             "max_ms": float(a.max())}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stations", type=int, default=300)
     p.add_argument("--history-days", type=int, default=28)
     p.add_argument("--tick-s", type=float, default=0.5, help="wall seconds between ticks (one hour of data each)")
     p.add_argument("--idle-ticks", type=int, default=300)
     p.add_argument("--epochs", type=int, default=8)
-    args = p.parse_args()
+    return p
+
+
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
 
     hist = args.history_days * 24
@@ -91,8 +93,8 @@ def main() -> None:
                             group_id=f"bench.{uuid.uuid4().hex[:8]}", http_port=0, device="cpu",
                             retrain_history_days=args.history_days, retrain_holdout_days=2,
                             retrain_epochs=args.epochs, promote_margin=0.02)
-        service = Service(cfg, broker.bootstrap)
-        service.forecast = ticks.wrap(service.forecast)
+        service = build_service(cfg, broker.bootstrap)
+        service.observers.append(ticks.observe)
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
         producer = make_producer(bcfg, broker.bootstrap)
@@ -129,13 +131,13 @@ def main() -> None:
             return first, k - 1
 
         phases.append(("idle", *run_ticks(args.idle_ticks)))
-        command = LifecycleScheduler.command(service.lifecycle.scheduler or _SchedulerView(cfg))
+        command = LifecycleScheduler(cfg, service.metrics, service).command()  # the scheduler's (not started)
         result: dict = {}
         done = threading.Event()
 
         def retrain() -> None:
             t0 = time.time()
-            rc, out, err = run_subprocess(command, 3600)
+            rc, out, err = run_subprocess(command, 3600, settings=job_env(cfg))
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             result.update(rc=rc, seconds=time.time() - t0, started=t0,
                           outcome=Outcome.from_json(lines[-1]).__dict__ if lines else {"reason": err[-800:]})
@@ -189,19 +191,37 @@ def main() -> None:
     fig.savefig(figure, dpi=110)
     plt.close(fig)
 
+    return {"phases": by_phase, "ratio_p99_end_to_end": ratio, "ratio_p99_service": ratio_service,
+            "retraining": {k: v for k, v in result.items() if k != "started"}, "stations": args.stations,
+            "history_days": args.history_days, "epochs": args.epochs, "command": " ".join(command[1:]),
+            "ticks": [{"issue_ts": r[0], "made_at": r[1], "service_s": r[2], "end_to_end_s": r[3]}
+                      for r in ticks.rows],
+            "tick_s": args.tick_s}
+
+
+def headline(d: dict) -> str:
+    idle, during = d["phases"]["idle, before and after"], d["phases"]["retraining"]
+    return (f"reading-to-forecast p99 during a retraining vs idle: end to end {during['end_to_end']['p99_ms']:.0f} vs "
+            f"{idle['end_to_end']['p99_ms']:.0f} ms ({d['ratio_p99_end_to_end']:.2f}x), in the service "
+            f"{during['service']['p99_ms']:.0f} vs {idle['service']['p99_ms']:.0f} ms ({d['ratio_p99_service']:.2f}x)")
+
+
+def render(d: dict) -> str:
+    by_phase, ratio, ratio_service = d["phases"], d["ratio_p99_end_to_end"], d["ratio_p99_service"]
+    result, stations, days = d["retraining"], d["stations"], d["history_days"]
     table = markdown_table(
         ["phase", "ticks", "service p50 ms", "service p99 ms", "end-to-end p50 ms", "end-to-end p99 ms",
          "end-to-end max ms"],
-        [[name, d["end_to_end"]["ticks"], d["service"]["p50_ms"], d["service"]["p99_ms"], d["end_to_end"]["p50_ms"],
-          d["end_to_end"]["p99_ms"], d["end_to_end"]["max_ms"]] for name, d in by_phase.items()])
+        [[name, p["end_to_end"]["ticks"], p["service"]["p50_ms"], p["service"]["p99_ms"], p["end_to_end"]["p50_ms"],
+          p["end_to_end"]["p99_ms"], p["end_to_end"]["max_ms"]] for name, p in by_phase.items()])
     o, nan = result["outcome"], float("nan")
     verdict = "met" if ratio <= 1.5 and ratio_service <= 1.5 else "not met"
-    body = f"""
-{args.stations} stations, one reading each per tick, a tick every {args.tick_s} s (each tick is the next hour of
+    return f"""
+{stations} stations, one reading each per tick, a tick every {d['tick_s']} s (each tick is the next hour of
 real NOAA records); the service runs the shipped model with one inference thread on this 2-core machine. The
-retraining is the scheduler's own command with its environment (`OMP_NUM_THREADS=1`), on {args.history_days} days
-of the stored history ({args.stations * args.history_days * 24:,} readings), {args.epochs} epochs:
-`{' '.join(command[1:])}`. It ran {result['seconds']:.0f} s and ended `{o.get('outcome')}`
+retraining is the scheduler's own command with its environment (the service's settings, `OMP_NUM_THREADS=1`), on
+{days} days of the stored history ({stations * days * 24:,} readings), {d['epochs']} epochs:
+`{d['command']}`. It ran {result['seconds']:.0f} s and ended `{o.get('outcome')}`
 (challenger holdout MAE {o.get('challenger_mae') or nan:.3f} vs champion {o.get('champion_mae') or nan:.3f}).
 
 {table}
@@ -213,21 +233,10 @@ The p99 of a phase of a few hundred ticks is its third or fourth slowest tick; t
 
 ![latency per tick](figures/retrain_latency.png)
 """
-    write_results("retrain_latency", "Reading-to-forecast latency during a retraining", body,
-                  {"phases": by_phase, "ratio_p99_end_to_end": ratio, "ratio_p99_service": ratio_service,
-                   "retraining": {k: v for k, v in result.items() if k != "started"}, "stations": args.stations,
-                   "ticks": [{"issue_ts": r[0], "made_at": r[1], "service_s": r[2], "end_to_end_s": r[3]}
-                             for r in ticks.rows],
-                   "tick_s": args.tick_s})
-    print((DOCS / "retrain_latency.md").read_text())
 
 
-class _SchedulerView:
-    """What :meth:`LifecycleScheduler.command` reads, for a service whose scheduler is off."""
-
-    def __init__(self, cfg: ServiceConfig):
-        self.cfg = cfg
-
+BENCH = Benchmark("retrain_latency", "Reading-to-forecast latency during a retraining", measure, render, parser(),
+                  headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -5,7 +5,8 @@ final selection alone (the Conv1D+GRU row and the best row of docs/seed_table.md
 ensemble when it is the validation winner). Short trials (150 batches of 128 per epoch, up to 8 epochs,
 patience 3). Stage 1 varies one thing at a time around a regularized reference; stage 2 combines every
 change that helped on validation, then trains two more seeds of the validation winner and averages them.
-Writes docs/tuning.md, docs/results/tuning.json and docs/figures/tune_*.png.
+Writes docs/archive/tuning.md (superseded by docs/accuracy_floor.md), docs/results/tuning.json and
+docs/figures/tune_*.png.
 
     python -m bench.tune            # full search (about 20 min on 2 CPU cores)
     python -m bench.tune --quick    # 3 trials of 1 tiny epoch on 2,000-row val/test slices: plumbing only
@@ -24,7 +25,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import DOCS, markdown_table, shared_file, write_results  # noqa: E402
+from bench.common import DOCS, Benchmark, markdown_table, shared_file  # noqa: E402
+from bench.recipes import (  # noqa: E402
+    BOOK,
+    BOOK_TRAIN,
+    FRONT_64,
+    FRONT_BOOK,
+    FRONT_POOL2,
+    HORIZON,
+    MULTI,
+    TF,
+    TRIAL,
+    column24,
+    ensemble_mae,
+)
 from bench.transfer import NOAA, load_noaa  # noqa: E402
 from forecaster.clean import CHOLLET_FRACTIONS, StationSeries, clean_station, split_by_fraction  # noqa: E402
 from forecaster.data import file_sha256, load_records  # noqa: E402
@@ -34,18 +48,8 @@ from forecaster.models import ConvLayer  # noqa: E402
 from forecaster.plots import learning_curve  # noqa: E402
 from forecaster.train import TrainConfig  # noqa: E402
 
-BOOK = DataConfig(lookback=240, horizons=(24,))
-TF = replace(BOOK, time_features=True)
-MULTI = replace(TF, horizons=tuple(range(1, 25)))
-FRONT_BOOK = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
-FRONT_POOL2 = (ConvLayer(32, 5, 2), ConvLayer(32, 5, 1))
-FRONT_64 = (ConvLayer(64, 5, 3), ConvLayer(64, 5, 1))
-TRIAL = TrainConfig(optimizer="adam", lr=3e-4, weight_decay=1e-3, batch_size=128, epochs=8, steps_per_epoch=150,
-                    patience=3)
-BOOK_TRAIN = replace(TRIAL, optimizer="rmsprop", lr=1e-3, weight_decay=0.0)
 SEED_TABLE = {"GRU(32)": (2.308, 2.461), "Conv1D+GRU (6.49)": (2.543, 2.696), "best (seed table)": (2.304, 2.443)}
 FIGURES = DOCS / "figures"
-HORIZON = 24
 
 
 @dataclass
@@ -130,22 +134,6 @@ def run_trial(trial: Trial, jena, noaa, data_hash: str, quick: bool) -> None:
           f"/{len(t.result.history)}  {wall:.0f} s", flush=True)
 
 
-def column24(t: Trained, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Point forecast, actual and persistence of the 24 h column for a split ('val' or 'test')."""
-    p = t.test_predictions if split == "test" else t.val_predictions
-    i = list(t.card.data.horizons).index(HORIZON)
-    return p.point[:, i], p.actual[:, i], p.persistence
-
-
-def ensemble_mae(members: list[Trained], split: str) -> float:
-    origins = [(t.test_predictions if split == "test" else t.val_predictions).origins for t in members]
-    if any(not np.array_equal(o, origins[0]) for o in origins[1:]):
-        raise ValueError("ensemble members were scored on different windows")
-    cols = [column24(t, split) for t in members]
-    point = np.mean([c[0] for c in cols], axis=0)
-    return float(np.abs(point - cols[0][1]).mean())
-
-
 def derive_combination(trials: list[Trial]) -> Trial | None:
     """Stage 2: every stage-1 change that beat best-reg on validation, applied together."""
     by = {t.name: t for t in trials}
@@ -211,12 +199,15 @@ def plot_trials(trials: list[Trial], extra: dict[str, float], pers: float, path)
     plt.close(fig)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="run only the stage-1 trials with these names (no stage 2)")
-    args = ap.parse_args()
+    return ap
+
+
+def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     jena, noaa, data_hash = load_series(args.quick)
@@ -279,12 +270,53 @@ def main() -> None:
             learning_curve(name.trained.result.history, FIGURES / f"tune_{k}_learning_curve.png",
                            f"{name.name}: learning curve", name.trained.splits.normalizer.scale_of("T")[1])
 
+    return {
+        "trials": {t.name: {**t.result, "group": t.group, "note": t.note, "data": t.data.to_dict(),
+                            "arch": {k: ([vars(c) for c in v] if k == "conv" else v) for k, v in t.arch.items()},
+                            "train": t.train.to_dict(), "pooled": t.pooled} for t in trials + seeds_rows},
+        "ensemble_val_mae_24h": ens_val,
+        "selected": {k: {"trial": n, "val_mae_24h": v, "test_mae_24h": te} for k, (n, v, te) in selected.items()},
+        "persistence": {"val": val_pers, "test": test_pers},
+        "targets": {"conv_gru_test_at_most_2.30": selected.get("Conv1D+GRU row", (None, 0, float("inf")))[2] <= 2.30,
+                    "best_test_at_most_2.25": min(selected.values(), key=lambda x: x[1])[2] <= 2.25},
+        "quick": args.quick, "wall_seconds": wall, "threads": args.threads, "seeds": n_seeds,
+        "picks": {"conv_gru": cg_pick.name if cg_pick else None, "single_best": single_best.name},
+    }
+
+
+def _trials_of(d: dict) -> list[Trial]:
+    """The saved trials as :class:`Trial` (results only; no trained model)."""
+    out = []
+    for name, r in d["trials"].items():
+        arch = {k: (tuple(ConvLayer(**c) for c in v) if k == "conv" else v) for k, v in r["arch"].items()}
+        out.append(Trial(name, r["group"], DataConfig.from_dict(r["data"]), arch, TrainConfig(**r["train"]),
+                         pooled=r["pooled"], note=r["note"], result=r))
+    return out
+
+
+def render(d: dict) -> str:
+    every = _trials_of(d)
+    by_name = {t.name: t for t in every}
+    ens_val = d["ensemble_val_mae_24h"]
+    n_seeds = d.get("seeds", 3)
+    ens_members = [t for t in every if t.note == "ensemble member"]
+    selected = {k: (v["trial"], v["val_mae_24h"], v["test_mae_24h"]) for k, v in d["selected"].items()}
+    val_pers, test_pers = d["persistence"]["val"], d["persistence"]["test"]
+    picks = d.get("picks") or {
+        "conv_gru": selected.get("Conv1D+GRU row", (None,))[0],
+        "single_best": selected["best row (single model, seed-table format)"][0]}
+    cg_pick = by_name.get(picks["conv_gru"]) if picks["conv_gru"] else None
+    single_best = by_name[picks["single_best"]]
+    trials = [t for t in every if t.note != "ensemble member"]
+    wall = d["wall_seconds"]
+
+
     trial_rows = [[t.name, t.group, t.note, t.result["val_mae_24h"],
                    f"{t.result['best_epoch']}/{t.result['epochs_run']}",
                    t.result["parameters"], f"{t.result['seconds_per_epoch']:.1f}", f"{t.result['wall_seconds']:.0f}"]
-                  for t in trials + seeds_rows]
+                  for t in every]
     if ens_val is not None:
-        trial_rows.append([f"ensemble of {len(ens_members)}", "best", "mean of the seeds' point forecasts", ens_val,
+        trial_rows.append([f"ensemble of {len(ens_members) + 1}", "best", "mean of the seeds' point forecasts", ens_val,
                            "-", "-", "-", "-"])
     sel_rows = [[k, n, v, te, te / test_pers] for k, (n, v, te) in selected.items()]
     cg_val, cg_test = selected.get("Conv1D+GRU row", (None, np.inf, np.inf))[1:]
@@ -338,8 +370,8 @@ Best row (single model; what `configurations()` can express):
 - Trial budget: {TRIAL.steps_per_epoch} shuffled batches of {TRIAL.batch_size} per epoch (about 0.58 of a pass over the
   {trials[0].result['train_samples']:,} training windows), up to {TRIAL.epochs} epochs, patience {TRIAL.patience}
   on the whole validation split, best weights restored, seed 0. AdamW 3e-4 with weight decay 1e-3 unless the
-  trial says otherwise. One process, {args.threads} thread(s).
-- {budget_note(trials + seeds_rows)}
+  trial says otherwise. One process, {d.get('threads', 2)} thread(s).
+- {budget_note(every)}
 - Multi-horizon trials output horizons 1..24 and train on the mean MAE over them; they are scored on the 24 h
   column only (`Trained.val['by_horizon'][24]`).
 - Pooled trials add the training spans (first 47.6 %, Chollet's fraction, 2010 to mid-2013) of the four NOAA
@@ -355,22 +387,21 @@ Best row (single model; what `configurations()` can express):
 Figures: `docs/figures/tune_trials.png` (validation MAE of every trial), `docs/figures/tune_cg_learning_curve.png`
 and `docs/figures/tune_best_learning_curve.png` (the selected trials).
 """
-    if args.quick:
+    if d["quick"]:
         body = "**Quick plumbing run (1 epoch of 3 batches, 2,000-row val/test slices): not a result.**\n\n" + body
-    write_results("tuning", "Tuning: our best configuration on Jena hourly", body, {
-        "trials": {t.name: {**t.result, "group": t.group, "note": t.note, "data": t.data.to_dict(),
-                            "arch": {k: ([vars(c) for c in v] if k == "conv" else v) for k, v in t.arch.items()},
-                            "train": t.train.to_dict(), "pooled": t.pooled} for t in trials + seeds_rows},
-        "ensemble_val_mae_24h": ens_val,
-        "selected": {k: {"trial": n, "val_mae_24h": v, "test_mae_24h": te} for k, (n, v, te) in selected.items()},
-        "persistence": {"val": val_pers, "test": test_pers},
-        "targets": {"conv_gru_test_at_most_2.30": cg_met, "best_test_at_most_2.25": best_met},
-        "quick": args.quick, "wall_seconds": wall,
-    })
-    md = DOCS / "tuning.md"  # write_results names the script after the page; this one is bench/tune.py
-    md.write_text(md.read_text().replace("`bench/tuning.py`", "`bench/tune.py`", 1))
-    print(md.read_text())
+    return body
 
+
+SUPERSEDED = ("`docs/accuracy_floor.md` (the same split and selection on validation, with training budgets long "
+              "enough for the recipes to converge; the seed table's recipes come from there)")
+def headline(d: dict) -> str:
+    return "selected by validation, test MAE °C: " + ", ".join(
+        f"{row} ({v['trial']}) {v['test_mae_24h']:.3f}" for row, v in d["selected"].items()) + \
+        f" (persistence {d['persistence']['test']:.3f})"
+
+
+BENCH = Benchmark("tuning", "Tuning: our best configuration on Jena hourly", measure, render, parser(), script="tune",
+                  superseded_by=SUPERSEDED, headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -33,7 +33,7 @@ elif [[ -x .venv/bin/stationcast ]]; then
 elif command -v stationcast >/dev/null 2>&1; then
   STATIONCAST=(stationcast)
 else
-  die "the stationcast command is not installed: python -m venv .venv && .venv/bin/pip install -e . (see README)"
+  die "the stationcast command is not installed: python -m venv .venv && .venv/bin/pip install -e '.[demo]' (see README)"
 fi
 
 port_busy() { (exec 3<>"/dev/tcp/${1}/${2}") 2>/dev/null; }

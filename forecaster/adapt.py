@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -249,15 +250,26 @@ def _require_windows(station: StationSeries, card: ModelCard, fit_rows: slice, h
                             f"horizon: give it more history")
 
 
-def add_arguments(p: argparse.ArgumentParser, defaults: AdaptConfig = AdaptConfig()) -> None:
-    """The adaptation flags, shared by ``stationcast finetune`` and ``python -m pipeline.finetune``."""
+def add_arguments(p: argparse.ArgumentParser, defaults: AdaptConfig = AdaptConfig(),
+                  from_settings: Mapping[str, str] | None = None) -> None:
+    """The adaptation flags, shared by ``stationcast finetune`` and ``python -m pipeline.finetune``.
+    ``from_settings``: field -> help suffix, for flags whose default is applied after parsing (the service's
+    settings, for its station job): they default to None and their help ends with that suffix."""
     d = defaults
+    later = from_settings or {}
+
+    def default(field: str):
+        return None if field in later else getattr(d, field)
+
+    def note(field: str) -> str:
+        return later.get(field, " (default %(default)s)")
+
     g = p.add_argument_group("adaptation", "how the station's history is used and when a fine-tuned model is kept")
-    g.add_argument("--holdout-days", type=float, default=d.holdout_days,
+    g.add_argument("--holdout-days", type=float, default=default("holdout_days"),
                    help="last days of the history, never trained on: they pick the epochs and the normalization and "
-                        "score the fine-tuned model against the base one (default %(default)s)")
-    g.add_argument("--margin", type=float, default=d.margin,
-                   help="relative holdout-MAE gain over the base model needed to keep it (default %(default)s)")
+                        "score the fine-tuned model against the base one" + note("holdout_days"))
+    g.add_argument("--margin", type=float, default=default("margin"),
+                   help="relative holdout-MAE gain over the base model needed to keep it" + note("margin"))
     g.add_argument("--horizon-tolerance", type=float, default=d.horizon_tolerance,
                    help="most it may be worse than the base at any one horizon, relative (default %(default)s)")
     g.add_argument("--norm-win-share", type=float, default=d.norm_win_share,
@@ -269,7 +281,7 @@ def add_arguments(p: argparse.ArgumentParser, defaults: AdaptConfig = AdaptConfi
     g.add_argument("--optimizer", choices=["rmsprop", "adam"], default=d.optimizer, help="default %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=default("epochs"), help="most epochs" + note("epochs"))
     g.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many epochs without a better holdout loss (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")

@@ -120,7 +120,7 @@ def _card_bytes(fields: dict) -> bytes:
     return orjson.dumps(fields, option=orjson.OPT_INDENT_2)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -138,7 +138,7 @@ def save_artifact(directory: str | Path, model: nn.Module, card: ModelCard) -> P
     save_file(tensors, str(tmp), metadata={"kind": card.model.kind})
     os.replace(tmp, directory / WEIGHTS)
     card.weights_sha256 = _sha256(directory / WEIGHTS)
-    _atomic_write(directory / CARD, _card_bytes(card.to_dict()))
+    atomic_write(directory / CARD, _card_bytes(card.to_dict()))
     return directory
 
 
@@ -232,7 +232,7 @@ def seal_card(directory: str | Path) -> bool:
         read_card(directory)  # a card whose checksum fails is refused, never resealed
         return False
     _load_weights(directory, _parse_card(path, fields))
-    _atomic_write(path, _card_bytes(fields))
+    atomic_write(path, _card_bytes(fields))
     return True
 
 

@@ -19,8 +19,7 @@ from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_f
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
-from forecaster.models import ANCHORS, MODEL_KINDS, ConvLayer
-from forecaster.plots import forecast_vs_actual, mae_by_horizon
+from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, ConvLayer, ModelConfig
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
 from forecaster.resample import AGGREGATIONS, RESAMPLE_HELP, CadenceMismatch, cadence_name, conform, describe
 from forecaster.scorecard import horizon_label, render, score_on_span
@@ -36,6 +35,11 @@ from forecaster.spans import (
 )
 from forecaster.table import format_table
 from forecaster.train import TrainConfig
+
+# Defaults of the commands' flags are the dataclasses' (one source); the one deliberate difference is below.
+D, T = DataConfig(), TrainConfig()
+BOOK_DROPOUT = 0.1  # `train`'s dropout, the book's Listing 6.49 rate; ModelConfig's 0.0 is for code building a model
+
 
 SCHEMA_HELP = ("built-in layout (jena, jena2020, nycflights13) or a YAML schema file (README: \"Your own "
                "stations\"); detected from the header when omitted")
@@ -81,7 +85,8 @@ def _data_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--data", required=True, action="append", help=f"station CSV file (.csv or .csv.gz); {data_help}")
     p.add_argument("--schema", help=SCHEMA_HELP)
     p.add_argument("--station", action="append", help="station id in a multi-station file (repeatable)")
-    p.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
+    p.add_argument("--max-fill", type=int, default=CleanConfig.max_fill_steps,
+                   help="interpolate gaps up to this many steps (default %(default)s)")
     p.add_argument("--resample", metavar="AGG", choices=list(AGGREGATIONS), help=RESAMPLE_HELP)
 
 
@@ -114,10 +119,12 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
     _data_args(t, "repeat to train one model on several files")
     t.add_argument("--model", choices=list(MODEL_KINDS), default="conv_gru", help="architecture (default conv_gru)")
     t.add_argument("--features", help="comma-separated sensors (default: those of p,T,Tdew,rh,VPmax,wv the file has)")
-    t.add_argument("--target", default="T", help="sensor to forecast (default T)")
-    t.add_argument("--lookback", type=int, default=240, help="input steps at the station cadence (default 240)")
-    t.add_argument("--step", type=int, default=1, help="sampling step inside the lookback (default 1)")
-    t.add_argument("--horizons", type=_horizons, default=(24,), help="24 | 1-24 | 6,12,24 (steps ahead; default 24)")
+    t.add_argument("--target", default=D.target, help="sensor to forecast (default %(default)s)")
+    t.add_argument("--lookback", type=int, default=D.lookback,
+                   help="input steps at the station cadence (default %(default)s)")
+    t.add_argument("--step", type=int, default=D.step, help="sampling step inside the lookback (default %(default)s)")
+    t.add_argument("--horizons", type=_horizons, default=D.horizons,
+                   help=f"24 | 1-24 | 6,12,24 (steps ahead; default {','.join(map(str, D.horizons))})")
     t.add_argument("--quantiles", type=_floats, default=(), help="e.g. 0.1,0.5,0.9 for an uncertainty band")
     t.add_argument("--time-features", action="store_true", help="add time-of-day and day-of-year encodings")
     t.add_argument("--residual", action="store_true", help="predict the change from the last observation")
@@ -129,10 +136,11 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
                         "station's level is removed so an unseen climate looks familiar")
     t.add_argument("--band-offsets", action="store_true",
                    help="predict the outer quantiles as positive offsets around the median (bands never cross)")
-    t.add_argument("--conv", type=_conv, default=(ConvLayer(32, 5, 3), ConvLayer(32, 5, 1)),
-                   help="front-end layers CHANNELSxKERNEL/POOL,... (default 32x5/3,32x5/1)")
-    t.add_argument("--hidden", type=int, default=32, help="GRU units (default 32)")
-    t.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default 0.1)")
+    t.add_argument("--conv", type=_conv, default=LISTING_6_49,
+                   help="front-end layers CHANNELSxKERNEL/POOL,... (default "
+                        f"{','.join(f'{c.channels}x{c.kernel}/{c.pool}' for c in LISTING_6_49)})")
+    t.add_argument("--hidden", type=int, default=ModelConfig.gru_hidden, help="GRU units (default %(default)s)")
+    t.add_argument("--dropout", type=float, default=BOOK_DROPOUT, help="dropout rate (default %(default)s)")
     t.add_argument("--split", type=_floats, default=None,
                    help="train,validation fractions of each file's rows, the rest tests (default Chollet's "
                         "0.476,0.238); not with dates")
@@ -228,20 +236,22 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int, name_help: str) -> None:
-    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop", help="default rmsprop")
+    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default=T.optimizer, help="default %(default)s")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
     p.add_argument("--epochs", type=int, default=epochs, help=f"most epochs (default {epochs})")
-    p.add_argument("--patience", type=int, default=4,
-                   help="stop after this many epochs without a better validation loss (default 4)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW) or L2 (RMSprop) weight decay")
+    p.add_argument("--patience", type=int, default=T.patience,
+                   help="stop after this many epochs without a better validation loss (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=T.weight_decay,
+                   help="decoupled (AdamW) or L2 (RMSprop) weight decay")
     p.add_argument("--ema", type=float, help="validate and keep an exponential moving average of the weights "
                    "with this decay (e.g. 0.998)")
-    p.add_argument("--input-noise", type=float, default=0.0, help="std of Gaussian noise on the normalized inputs")
-    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant", help="learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=128, help="default 128")
+    p.add_argument("--input-noise", type=float, default=T.input_noise,
+                   help="std of Gaussian noise on the normalized inputs")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=T.schedule, help="learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=T.batch_size, help="default %(default)s")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: a full pass)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default=T.device, help="auto | cpu | cuda (default %(default)s)")
+    p.add_argument("--seed", type=int, default=T.seed, help="random seed (default %(default)s)")
     p.add_argument("--registry", help=REGISTRY_HELP)
     p.add_argument("--name", help=name_help)
     p.add_argument("--plots", default="runs/plots", help="folder for the PNG figures (default runs/plots)")
@@ -460,6 +470,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluation_plots(p, series: list[StationSeries], card: ModelCard, info, plots: Path) -> None:
+    from forecaster.plots import forecast_vs_actual, mae_by_horizon
+
     data = card.data
     h = data.horizons[-1]
     n_first = int((p.origins < len(series[0].frame)).sum())

@@ -15,7 +15,6 @@ from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
 from forecaster.evaluate import Predictions, predict_windows, score
 from forecaster.models import ModelConfig, build_model, n_parameters
-from forecaster.plots import forecast_vs_actual, learning_curve, slug
 from forecaster.train import TrainConfig, TrainResult, seed_everything, train
 from forecaster.windows import Normalizer
 
@@ -96,6 +95,8 @@ def fit(
         parent=parent,
         calibration=band,
     )
+    if plot_dir is not None:  # figures only when asked for: retraining jobs need no plotting installed
+        from forecaster.plots import forecast_vs_actual, learning_curve, slug
     if plot_dir is not None and result.history:
         _, std = splits.normalizer.scale_of(data.target)
         path = Path(plot_dir) / f"{slug(label)}_learning_curve.png"

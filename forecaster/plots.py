@@ -6,7 +6,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ModuleNotFoundError as exc:  # the service's install has no plotting (pyproject extras)
+    raise ModuleNotFoundError("figures need matplotlib, which the service's install leaves out: "
+                              "pip install 'stationcast[train]'", name="matplotlib") from exc
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -20,7 +20,7 @@ import orjson
 import torch
 from torch import nn
 
-from forecaster.artifact import ArtifactError, ModelCard, _atomic_write, load_artifact, read_card, save_artifact
+from forecaster.artifact import ArtifactError, ModelCard, atomic_write, load_artifact, read_card, save_artifact
 
 GLOBAL = "global"
 DEFAULT_REGISTRY = "var/registry"  # the CLI's and the service's default: `make run` seeds it with the shipped model
@@ -95,7 +95,7 @@ class Registry:
             fcntl.flock(lock, fcntl.LOCK_EX)
             index = self._read(name)
             yield index
-            _atomic_write(self._index_path(name), orjson.dumps(index, option=orjson.OPT_INDENT_2))
+            atomic_write(self._index_path(name), orjson.dumps(index, option=orjson.OPT_INDENT_2))
 
     def names(self) -> list[str]:
         if not self.root.exists():

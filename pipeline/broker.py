@@ -22,13 +22,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from pipeline.config import BrokerConfig  # the settings live with the others; imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -39,59 +40,6 @@ _PR_SET_PDEATHSIG = 1
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started, or topics could not be created."""
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where the pipeline's Kafka lives and which topics it uses.
-
-    ``bootstrap_servers=None`` means "start the embedded broker"; security fields are passed to every
-    kafka-python client only when set, so a plain local cluster needs no configuration at all.
-    """
-
-    bootstrap_servers: str | None = None  # a Kafka cluster, host:port[,...]; unset starts the embedded broker
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-    sasl_username: str | None = None  # SASL credentials
-    sasl_password: str | None = None  # (prefer the environment variable to a file)
-    ssl_cafile: str | None = None  # CA bundle that signed the brokers' certificates
-    ssl_certfile: str | None = None  # client certificate (mutual TLS)
-    ssl_keyfile: str | None = None  # its private key
-    readings_topic: str = "stationcast.readings"  # readings in, keyed by station
-    forecasts_topic: str = "stationcast.forecasts"  # one message per station forecast
-    deadletter_topic: str = "stationcast.deadletter"  # rejected readings with their reason and original bytes
-    partitions: int = 4  # partitions of the topics created here (the unit of scale-out)
-
-    def client_kwargs(self, bootstrap: str | None = None) -> dict[str, Any]:
-        """Kwargs every kafka-python client (producer, consumer, admin) needs: bootstrap and security.
-
-        ``bootstrap`` overrides ``bootstrap_servers`` (the embedded broker's address is known only at run
-        time).
-        """
-        servers = bootstrap or self.bootstrap_servers
-        if not servers:
-            raise ValueError(
-                "no bootstrap servers: set BrokerConfig.bootstrap_servers or pass the embedded one"
-            )
-        kwargs: dict[str, Any] = {"bootstrap_servers": servers}
-        if self.security_protocol != "PLAINTEXT":
-            kwargs["security_protocol"] = self.security_protocol
-        optional = {
-            "sasl_mechanism": self.sasl_mechanism,
-            "sasl_plain_username": self.sasl_username,
-            "sasl_plain_password": self.sasl_password,
-            "ssl_cafile": self.ssl_cafile,
-            "ssl_certfile": self.ssl_certfile,
-            "ssl_keyfile": self.ssl_keyfile,
-        }
-        kwargs.update({k: v for k, v in optional.items() if v is not None})
-        return kwargs
-
-    def topics(self) -> dict[str, int]:
-        """The pipeline's topics and their partition counts (what :func:`connect` creates)."""
-        return {
-            t: self.partitions for t in (self.readings_topic, self.forecasts_topic, self.deadletter_topic)
-        }
 
 
 def tansu_binary() -> Path:

@@ -11,6 +11,7 @@ import sys
 
 from forecaster import cli as forecaster_cli
 from forecaster.artifact import ArtifactError
+from forecaster.clean import CleanConfig
 from forecaster.data import DataError
 from forecaster.registry import RegistryError, default_registry
 from pipeline.logs import configure as configure_logging
@@ -110,7 +111,8 @@ def _inspect_command(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
     i.add_argument("--registry", help=forecaster_cli.REGISTRY_HELP + "; the shipped model when it has no champion")
     i.add_argument("--name", default="global", help="model name in the registry (default global)")
-    i.add_argument("--max-fill", type=int, default=3, help="interpolate gaps up to this many steps (default 3)")
+    i.add_argument("--max-fill", type=int, default=CleanConfig.max_fill_steps,
+                   help="interpolate gaps up to this many steps (default %(default)s)")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_inspect)
 
@@ -135,7 +137,6 @@ def _serving_model(registry_root: str, name: str):
 def cmd_inspect(args) -> int:
     import json
 
-    from forecaster.clean import CleanConfig
     from forecaster.inspection import format_report, inspect_file
 
     model = _serving_model(args.registry or default_registry(), args.name)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ArtifactError, RegistryError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ArtifactError, RegistryError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
         print(f"stationcast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,12 +11,64 @@ import yaml
 
 from forecaster.adapt import AdaptConfig
 from forecaster.registry import DEFAULT_REGISTRY
-from pipeline.broker import BrokerConfig
 from pipeline.validation import SettingError, validate
 
 ADAPT = AdaptConfig()  # `stationcast finetune`'s defaults: the station job runs the same adaptation
 
 DEFAULT_STORE = "sqlite:///var/stationcast.db"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the pipeline's Kafka lives and which topics it uses.
+
+    ``bootstrap_servers=None`` means "start the embedded broker"; security fields are passed to every
+    kafka-python client only when set, so a plain local cluster needs no configuration at all.
+    """
+
+    bootstrap_servers: str | None = None  # a Kafka cluster, host:port[,...]; unset starts the embedded broker
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None  # SASL credentials
+    sasl_password: str | None = None  # (prefer the environment variable to a file)
+    ssl_cafile: str | None = None  # CA bundle that signed the brokers' certificates
+    ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: str | None = None  # its private key
+    readings_topic: str = "stationcast.readings"  # readings in, keyed by station
+    forecasts_topic: str = "stationcast.forecasts"  # one message per station forecast
+    deadletter_topic: str = "stationcast.deadletter"  # rejected readings with their reason and original bytes
+    partitions: int = 4  # partitions of the topics created here (the unit of scale-out)
+
+    def client_kwargs(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """Kwargs every kafka-python client (producer, consumer, admin) needs: bootstrap and security.
+
+        ``bootstrap`` overrides ``bootstrap_servers`` (the embedded broker's address is known only at run
+        time).
+        """
+        servers = bootstrap or self.bootstrap_servers
+        if not servers:
+            raise ValueError(
+                "no bootstrap servers: set BrokerConfig.bootstrap_servers or pass the embedded one"
+            )
+        kwargs: dict[str, Any] = {"bootstrap_servers": servers}
+        if self.security_protocol != "PLAINTEXT":
+            kwargs["security_protocol"] = self.security_protocol
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        return kwargs
+
+    def topics(self) -> dict[str, int]:
+        """The pipeline's topics and their partition counts (what :func:`connect` creates)."""
+        return {
+            t: self.partitions for t in (self.readings_topic, self.forecasts_topic, self.deadletter_topic)
+        }
 
 
 @dataclass(frozen=True)
@@ -52,6 +104,7 @@ class ServiceConfig:
     retrain_holdout_days: float = 3.0  # its last days: never trained on, champion vs challenger scored on them
     retrain_epochs: int = 3  # epochs of a retraining (early-stopped)
     retrain_timeout_s: float = 3600.0  # a retraining running longer is killed and counted as failed
+    training_device: str = "cpu"  # device of retraining and fine-tuning jobs: cpu | auto | cuda
     training_nice: int = 10  # CPU niceness of retraining/fine-tuning subprocesses: forecasting wins contention
     retrain_misfire_grace_s: int = 3600  # a run missed by less than this still runs (once, coalesced)
     promote_margin: float = 0.02  # relative holdout-MAE gain a challenger needs to be promoted
@@ -81,9 +134,11 @@ class ServiceConfig:
         return replace(self, broker=replace(self.broker, **broker), **own)
 
 
-def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, **flags: Any) -> ServiceConfig:
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                flag_names: dict[str, str] | None = None, **flags: Any) -> ServiceConfig:
     """Merge the layers and validate the result (:mod:`pipeline.validation`); a bad file, unknown key or value
-    is refused by a :class:`SettingError` naming the setting and where it came from."""
+    is refused by a :class:`SettingError` naming the setting and where it came from. ``flag_names``: the flag of a
+    setting whose flag is not ``--setting-name`` (a job's ``--history-days`` sets ``retrain_history_days``)."""
     cfg = ServiceConfig()
     known = {f.name: f for f in fields(ServiceConfig) if f.name != "broker"} | {
         f.name: f for f in fields(BrokerConfig)
@@ -104,7 +159,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             from_env[name] = _coerce(raw, f.type, name)
             origins[name] = f"STATIONCAST_{name.upper()}"
     cfg = cfg.with_overrides(**from_env)
-    origins |= {k: f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None}
+    names = flag_names or {}
+    origins |= {k: names.get(k, f"--{k.replace('_', '-')}") for k, v in flags.items() if v is not None}
     return validate(cfg.with_overrides(**flags), origins)
 
 

@@ -1,8 +1,8 @@
 """Station fine-tuning job: a station's stored history -> a transfer-learned model -> served only if it beats
 the global model on that station.
 
-Runs as its own process (``python -m pipeline.finetune --registry ... [--station ID ...]``, the store from
-``STATIONCAST_STORE_URL`` as the scheduler passes it; forecasting is undisturbed) or as a function
+Runs as its own process (``python -m pipeline.finetune [--station ID ...]``, reading the service's settings as the
+service does, :mod:`pipeline.jobs`; forecasting is undisturbed) or as a function
 (:func:`finetune_stations`). For each station:
 
 1. read its last ``history_days`` of readings from the store and clean them at the global model's cadence;
@@ -18,7 +18,7 @@ Runs as its own process (``python -m pipeline.finetune --registry ... [--station
 Without ``--station`` every *eligible* station is fine-tuned (:func:`eligible_stations`): one with at least
 ``min_history_days`` of stored history and no station model yet, or whose last attempt was rejected and that has
 gathered ``retry_days`` more data since. One JSON line per station is printed on stdout
-(a :class:`pipeline.retrain.Outcome`).
+(a :class:`pipeline.challenger.Outcome`).
 """
 
 from __future__ import annotations
@@ -37,37 +37,47 @@ import torch
 from forecaster import adapt
 from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.spans import holdout_split
-from pipeline.retrain import (
-    DAY,
-    Outcome,
-    add_store_arguments,
-    beats,
-    holdout_mae,
-    job_main,
-    job_store,
-    load_series,
-    reject_failed,
-)
+from pipeline.challenger import DAY, Outcome, beats, holdout_mae, load_series, reject_failed
+from pipeline.config import ServiceConfig
+from pipeline.jobs import add_store_arguments, job_config, job_main, setting_help
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
 
 
+_SERVICE = ServiceConfig()
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
+    """What one fine-tuning run needs: the service's settings (:meth:`from_config`) plus knobs of the job alone."""
+
     store_url: str
     registry: str
-    base: str = "global"  # registry name of the model every station model starts from
+    base: str = _SERVICE.model_name  # registry name of the model every station model starts from
     stations: tuple[str, ...] = ()  # () = every eligible station
-    min_history_days: float = 30.0  # stored history a station needs before it is fine-tuned
-    history_days: float = 60.0  # at most this much of its newest history is read
-    retry_days: float = 7.0  # a rejected or failed station is tried again after this long
+    min_history_days: float = _SERVICE.finetune_min_history_days  # stored history needed before fine-tuning
+    history_days: float = _SERVICE.finetune_history_days  # at most this much of its newest history is read
+    retry_days: float = _SERVICE.finetune_retry_days  # a rejected or failed station is tried again after this long
     adapt: adapt.AdaptConfig = adapt.AdaptConfig()  # holdout, margin, training: the same as `stationcast finetune`
-    max_stations: int = 0  # 0 = no limit per run
+    device: str = _SERVICE.training_device
+    max_stations: int = 0  # 0 = no limit per run (the scheduler names its stations, at most finetune_max_stations)
     end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: station's newest reading
-    max_fill_steps: int = 3
+    max_fill_steps: int = _SERVICE.max_fill_steps
     torch_threads: int = 1
     progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: ServiceConfig, adaptation: adapt.AdaptConfig | None = None, **job) -> FinetuneSettings:
+        """The service's settings of a fine-tuning run: its ``finetune_holdout_days``, ``finetune_margin`` and
+        ``finetune_epochs`` in ``adaptation`` (default: the adaptation's other defaults); ``job`` for the knobs the
+        service does not have."""
+        adaptation = replace(adaptation or adapt.AdaptConfig(), holdout_days=cfg.finetune_holdout_days,
+                             margin=cfg.finetune_margin, epochs=cfg.finetune_epochs)
+        return cls(store_url=cfg.store_url, registry=cfg.registry, base=cfg.model_name,
+                   min_history_days=cfg.finetune_min_history_days, history_days=cfg.finetune_history_days,
+                   retry_days=cfg.finetune_retry_days, adapt=adaptation, device=cfg.training_device,
+                   max_fill_steps=cfg.max_fill_steps, **job)
 
 
 def eligible_stations(store: Store, registry: Registry, min_history_days: float, retry_days: float) -> list[str]:
@@ -142,7 +152,7 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
         raise ValueError(f"station {station!r} has too little history before its holdout "
                          f"({fit_rows.stop - fit_rows.start} training rows, lookback {card.data.lookback})")
     a = adapt.adapt_station(base, card, series[0], history, s.adapt, label=f"{name} from {info.tag}",
-                            parent=info.tag, device="cpu", progress=s.progress)
+                            parent=info.tag, device=s.device, progress=s.progress)
     out.challenger_mae, out.champion_mae = a.tuned_mae, a.base_mae
     out.holdout_samples, out.train_span = a.holdout.windows, a.card.training_span
     out.holdout_span = a.holdout.span
@@ -165,39 +175,51 @@ def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: 
     log.info("promoted %s for station %s: %s", new.tag, station, note)
 
 
+# flag -> the service setting it overrides (its default is that setting's)
+SETTING_FLAGS = {"base": "model_name", "min_history_days": "finetune_min_history_days",
+                 "history_days": "finetune_history_days", "retry_days": "finetune_retry_days",
+                 "holdout_days": "finetune_holdout_days", "margin": "finetune_margin", "epochs": "finetune_epochs"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings("", "")
     add_store_arguments(p)
-    p.add_argument("--base", default=d.base, help="registry name of the model to start from")
+    p.add_argument("--base", help=setting_help("registry name of the model to start from", "model_name"))
     p.add_argument("--station", action="append", default=[], help="station id (repeatable; default: all eligible)")
-    p.add_argument("--min-history-days", type=float, default=d.min_history_days,
-                   help="stored history a station needs to be eligible (default %(default)s)")
-    p.add_argument("--history-days", type=float, default=d.history_days,
-                   help="at most this many of a station's newest days are read (default %(default)s)")
-    p.add_argument("--retry-days", type=float, default=d.retry_days)
-    p.add_argument("--max-stations", type=int, default=d.max_stations)
+    p.add_argument("--min-history-days", type=float, help=setting_help(
+        "stored history a station needs to be eligible", "finetune_min_history_days"))
+    p.add_argument("--history-days", type=float, help=setting_help(
+        "at most this many of a station's newest days are read", "finetune_history_days"))
+    p.add_argument("--retry-days", type=float, help=setting_help(
+        "a rejected station is tried again once it has this many more days", "finetune_retry_days"))
+    p.add_argument("--max-stations", type=int, default=d.max_stations,
+                   help="stations fine-tuned at most (default %(default)s: no limit)")
     p.add_argument("--end-ts", type=int)
-    adapt.add_arguments(p, d.adapt)
-    p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    # The adaptation flags of `stationcast finetune`; the three the service has settings for default to them.
+    adapt.add_arguments(p, d.adapt, from_settings={"holdout_days": setting_help("", "finetune_holdout_days"),
+                                                   "margin": setting_help("", "finetune_margin"),
+                                                   "epochs": setting_help("", "finetune_epochs")})
+    p.add_argument("--torch-threads", type=int, default=d.torch_threads, help="default %(default)s")
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    """Flags over the service's settings layers (:func:`pipeline.jobs.job_config`)."""
     from pipeline.validation import SettingError
 
+    cfg = job_config(args, {setting: f"--{flag.replace('_', '-')}" for flag, setting in SETTING_FLAGS.items()},
+                     **{setting: getattr(args, flag) for flag, setting in SETTING_FLAGS.items()})
     try:
-        adaptation = adapt.config_from_args(args)
+        adaptation = adapt.config_from_args(argparse.Namespace(**{
+            **vars(args), "holdout_days": cfg.finetune_holdout_days, "margin": cfg.finetune_margin,
+            "epochs": cfg.finetune_epochs}))
     except ValueError as exc:
         raise SettingError(str(exc)) from exc
-    store_url, registry = job_store(args)
-    return FinetuneSettings(
-        store_url=store_url, registry=registry, base=args.base, stations=tuple(args.station),
-        min_history_days=args.min_history_days, history_days=args.history_days, retry_days=args.retry_days,
-        adapt=adaptation, max_stations=args.max_stations, end_ts=args.end_ts,
-        torch_threads=args.torch_threads, progress=not args.no_progress,
-    )
+    return FinetuneSettings.from_config(
+        cfg, adaptation, stations=tuple(args.station), max_stations=args.max_stations, end_ts=args.end_ts,
+        torch_threads=args.torch_threads, progress=not args.no_progress)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """The service side of the model lifecycle: hot swap on request, rollbacks seen, and automatic rollback.
 
-Everything here that touches the service runs in the service's loop thread (:meth:`Lifecycle.on_loop`,
-:meth:`Lifecycle.on_errors`); other threads (the scheduler) only set flags through :meth:`request_swap`.
+Everything here runs in the service's loop thread (:meth:`Lifecycle.on_loop`, :meth:`Lifecycle.on_errors`), with
+the service's collaborators handed in (registry, metrics, rolling skill, the serving model and a swap function), not
+the service itself; other threads (the scheduler) only set a flag through :meth:`request_swap`.
 
 Automatic rollback: when a *promoted* model starts serving, the predecessor's live rolling MAE is recorded.
 Once the new model's own forecasts have ``rollback_min_errors`` scored errors, their MAE is compared with it;
@@ -14,15 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from forecaster.registry import RegistryError
-
-if TYPE_CHECKING:
-    from pipeline.service import Service
+from forecaster.registry import Registry, RegistryError, VersionInfo
+from pipeline.config import ServiceConfig
+from pipeline.metrics import Metrics
+from pipeline.scoring import RollingSkill
 
 log = logging.getLogger("stationcast.lifecycle")
 
@@ -44,23 +45,20 @@ class Probation:
 
 
 class Lifecycle:
-    def __init__(self, service: Service):
-        self.service = service
-        cfg = service.cfg
+    def __init__(self, cfg: ServiceConfig, registry: Registry, metrics: Metrics, skill: RollingSkill,
+                 serving: Callable[[], VersionInfo], swap: Callable[[], bool]):
+        """``serving``: the version the service serves now; ``swap``: make the service load the registry's
+        champions now (True when something changed)."""
+        self.cfg, self.registry, self.metrics, self.skill = cfg, registry, metrics, skill
+        self._serving, self._swap = serving, swap
         self.rollback_margin = float(cfg.rollback_margin)
         self.rollback_min_errors = int(cfg.rollback_min_errors)
         self._swap_requested = threading.Event()
-        self._version = service.model_info.version
-        self._tag = service.model_info.tag
+        info = serving()
+        self._version, self._tag = info.version, info.tag
         self.probation: Probation | None = None
         self.decisions: list[dict] = []  # what the lifecycle decided, newest last (tests and status read it)
-        self.scheduler = None
-        if cfg.retrain_interval_s or cfg.retrain_cron or \
-                cfg.drift_check_s or cfg.finetune_interval_s:
-            from pipeline.scheduler import LifecycleScheduler
-
-            self.scheduler = LifecycleScheduler(service, self)
-            self.scheduler.start()
+        self.scheduler = None  # the scheduled jobs, when pipeline.run attached them; stopped with the lifecycle
 
     # ------------------------------------------------------------------ any thread
 
@@ -75,13 +73,16 @@ class Lifecycle:
     # ------------------------------------------------------------------ loop thread
 
     def on_loop(self) -> None:
-        s = self.service
         if self._swap_requested.is_set():
             self._swap_requested.clear()
-            s.maybe_swap_model(force=True)
-        if s.model_info.version != self._version:
-            self._swapped(self._tag, s.model_info.version, s.model_info.tag)
+            self._swap()
+        self._note_swap()
         self._check_probation()
+
+    def _note_swap(self) -> None:
+        info = self._serving()
+        if info.version != self._version:
+            self._swapped(self._tag, info.version, info.tag)
 
     def on_errors(self, errors: pd.DataFrame) -> None:
         p = self.probation
@@ -92,16 +93,15 @@ class Lifecycle:
         p.total += float(mine.sum())
 
     def _swapped(self, old_tag: str, version: int, tag: str) -> None:
-        s = self.service
-        last = _last_event(s.registry, s.cfg.model_name, version)
+        last = _last_event(self.registry, self.cfg.model_name, version)
         action = last.get("action") if last else None
         self._version, self._tag = version, tag
         if action == "rollback":
-            s.metrics.rollbacks.inc()
+            self.metrics.rollbacks.inc()
             self.probation = None
             self._decide("rolled_back", f"now serving {tag} again (was {old_tag}): {last.get('note', '')}")
             return
-        predecessor_mae = s.skill.fleet_model
+        predecessor_mae = self.skill.fleet_model
         if self.rollback_min_errors > 0 and math.isfinite(predecessor_mae):
             self.probation = Probation(tag, version, old_tag, predecessor_mae)
             self._decide("probation", f"{tag} replaces {old_tag}; predecessor live MAE {predecessor_mae:.4f}, "
@@ -115,27 +115,25 @@ class Lifecycle:
         p = self.probation
         if p is None or p.n < self.rollback_min_errors:
             return
-        s = self.service
         self.probation = None
         if p.mae <= p.predecessor_mae * (1 + self.rollback_margin):
             self._decide("kept", f"{p.tag} live MAE {p.mae:.4f} over {p.n} errors vs predecessor {p.predecessor} "
                                  f"{p.predecessor_mae:.4f}: kept")
             return
-        champion = s.registry.champion(s.cfg.model_name)
+        champion = self.registry.champion(self.cfg.model_name)
         if champion is None or champion.version != p.version:
             self._decide("kept", f"{p.tag} is no longer the champion; no rollback")
             return
         note = (f"auto rollback: {p.tag} live MAE {p.mae:.4f} over {p.n} errors worse than {p.predecessor} "
                 f"{p.predecessor_mae:.4f} by more than {self.rollback_margin:.0%}")
         try:
-            s.registry.rollback(s.cfg.model_name, note=note)
+            self.registry.rollback(self.cfg.model_name, note=note)
         except RegistryError as exc:
             self._decide("rollback_failed", f"{note}; {exc}")
             return
         log.warning(note)
-        s.maybe_swap_model(force=True)  # the swap itself is counted as a rollback by on_loop's next pass
-        if s.model_info.version != self._version:
-            self._swapped(self._tag, s.model_info.version, s.model_info.tag)
+        self._swap()
+        self._note_swap()  # counted as a rollback: the registry's last event for the version is the rollback
 
     def _decide(self, decision: str, detail: str) -> None:
         log.info("lifecycle: %s: %s", decision, detail)

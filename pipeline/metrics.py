@@ -16,7 +16,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 NS = "stationcast"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -52,6 +51,11 @@ class Metrics:
         self.reading_to_forecast = Histogram(
             f"{NS}_reading_to_forecast_seconds", "From a reading's arrival in the service to its forecast published",
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_seconds = Histogram(
+            f"{NS}_stage_seconds", "Seconds per batch in each stage of the data path (parse, ring, score, forecast: "
+            "the step; store_readings, publish, store_forecasts: the service)", ["stage"], buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(f"{NS}_inference_batch_stations", "Stations per forward pass",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)
@@ -146,6 +150,26 @@ class Metrics:
         for outcome in ("accepted", "duplicate", "late"):
             self.readings_outcome.labels(outcome=outcome)
 
+    def totals(self) -> dict[str, int]:
+        """The service's running totals, read from its counters (public ``collect()``, summed over labels)."""
+
+        def total(metric, sample: str, **labels: str) -> int:
+            return int(sum(x.value for family in metric.collect() for x in family.samples
+                           if x.name == sample and all(x.labels.get(k) == v for k, v in labels.items())))
+
+        return {
+            "consumed": total(self.readings_consumed, f"{NS}_readings_consumed_total"),
+            "accepted": total(self.readings_accepted, f"{NS}_readings_accepted_total"),
+            "rejected": total(self.readings_rejected, f"{NS}_readings_rejected_total"),
+            "duplicates": total(self.readings_outcome, f"{NS}_window_readings_total", outcome="duplicate"),
+            "late": total(self.readings_outcome, f"{NS}_window_readings_total", outcome="late"),
+            "forecasts": total(self.forecasts, f"{NS}_forecasts_total"),
+            "errors_scored": total(self.errors_scored, f"{NS}_errors_scored_total"),
+            "not_ready": total(self.windows_not_ready, f"{NS}_windows_not_ready_total"),
+            "lag": total(self.lag, f"{NS}_consumer_lag"),
+            "batches": total(self.batches, f"{NS}_batches_total"),
+        }
+
     def station_label(self, station: str) -> str | None:
         """The label to use for a station, ``other`` past the cap, None when per-station labels are off."""
         if self.max_station_labels <= 0:
@@ -201,7 +225,7 @@ class ErrorHistogram(Collector):
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
         self.name, self.documentation = name, documentation
         self.bounds = np.array([*buckets, np.inf])
-        self._les = [floatToGoString(b) for b in self.bounds]
+        self._les = [_le(b) for b in self.bounds]
         self._counts: dict[tuple[str, str], np.ndarray] = {}
         self._sums: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
@@ -233,3 +257,8 @@ class ErrorHistogram(Collector):
         for key, cumulative, total in series:
             family.add_metric(list(key), list(zip(self._les, cumulative.astype(float).tolist(), strict=True)), total)
         yield family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes ``le`` (``0.25``, ``1.0``, ``+Inf``), the same as a ``Histogram``'s."""
+    return "+Inf" if bound == np.inf else repr(float(bound))

@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 
 from pipeline.redact import redact_text, redact_url
+from pipeline.store_url import parse_store_url
 from pipeline.validation import SettingError
 
 log = logging.getLogger("stationcast.preflight")
@@ -56,8 +57,9 @@ def check_registry(path: str) -> None:
 def check_store(url: str, must_exist: bool = False) -> None:
     """A SQLite path that is or can become a database (``must_exist``: a job that only reads it), or a
     PostgreSQL server that accepts the connection."""
-    if url.startswith("sqlite:///"):
-        _check_sqlite(url, url.removeprefix("sqlite:///"), must_exist)
+    parsed = parse_store_url(url)
+    if parsed.kind == "sqlite":
+        _check_sqlite(url, parsed.path, must_exist)
     else:
         _check_postgres(url)
 

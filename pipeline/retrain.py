@@ -1,8 +1,8 @@
 """Retraining job: recent history from the store -> challenger -> champion/challenger on a holdout -> decision.
 
-Runs as its own process (``python -m pipeline.retrain --registry ...``, the store from ``STATIONCAST_STORE_URL``
-as the scheduler passes it, so a password never shows in ``ps``; forecasting is undisturbed) or as a function
-(:func:`retrain`). Steps:
+Runs as its own process (``python -m pipeline.retrain``, reading the service's settings as the service does; the
+scheduler passes them in the environment, :mod:`pipeline.jobs`, so a password never shows in ``ps``; forecasting is
+undisturbed) or as a function (:func:`retrain`). Steps:
 
 1. read the last ``history_days`` of readings from the store and clean them per station at the champion's
    cadence (same features as the champion);
@@ -23,39 +23,49 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-import orjson
 import pandas as pd
 import torch
 
-from forecaster.artifact import load_artifact
-from forecaster.clean import CleanConfig, StationSeries, clean_station
-from forecaster.dataset import make_splits
-from forecaster.evaluate import evaluate
 from forecaster.experiment import fit
 from forecaster.registry import Registry
 from forecaster.train import TrainConfig
+from pipeline.challenger import (
+    DAY,
+    Outcome,
+    beats,
+    holdout_mae,
+    load_series,
+    record_holdout,
+    register_challenger,
+    reject_failed,
+    split_ranges,
+)
+from pipeline.config import ServiceConfig
+from pipeline.jobs import add_store_arguments, job_config, job_main, setting_help
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.retrain")
-DAY = 86_400
+_SERVICE = ServiceConfig()
 
 
 @dataclass(frozen=True)
 class RetrainSettings:
+    """What one retraining round needs: the service's settings (:meth:`from_config`) plus knobs of the job alone."""
+
     store_url: str
     registry: str
-    name: str = "global"
-    history_days: float = 30.0
-    holdout_days: float = 3.0
-    margin: float = 0.02  # relative MAE improvement the challenger needs over the champion
-    epochs: int = 3
+    name: str = _SERVICE.model_name
+    history_days: float = _SERVICE.retrain_history_days
+    holdout_days: float = _SERVICE.retrain_holdout_days
+    margin: float = _SERVICE.promote_margin  # relative MAE improvement the challenger needs over the champion
+    epochs: int = _SERVICE.retrain_epochs
+    device: str = _SERVICE.training_device
+    max_fill_steps: int = _SERVICE.max_fill_steps
     lr: float = 2e-4
     batch_size: int = 128
     steps_per_epoch: int | None = None
@@ -63,111 +73,17 @@ class RetrainSettings:
     val_fraction: float = 0.2  # of the rows before the holdout, for early stopping
     from_scratch: bool = False  # train the champion's architecture from random weights instead of continuing it
     end_ts: int | None = None  # end of the history window (epoch s, exclusive); default: newest stored reading
-    max_fill_steps: int = 3
     seed: int = 0
     torch_threads: int = 1
     progress: bool = True
 
-
-@dataclass
-class Outcome:
-    outcome: str  # promoted | rejected | failed
-    reason: str = ""
-    champion: str | None = None  # the champion compared against (unchanged unless promoted)
-    challenger: str | None = None  # the registered challenger tag, if one was registered
-    champion_mae: float | None = None
-    challenger_mae: float | None = None
-    margin: float | None = None
-    stations: list[str] = field(default_factory=list)
-    train_span: tuple[str, str] | None = None
-    holdout_span: tuple[str, str] | None = None
-    holdout_samples: int = 0
-    seconds: float = 0.0
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        for k in ("champion_mae", "challenger_mae"):
-            if d[k] is not None and not math.isfinite(d[k]):
-                d[k] = None
-        return orjson.dumps(d).decode()
-
     @classmethod
-    def from_json(cls, line: str) -> Outcome:
-        d = orjson.loads(line)
-        for k in ("train_span", "holdout_span"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-
-def beats(challenger_mae: float, champion_mae: float, margin: float) -> bool:
-    """The promotion rule: the challenger must beat the champion's holdout MAE by ``margin`` (relative)."""
-    return (math.isfinite(challenger_mae) and math.isfinite(champion_mae)
-            and challenger_mae < champion_mae * (1.0 - margin))
-
-
-def load_series(store_url: str, start_ts: int, end_ts: int, features: list[str], cadence_s: int,
-                max_fill_steps: int = 3, stations: list[str] | None = None) -> list[StationSeries]:
-    """Readings in ``[start_ts, end_ts)`` (of ``stations``, default all) cleaned per station onto the model's
-    cadence grid."""
-    with Store.open(store_url) as store:
-        records = store.history(start_ts, end_ts, stations)
-    if records.empty:
-        return []
-    records = records[["station", "time", *features]]
-    cfg = CleanConfig(cadence=pd.Timedelta(seconds=cadence_s), max_fill_steps=max_fill_steps)
-    series = []
-    for station in sorted(records["station"].unique()):
-        rec = records[records["station"] == station]
-        if rec["time"].nunique() < 2:
-            continue
-        series.append(clean_station(rec, cfg, station=station))
-    return series
-
-
-def holdout_mae(model, card, series: list[StationSeries], ranges: list) -> float:
-    """A registered model's MAE on the holdout windows of ``ranges``, with its own normalization, as it serves."""
-    test = make_splits(series, card.data, card.normalizer, ranges).test
-    return float(evaluate(model, test, card.normalizer, card.data.target, card.data.horizons)["mae"])
-
-
-def record_holdout(out: Outcome, trained, holdout_start: pd.Timestamp, last: pd.Timestamp) -> float:
-    """Copy a trained challenger's holdout score and spans into the outcome; its holdout MAE."""
-    out.challenger_mae = float(trained.test["mae"])
-    out.holdout_samples = int(trained.test["samples"])
-    out.train_span = trained.card.training_span
-    out.holdout_span = (str(holdout_start), str(last))
-    return out.challenger_mae
-
-
-def register_challenger(registry: Registry, name: str, trained, out: Outcome, reference: dict, note: str):
-    """Register a scored challenger (its holdout numbers and ``reference`` MAEs in the card) as a candidate and
-    check that what was written loads back; a NaN score is refused before anything is written."""
-    if not math.isfinite(out.challenger_mae):
-        raise FloatingPointError(f"challenger holdout MAE is {out.challenger_mae}")
-    trained.card.metrics |= {"holdout_mae": out.challenger_mae, **reference, "holdout_samples": out.holdout_samples,
-                             "holdout_span": list(out.holdout_span)}
-    new = registry.register(name, trained.model, trained.card, note=note)
-    out.challenger = new.tag
-    load_artifact(registry.path(name, new.version))
-    return new
-
-
-def reject_failed(registry: Registry, name: str, out: Outcome) -> None:
-    """A challenger registered before the run failed must never stay a candidate."""
-    if out.challenger is None:
-        return
-    try:
-        registry.reject(name, int(out.challenger.rpartition("@v")[2]), note=f"failed: {out.reason}")
-    except Exception as exc:  # noqa: BLE001 - reporting the first failure matters more
-        log.error("could not mark %s rejected: %s", out.challenger, exc)
-
-
-def _ranges(series: StationSeries, holdout_start: pd.Timestamp, val_fraction: float) -> tuple[slice, slice, slice]:
-    n = len(series.frame)
-    hold = int(np.searchsorted(series.times.to_numpy(), holdout_start.to_datetime64()))
-    val = hold - int(round(hold * val_fraction))
-    return slice(0, val), slice(val, hold), slice(hold, n)
+    def from_config(cls, cfg: ServiceConfig, **job) -> RetrainSettings:
+        """The service's settings of a retraining, and ``job`` for the knobs it does not have."""
+        return cls(store_url=cfg.store_url, registry=cfg.registry, name=cfg.model_name,
+                   history_days=cfg.retrain_history_days, holdout_days=cfg.retrain_holdout_days,
+                   margin=cfg.promote_margin, epochs=cfg.retrain_epochs, device=cfg.training_device,
+                   max_fill_steps=cfg.max_fill_steps, **job)
 
 
 def retrain(s: RetrainSettings) -> Outcome:
@@ -207,7 +123,7 @@ def _run(s: RetrainSettings, registry: Registry, out: Outcome) -> None:
     series = load_series(s.store_url, start_ts, end_ts, features, card.cadence_s, s.max_fill_steps)
     if not series:
         raise ValueError("no readings in the history window")
-    ranges = [_ranges(x, holdout_start, s.val_fraction) for x in series]
+    ranges = [split_ranges(x, holdout_start, s.val_fraction) for x in series]
     keep = [i for i, r in enumerate(ranges) if r[0].stop > 0 and r[2].stop > r[2].start]
     series, ranges = [series[i] for i in keep], [ranges[i] for i in keep]
     out.stations = [x.station for x in series]
@@ -216,7 +132,7 @@ def _run(s: RetrainSettings, registry: Registry, out: Outcome) -> None:
     log.info("%d stations, %s rows", len(series), sum(len(x.frame) for x in series))
 
     train_cfg = TrainConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, steps_per_epoch=s.steps_per_epoch,
-                            patience=s.patience, seed=s.seed, device="cpu", progress=s.progress)
+                            patience=s.patience, seed=s.seed, device=s.device, progress=s.progress)
     start_model = None if s.from_scratch else copy.deepcopy(champion).cpu()
     # normalizer=None: re-fit on the training rows of the window (make_splits inside fit).
     trained = fit(series, card.data, card.model, train_cfg, label=f"challenger of {info.tag}", ranges=ranges,
@@ -248,63 +164,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# flag -> the service setting it overrides (its default is that setting's)
+SETTING_FLAGS = {"name": "model_name", "history_days": "retrain_history_days",
+                 "holdout_days": "retrain_holdout_days", "margin": "promote_margin", "epochs": "retrain_epochs"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RetrainSettings("", "")
     add_store_arguments(p)
-    p.add_argument("--name", default=d.name, help="registry name of the model (default %(default)s)")
-    p.add_argument("--history-days", type=float, default=d.history_days,
-                   help="days of stored history read, holdout included (default %(default)s)")
-    p.add_argument("--holdout-days", type=float, default=d.holdout_days,
-                   help="last days, never trained on, that score challenger and champion (default %(default)s)")
-    p.add_argument("--margin", type=float, default=d.margin, help="relative MAE gain needed to promote")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--name", help=setting_help("registry name of the model", "model_name"))
+    p.add_argument("--history-days", type=float,
+                   help=setting_help("days of stored history read, holdout included", "retrain_history_days"))
+    p.add_argument("--holdout-days", type=float, help=setting_help(
+        "last days, never trained on, that score challenger and champion", "retrain_holdout_days"))
+    p.add_argument("--margin", type=float, help=setting_help("relative MAE gain needed to promote", "promote_margin"))
+    p.add_argument("--epochs", type=int, help=setting_help("most epochs", "retrain_epochs"))
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="default: a full pass")
+    p.add_argument("--patience", type=int, default=d.patience, help="default %(default)s")
     p.add_argument("--from-scratch", action="store_true", help="random weights instead of continuing the champion")
     p.add_argument("--end-ts", type=int, help="end of the history window (epoch s); default newest reading")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    p.add_argument("--torch-threads", type=int, default=d.torch_threads, help="default %(default)s")
     p.add_argument("--nice", type=int, default=0, help="lower this process' CPU priority (the service's scheduler "
                                                        "passes its training_nice so forecasting wins contention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def add_store_arguments(p: argparse.ArgumentParser) -> None:
-    """Where a job reads and writes; resolved by :func:`job_store` like the service's own settings."""
-    p.add_argument("--config", help="YAML file of settings (store_url and registry are read from it)")
-    p.add_argument("--store-url", help="default: STATIONCAST_STORE_URL, else store_url in --config, else "
-                                       "sqlite:///var/stationcast.db; a password belongs in the variable or the file, "
-                                       "not here (ps shows it)")
-    p.add_argument("--registry", help="default: STATIONCAST_REGISTRY, else registry in --config, else var/registry")
-
-
-def job_store(args: argparse.Namespace) -> tuple[str, str]:
-    """(store URL, registry) of a job: flags, else ``STATIONCAST_*`` variables, else ``--config``, else the
-    defaults (:func:`pipeline.config.load_config`, as the service). The scheduler hands the store URL over in
-    the job's environment, never on its command line. The store must already exist: a job reads history, it
-    never creates a database."""
-    from pipeline.config import load_config
-    from pipeline.preflight import check_store, warn_password_on_command_line
-
-    cfg = load_config(args.config, store_url=args.store_url, registry=args.registry)
-    check_store(cfg.store_url, must_exist=True)
-    warn_password_on_command_line(args.store_url)
-    return cfg.store_url, cfg.registry
-
-
-def job_main(prog: str, args: argparse.Namespace, run) -> int:
-    """``python -m`` entry of a job: logging on stderr, and a bad setting is one line and exit code 2."""
-    from pipeline.validation import SettingError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        return run(args)
-    except SettingError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+def settings_from_args(args: argparse.Namespace) -> RetrainSettings:
+    """Flags over the service's settings layers (:func:`pipeline.jobs.job_config`)."""
+    cfg = job_config(args, {setting: f"--{flag.replace('_', '-')}" for flag, setting in SETTING_FLAGS.items()},
+                     **{setting: getattr(args, flag) for flag, setting in SETTING_FLAGS.items()})
+    return RetrainSettings.from_config(
+        cfg, lr=args.lr, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
+        from_scratch=args.from_scratch, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,
+        progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,16 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    store_url, registry = job_store(args)
+    settings = settings_from_args(args)
     if getattr(args, "nice", 0):
         os.nice(args.nice)
-    settings = RetrainSettings(
-        store_url=store_url, registry=registry, name=args.name, history_days=args.history_days,
-        holdout_days=args.holdout_days, margin=args.margin, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
-        from_scratch=args.from_scratch, end_ts=args.end_ts, seed=args.seed, torch_threads=args.torch_threads,
-        progress=not args.no_progress,
-    )
     outcome = retrain(settings)
     log.info("outcome: %s", outcome.to_json())
     print(outcome.to_json(), flush=True)

@@ -14,21 +14,35 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.table import format_table
-from pipeline.broker import make_producer, open_broker
+from pipeline.broker import EmbeddedBroker, make_producer, open_broker
 from pipeline.config import ServiceConfig
 from pipeline.http import HttpServer
 from pipeline.redact import redact_url
 from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
+from pipeline.scheduler import LifecycleScheduler, enabled
 from pipeline.scoring import error_summary, skill_vs_best
 from pipeline.service import Service
+from pipeline.store_url import parse_store_url
 
 log = logging.getLogger("stationcast")
 
 
 def _prepare_paths(cfg: ServiceConfig) -> None:
-    if cfg.store_url.startswith("sqlite:///") and ":memory:" not in cfg.store_url:
-        Path(cfg.store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = parse_store_url(cfg.store_url).file
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.registry).mkdir(parents=True, exist_ok=True)
+
+
+def build_service(cfg: ServiceConfig, bootstrap: str, broker: EmbeddedBroker | None = None) -> Service:
+    """The service, and its scheduled lifecycle jobs when configured: the scheduler sees the service only as a
+    :class:`pipeline.scheduler.ServingView` and is stopped with it."""
+    service = Service(cfg, bootstrap, broker=broker)
+    if enabled(cfg):
+        scheduler = LifecycleScheduler(cfg, service.metrics, service)
+        service.lifecycle.scheduler = scheduler
+        scheduler.start()
+    return service
 
 
 def _on_signals(stop) -> None:
@@ -44,7 +58,7 @@ def serve(cfg: ServiceConfig) -> int:
     """Run the service until SIGTERM/SIGINT; exit 0 after a clean shutdown."""
     _prepare_paths(cfg)
     with open_broker(cfg.broker) as (bootstrap, broker):
-        service = Service(cfg, bootstrap, broker=broker)
+        service = build_service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         log.info("service up: broker %s, store %s, status page %s/status, metrics %s/metrics",
@@ -71,9 +85,8 @@ class LiveLine:
 
     def text(self) -> str:
         s = self.service
-        with s._lock:
-            t = s.totals
-            consumed, forecasts, rejected, lag, scored = t.consumed, t.forecasts, t.rejected, t.lag, t.errors_scored
+        t = s.totals  # the service's counters, updated once per stored batch
+        consumed, forecasts, rejected, lag, scored = t.consumed, t.forecasts, t.rejected, t.lag, t.errors_scored
         now = time.monotonic()
         rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
         self._last = (now, consumed)
@@ -112,7 +125,7 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
     _on_signals(stop.set)
     with ExitStack() as stack:
         bootstrap, broker = stack.enter_context(open_broker(cfg.broker))
-        service = Service(cfg, bootstrap, broker=broker)
+        service = build_service(cfg, bootstrap, broker=broker)
         http = HttpServer(cfg.http_host, cfg.http_port, service.metrics.registry, lambda: service.alive,
                           lambda: service.ready, service.status).start()
         stack.callback(http.stop)

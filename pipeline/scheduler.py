@@ -3,7 +3,7 @@
 * ``retrain``: every ``retrain_interval_s`` seconds or on the ``retrain_cron`` crontab, run
   ``python -m pipeline.retrain`` as a *subprocess* (training never competes with the forecasting loop for the
   GIL) and act on its one-line JSON outcome: export metrics, log the decision, and after a promotion ask the
-  loop thread to hot-swap (:meth:`Lifecycle.request_swap`; the scheduler never touches the service itself).
+  loop thread to hot-swap (:meth:`ServingView.request_swap`; the scheduler never touches the service itself).
 * ``finetune``: every ``finetune_interval_s`` seconds run ``python -m pipeline.finetune`` as a subprocess for
   the stations that have gathered ``finetune_min_history_days`` of history and have no model of their own yet
   (transfer learning from the global champion); a promoted station model is hot-swapped in like a champion.
@@ -12,8 +12,10 @@
   seconds moves the next retraining to now. A single station whose rolling MAE falls behind persistence (or
   behind its own model's holdout MAE) that long is queued for fine-tuning, and the fine-tuning runs now.
 
-Training jobs take turns (one training subprocess at a time), so the serving process keeps its core. A job gets
-the store URL in its environment (:func:`job_env`), never on its command line, which ``ps`` shows to every user.
+The scheduler sees the service only through :class:`ServingView` (rolling skill, the champion's and stations'
+cards, a swap request), composed in :mod:`pipeline.run`. Training jobs take turns (one training subprocess at a
+time), so the serving process keeps its core. A job reads the service's own settings, handed over in its environment
+(:func:`pipeline.jobs.job_env`), never on its command line, which ``ps`` shows to every user.
 
 Jobs never overlap with themselves (``max_instances=1``), missed runs coalesce into one, and each job's last
 run time is persisted in a small JSON file next to the store (``<db>.schedule.json``; in the registry folder
@@ -33,24 +35,24 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import Gauge, Histogram
 
-from forecaster.artifact import _atomic_write
+from forecaster.artifact import ModelCard, atomic_write
 from forecaster.registry import Registry
+from pipeline.challenger import Outcome
+from pipeline.config import ServiceConfig
 from pipeline.finetune import eligible_stations
-from pipeline.metrics import NS
+from pipeline.jobs import job_env, job_flags
+from pipeline.metrics import NS, Metrics
 from pipeline.redact import redact_text
-from pipeline.retrain import Outcome
+from pipeline.scoring import RollingSkill
 from pipeline.store import Store
-
-if TYPE_CHECKING:
-    from pipeline.lifecycle import Lifecycle
-    from pipeline.service import Service
+from pipeline.store_url import parse_store_url
 
 log = logging.getLogger("stationcast.scheduler")
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,14 +60,30 @@ RETRAIN_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 Runner = Callable[[list[str], float], tuple[int, str, str]]
 
 
-def state_path(cfg) -> Path:
+class ServingView(Protocol):
+    """What the scheduler may see of the service, from its own thread: plain reads and one request."""
+
+    skill: RollingSkill  # live rolling MAEs (floats and dicts read without a lock, as a snapshot)
+
+    def champion_card(self) -> ModelCard: ...
+
+    def station_card(self, station: str) -> ModelCard | None: ...
+
+    def request_swap(self) -> None: ...
+
+
+def enabled(cfg: ServiceConfig) -> bool:
+    """Whether any scheduled job is configured (the defaults keep the scheduler off)."""
+    return bool(cfg.retrain_interval_s or cfg.retrain_cron or cfg.drift_check_s or cfg.finetune_interval_s)
+
+
+def state_path(cfg: ServiceConfig) -> Path:
     """Where the schedule state lives: next to a SQLite store, else in the registry folder."""
     explicit = cfg.schedule_state_path
     if explicit:
         return Path(explicit)
-    url = cfg.store_url
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        db = Path(url.removeprefix("sqlite:///"))
+    db = parse_store_url(cfg.store_url).file
+    if db is not None:
         return db.with_name(db.name + ".schedule.json")
     return Path(cfg.registry) / f"{cfg.model_name}.schedule.json"
 
@@ -92,7 +110,7 @@ class ScheduleState:
             state = self.read()
             state[job] = {**state.get(job, {}), "last_run": when.isoformat(), **extra}
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.path, json.dumps(state, indent=2).encode())
+            atomic_write(self.path, json.dumps(state, indent=2).encode())
 
 
 def first_run_time(trigger, last_run: datetime | None, now: datetime) -> datetime:
@@ -105,16 +123,6 @@ def first_run_time(trigger, last_run: datetime | None, now: datetime) -> datetim
     else:
         nxt = trigger.get_next_fire_time(None, last_run + timedelta(microseconds=1))
     return max(nxt, now)
-
-
-def job_env(cfg) -> dict[str, str]:
-    """Settings a job reads like the service does (``STATIONCAST_*``, :func:`pipeline.config.load_config`) that
-    must not be on its command line: ``ps`` shows argv to every user, a process' environment only to its owner.
-    A relative SQLite path is made absolute, since jobs run from the project root."""
-    url = cfg.store_url
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).absolute())
-    return {"STATIONCAST_STORE_URL": url}
 
 
 def run_subprocess(cmd: list[str], timeout: float, holder: dict | None = None,
@@ -138,8 +146,8 @@ def run_subprocess(cmd: list[str], timeout: float, holder: dict | None = None,
 
 
 class LifecycleScheduler:
-    def __init__(self, service: Service, lifecycle: Lifecycle, runner: Runner | None = None):
-        self.service, self.lifecycle, self.cfg = service, lifecycle, service.cfg
+    def __init__(self, cfg: ServiceConfig, metrics: Metrics, view: ServingView, runner: Runner | None = None):
+        self.cfg, self.metrics, self.view = cfg, metrics, view
         self.state = ScheduleState(state_path(self.cfg))
         self._proc: dict = {}
         self.runner: Runner = runner or (
@@ -157,7 +165,7 @@ class LifecycleScheduler:
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": grace,
         })
-        r = service.metrics.registry
+        r = metrics.registry
         self.retrain_seconds = Histogram(f"{NS}_retrain_seconds", "Wall time of a retraining run",
                                          buckets=RETRAIN_BUCKETS, registry=r)
         self.holdout_mae = Gauge(f"{NS}_retrain_holdout_mae_celsius",
@@ -243,14 +251,8 @@ class LifecycleScheduler:
     # ------------------------------------------------------------------ jobs
 
     def command(self) -> list[str]:
-        c = self.cfg
-        return [
-            sys.executable, "-m", "pipeline.retrain", "--registry", str(Path(c.registry).absolute()),
-            "--name", c.model_name, "--history-days", str(c.retrain_history_days),
-            "--holdout-days", str(c.retrain_holdout_days), "--margin", str(c.promote_margin),
-            "--epochs", str(c.retrain_epochs), "--torch-threads", "1", "--no-progress",
-            "--nice", str(c.training_nice),
-        ]
+        """The retraining subprocess: its settings are the service's, in its environment (:func:`job_env`)."""
+        return [sys.executable, "-m", "pipeline.retrain", *job_flags(self.cfg)]
 
     def run_retrain(self) -> Outcome | None:
         if self._stopping.is_set():
@@ -261,7 +263,7 @@ class LifecycleScheduler:
     def _retrain(self) -> Outcome:
         started_at = datetime.now(UTC)
         self.state.record("retrain", started_at, status="running")
-        m = self.service.metrics
+        m = self.metrics
         t0 = time.perf_counter()
         cmd = self.command()
         log.info("retraining: %s", redact_text(" ".join(cmd)))
@@ -292,22 +294,15 @@ class LifecycleScheduler:
                  seconds, outcome.champion, outcome.challenger, _fmt(outcome.challenger_mae),
                  _fmt(outcome.champion_mae), outcome.reason)
         if outcome.outcome == "promoted":
-            self.lifecycle.request_swap()
+            self.view.request_swap()
         job = self.scheduler.get_job("retrain")
         if job is not None and job.next_run_time is not None:
             self.next_retrain.set(job.next_run_time.timestamp())
         return outcome
 
     def finetune_command(self, stations: list[str]) -> list[str]:
-        c = self.cfg
-        cmd = [
-            sys.executable, "-m", "pipeline.finetune", "--registry", str(Path(c.registry).absolute()),
-            "--base", c.model_name, "--min-history-days", str(c.finetune_min_history_days),
-            "--history-days", str(c.finetune_history_days), "--holdout-days", str(c.finetune_holdout_days),
-            "--margin", str(c.finetune_margin), "--retry-days", str(c.finetune_retry_days),
-            "--epochs", str(c.finetune_epochs), "--max-stations", str(c.finetune_max_stations),
-            "--torch-threads", "1", "--no-progress", "--nice", str(c.training_nice),
-        ]
+        """The fine-tuning subprocess for ``stations``; its settings are the service's, in its environment."""
+        cmd = [sys.executable, "-m", "pipeline.finetune", *job_flags(self.cfg)]
         for station in stations:
             cmd += ["--station", station]
         return cmd
@@ -341,7 +336,7 @@ class LifecycleScheduler:
     def _finetune(self, stations: list[str]) -> list[Outcome]:
         started_at = datetime.now(UTC)
         self.state.record("finetune", started_at, status="running")
-        m = self.service.metrics
+        m = self.metrics
         cmd = self.finetune_command(stations)
         log.info("fine-tuning: %s", redact_text(" ".join(cmd)))
         t0 = time.perf_counter()
@@ -364,7 +359,7 @@ class LifecycleScheduler:
                           outcomes={",".join(o.stations): o.outcome for o in outcomes})
         self.finetune_outcomes += outcomes
         if any(o.outcome == "promoted" for o in outcomes):
-            self.lifecycle.request_swap()
+            self.view.request_swap()
         return outcomes
 
     def finetune_now(self, stations: list[str], reason: str) -> bool:
@@ -384,19 +379,19 @@ class LifecycleScheduler:
     def check_station_drift(self) -> list[str]:
         """Stations whose rolling MAE has fallen behind persistence (or behind their own model's holdout MAE)
         for ``drift_for_s``; they are queued for fine-tuning."""
-        s, c = self.service, self.cfg
+        c = self.cfg
         min_errors = int(c.drift_station_min_errors)
         tolerance = float(c.drift_tolerance)
         hold = float(c.drift_for_s)
         now = time.monotonic()
-        skill = s.skill
+        skill = self.view.skill
         due = []
         for station, mae in list(skill.station_model.items()):
             if skill.station_count.get(station, 0) < min_errors:
                 continue
             pers = skill.station_persistence.get(station, math.nan)
-            own = s.models.stations.get(station)
-            reference = (own.card.metrics or {}).get("holdout_mae") if own is not None else None
+            own = self.view.station_card(station)
+            reference = (own.metrics or {}).get("holdout_mae") if own is not None else None
             drifting = (math.isfinite(pers) and mae > pers) or (
                 reference is not None and mae > float(reference) * (1 + tolerance))
             if not drifting:
@@ -413,12 +408,12 @@ class LifecycleScheduler:
 
     def check_drift(self) -> bool:
         """True when drift has lasted ``drift_for_s`` and an early retraining was requested."""
-        s, c = self.service, self.cfg
-        live, pers = s.skill.fleet_model, s.skill.fleet_persistence  # plain float reads
-        reference = (s.card.metrics or {}).get("val_mae")
+        c, skill = self.cfg, self.view.skill
+        live, pers = skill.fleet_model, skill.fleet_persistence  # plain float reads
+        reference = (self.view.champion_card().metrics or {}).get("val_mae")
         tolerance = float(c.drift_tolerance)
         min_errors = int(c.drift_min_errors)
-        if not math.isfinite(live) or s.skill.count < min_errors:
+        if not math.isfinite(live) or skill.count < min_errors:
             return False
         worse_than_card = reference is not None and live > float(reference) * (1 + tolerance)
         worse_than_persistence = math.isfinite(pers) and live > pers

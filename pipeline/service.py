@@ -1,4 +1,8 @@
-"""The streaming service: readings -> windows -> forecasts -> scores -> metrics, one batch at a time.
+"""The streaming service: the adapter around the pure step (:mod:`pipeline.step`), one batch at a time.
+
+    records = consumer.poll()          # Kafka
+    out = step(*flatten_poll(records)) # readings -> ring -> scores -> forecasts, no I/O
+    store readings, publish, store forecasts and errors, then commit the offsets  (process, below)
 
 Each poll is processed as one batch and its offsets are committed only after the batch is durably
 stored, so delivery is at-least-once; the store's primary keys and the windows' duplicate detection
@@ -12,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,36 +27,31 @@ import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 
-from forecaster.predict import Forecast, Predictor
+from forecaster.artifact import ModelCard
+from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
-from pipeline.calibration import BandCalibrator, CalibrationConfig
+from pipeline.calibration import BandCalibrator
 from pipeline.config import ServiceConfig
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion
-from pipeline.readings import SENSOR_INDEX, SENSORS, DeadLetter, parse_readings
-from pipeline.scoring import (
-    TRACKED,
-    HorizonSkill,
-    RollingSkill,
-    Scoreboard,
-    diurnal_baseline,
-    season_of,
-    skill_vs_best,
-)
+from pipeline.readings import SENSORS, DeadLetter
+from pipeline.ring import RollingWindows
+from pipeline.scoring import TRACKED, HorizonSkill, RollingSkill, skill_vs_best
 from pipeline.serving import Served, ServingModels
+from pipeline.step import Step, StepConfig, StepResult, rank_within_station
+from pipeline.step_metrics import export_step
 from pipeline.store import Store, StoreUnavailable
-from pipeline.windows import Outcome, RollingWindows, WindowConfig
 
 log = logging.getLogger("stationcast.service")
-T_INDEX = SENSOR_INDEX["T"]
 _NO_TIME = np.iinfo(np.int64).min
 
 
 @dataclass
 class Totals:
-    """Counters the live line and the status page read (the Prometheus metrics hold the same)."""
+    """What the live line, the status page and tests read: a snapshot of the service's Prometheus counters
+    (:meth:`Metrics.totals`), which are updated once per batch, after it is stored."""
 
     consumed: int = 0
     accepted: int = 0
@@ -92,18 +91,14 @@ class Service:
         self.metrics.store_up.set(1.0)
         self.registry = Registry(cfg.registry)
         self._lock = threading.Lock()  # guards what the HTTP thread reads
-        self.totals = Totals()
-        self.skill = RollingSkill()
-        self.horizon_skill = HorizonSkill()
-        self.calibrator: BandCalibrator | None = None  # set by _load_model (it needs the card's horizons)
-        self.scoreboard = Scoreboard()
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.step: Step | None = None
+        self.observers: list[Callable[[StepResult], None]] = []  # called with each stored step's result
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
         self._recent: dict[str, deque] = {}
         self._last_loop = time.time()
         self._swept = time.time()
-        self._unsaved_forecasts: list[pd.DataFrame] = []
-        self._unsaved_errors: list[pd.DataFrame] = []
         self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
         self.models = ServingModels(cfg.device)
         self._load_model(ensure_champion(self.registry, cfg.model_name))
@@ -124,43 +119,53 @@ class Service:
         self.metrics.broker_up.set_function(lambda: float(self.broker_reachable))
         if broker is not None:
             broker.on_restart(self._broker_restarted)
-        # Model lifecycle: swap requests, rollbacks, the scheduler (started only when enabled).
-        self.lifecycle = Lifecycle(self)
+        # Model lifecycle: swap requests and rollbacks (the scheduled jobs are attached by pipeline.run).
+        self.lifecycle = Lifecycle(cfg, self.registry, self.metrics, self.skill, serving=lambda: self.model_info,
+                                   swap=lambda: self.maybe_swap_model(force=True))
 
     # ------------------------------------------------------------------ model
 
     def _load_model(self, info: VersionInfo) -> None:
         model, card, info = self.registry.load(info.name, info.version)
         predictor = Predictor(model, card, self.cfg.device)
-        features = list(card.data.features)
-        unknown = [f for f in features if f not in SENSOR_INDEX]
-        if unknown:
-            raise ValueError(f"model {info.tag} uses sensors {unknown} that readings cannot carry")
-        old = getattr(self, "windows", None)
-        wcfg = WindowConfig(
-            lookback=card.data.lookback, n_sensors=len(features), cadence_s=card.cadence_s,
-            lateness_steps=self.cfg.lateness_steps, max_fill_steps=self.cfg.max_fill_steps,
+        served = Served(predictor, info, card)
+        if self.step is None:
+            self.models.set_fleet(served)
             # Rows for every station the store knows, so a big fleet is not grown by doubling copies.
-            initial_stations=old.config.initial_stations if old is not None else max(64, self.store.n_stations()),
-        )
-        if old is not None and old.config != wcfg:
-            raise ValueError(f"new champion {info.tag} needs different windows ({wcfg}); restart the service")
+            self.step = Step(self.models, StepConfig.of(self.cfg), initial_stations=max(64, self.store.n_stations()))
+        else:
+            try:
+                self.step.use(card)
+            except ValueError as exc:
+                raise ValueError(f"new champion {info.tag}: {exc}") from None
+            self.models.set_fleet(served)
         self.predictor, self.model_info, self.card = predictor, info, card
-        self.season = season_of(card)
-        horizons = tuple(int(h) for h in card.model.horizons)
-        if self.calibrator is None or self.calibrator.horizons != horizons:  # a new champion keeps the scores
-            self.calibrator = BandCalibrator(horizons, CalibrationConfig(
-                window=self.cfg.band_window, min_scores=self.cfg.band_min_scores))
-        self.models.set_fleet(Served(predictor, info, card))
-        self.feature_index = np.array([SENSOR_INDEX[f] for f in features])
-        if old is None:
-            self.windows = RollingWindows(wcfg)
         self._model_checked = time.monotonic()
         self.metrics.model_info.info({"tag": info.tag, "kind": card.model.kind, "created_at": card.created_at,
                                       "device": str(predictor.device)})
         self.metrics.model_version.labels(model=info.name).set(info.version)
         log.info("serving %s (%s, %d features, lookback %d, horizons %s) on %s", info.tag, card.model.kind,
-                 len(features), card.data.lookback, list(card.data.horizons), predictor.device)
+                 len(card.data.features), card.data.lookback, list(card.data.horizons), predictor.device)
+
+    @property
+    def skill(self) -> RollingSkill:
+        return self.step.skill
+
+    @property
+    def windows(self) -> RollingWindows:
+        return self.step.ring
+
+    @property
+    def horizon_skill(self) -> HorizonSkill:
+        return self.step.horizon_skill
+
+    @property
+    def calibrator(self) -> BandCalibrator:
+        return self.step.calibrator
+
+    @property
+    def totals(self) -> Totals:
+        return Totals(**self.metrics.totals(), started_at=self.started_at)
 
     def maybe_swap_model(self, force: bool = False) -> bool:
         """Pick up new champions (global and per station) between batches: no forecast is dropped or made
@@ -181,6 +186,19 @@ class Service:
             self.metrics.station_models.set(len(self.models.stations))
         self.metrics.model_swaps.inc(swapped)
         return swapped > 0
+
+    # ------------------------------------------------------------------ what the scheduler sees (ServingView)
+
+    def champion_card(self) -> ModelCard:
+        return self.card
+
+    def station_card(self, station: str) -> ModelCard | None:
+        own = self.models.stations.get(station)
+        return own.card if own is not None else None
+
+    def request_swap(self) -> None:
+        """Any thread: the loop checks the registry for new champions before its next batch."""
+        self.lifecycle.request_swap()
 
     # ------------------------------------------------------------------ main loop
 
@@ -292,39 +310,58 @@ class Service:
             m.up.set(0.0)
 
     def process(self, records: dict) -> None:
-        """One batch: validate, store, window, score, forecast, publish. Commit happens after this returns."""
-        arrived = time.time()
-        raw, keys, parts, offsets = flatten_poll(records)
-        batch, dead = parse_readings(
-            raw, keys, parts, offsets,
-            max_future=pd.Timedelta(seconds=self.cfg.max_future_s).to_pytimedelta(),
-        )
-        m = self.metrics
-        m.readings_consumed.inc(len(raw))
-        for d in dead:
-            m.readings_rejected.labels(reason=d.reason).inc()
-        self._dead_letter(dead)
+        """One batch: step, then store, publish, store, observe. The caller commits the offsets after this."""
+        out = self.step(*flatten_poll(records), arrived=time.time())
+        self._store_readings(out)  # first: a reading accepted is never lost, whatever fails next
+        self._publish(out)
+        self._store_outcomes(out)
+        self._observe(out, batch=True)
 
-        if len(batch):
+    def _store_readings(self, out: StepResult) -> None:
+        batch = out.readings
+        if batch is not None and len(batch):
+            t0 = time.perf_counter()
             ts = batch.time.astype("datetime64[s]").astype(np.int64)
             self.store.add_readings(batch.station, ts, batch.values, SENSORS, batch.partition, batch.offset)
-            m.readings_accepted.inc(len(batch))
-            # A backlog brings many readings per station in one poll; every one of them is a due window.
-            # Round k holds each station's k-th reading in time order, so a station advances at most once per
-            # round and all stations due in a round share one forward pass (live traffic: a single round).
-            rank = _rank_within_station(batch.station, ts)
-            for k in range(int(rank.max()) + 1):
-                sel = np.flatnonzero(rank == k)
-                self._window_round(batch.station[sel], ts[sel], batch.values[sel], arrived)
-            self._expire(pd.unique(batch.station))
-        self._persist()
-        with self._lock:  # the live line and status page see a batch all at once, after it is stored
-            self.totals.consumed += len(raw)
-            self.totals.rejected += len(dead)
-            self.totals.accepted += len(batch)
-            self.totals.batches += 1
-        m.batches.inc()
-        m.last_batch.set(time.time())
+            self.metrics.stage_seconds.labels(stage="store_readings").observe(time.perf_counter() - t0)
+
+    def _publish(self, out: StepResult) -> None:
+        """Dead letters, then one message per station forecast; flushed before anything of the batch is stored,
+        so a crash in between re-issues forecasts on restart (at-least-once on the topic), whereas stored-first
+        could lose a message the store says was sent."""
+        t0 = time.perf_counter()
+        self._dead_letter(out.dead)
+        topic = self.cfg.broker.forecasts_topic
+        for msg in out.messages:
+            self.producer.send(topic, key=msg["station"].encode(), value=orjson.dumps(msg))
+        self.producer.flush()
+        self.metrics.stage_seconds.labels(stage="publish").observe(time.perf_counter() - t0)
+
+    def _store_outcomes(self, out: StepResult) -> None:
+        """Errors before forecasts: after a crash between the two, the batch's readings are newer than the station's
+        last stored forecast and are replayed on restart, which re-issues the forecasts; the other way round, the
+        rebuild would take those readings as done and their errors would be lost."""
+        t0 = time.perf_counter()
+        if out.error_frames:
+            self.store.add_errors(out.errors)
+        if out.forecast_frames:
+            self.store.add_forecasts(out.forecasts)
+        if out.error_frames or out.forecast_frames:
+            self.metrics.stage_seconds.labels(stage="store_forecasts").observe(time.perf_counter() - t0)
+
+    def _observe(self, out: StepResult, batch: bool) -> None:
+        """The stored batch seen by everyone else: the lifecycle, the status page, the metrics and the observers.
+        ``batch``: a polled batch (False: stored readings replayed after a rebalance)."""
+        errors = out.errors
+        if not errors.empty:
+            self.lifecycle.on_errors(errors)
+        with self._lock:
+            for msg in out.messages:
+                self._latest_forecast[msg["station"]] = msg
+        self._note_readings(out.actuals, out.arrived)
+        export_step(self.metrics, out, self.step, batch=batch)
+        for observer in self.observers:
+            observer(out)
 
     def _dead_letter(self, dead: Sequence[DeadLetter]) -> None:
         """Publish rejected messages; one that cannot be published is counted and logged, never raised: a
@@ -348,169 +385,11 @@ class Service:
         log.error("dead letter of partition %s offset %s (%s, %d bytes) not delivered: %r",
                   d.partition, d.offset, d.reason, d.size, exc)
 
-    def _persist(self) -> None:
-        """Publish, then store, what the batch produced; the caller commits offsets only after this.
-
-        Forecasts are published before they are stored: a crash in between re-issues them on restart
-        (at-least-once on the topic), whereas stored-first could lose a message the store says was sent.
-        """
-        self.producer.flush()
-        # Errors before forecasts: after a crash between the two, the batch's readings are newer than the
-        # station's last stored forecast and are replayed on restart, which re-issues the forecasts; the other
-        # way round, the rebuild would take those readings as done and their errors would be lost.
-        if self._unsaved_errors:
-            self.store.add_errors(pd.concat(self._unsaved_errors, ignore_index=True))
-            self._unsaved_errors.clear()
-        if self._unsaved_forecasts:
-            self.store.add_forecasts(pd.concat(self._unsaved_forecasts, ignore_index=True))
-            self._unsaved_forecasts.clear()
-
-    def _window_round(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, arrived: float) -> None:
-        m = self.metrics
-        result = self.windows.add(station, ts, values[:, self.feature_index])
-        m.readings_outcome.labels(outcome="accepted").inc(result.accepted)
-        m.readings_outcome.labels(outcome="duplicate").inc(result.duplicate)
-        m.readings_outcome.labels(outcome="late").inc(result.late)
-        m.windows_not_ready.inc(result.not_ready)
-        fresh = result.outcome == Outcome.ACCEPTED
-        errors = self._score(station[fresh], ts[fresh], values[fresh, T_INDEX])
-        forecasts = self.forecast(np.asarray(result.advanced, dtype=object), arrived)
-        self._note_readings(station[fresh], ts[fresh], values[fresh, T_INDEX], arrived)
-        with self._lock:
-            self.totals.duplicates += result.duplicate
-            self.totals.late += result.late
-            self.totals.not_ready += result.not_ready
-            self.totals.forecasts += len(forecasts) // max(len(self.card.data.horizons), 1)
-            self.totals.errors_scored += len(errors)
-
-    def _expire(self, stations: np.ndarray) -> None:
-        """Pending forecasts of ``stations`` whose target can no longer be scored leave the scoreboard."""
-        if not len(stations):
+    def _note_readings(self, actuals: pd.DataFrame, arrived: float) -> None:
+        """Recent actuals of the status page and the last-actual gauges."""
+        if actuals.empty:
             return
-        floor = self.windows.newest_time(stations) - self.cfg.lateness_steps * self.card.cadence_s
-        known = floor > _NO_TIME // 2
-        dropped = self.scoreboard.expire_stations(stations[known], floor[known])
-        self.metrics.forecasts_expired.inc(dropped)
-
-    # ------------------------------------------------------------------ stages
-
-    def _score(self, station: np.ndarray, ts: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
-        if not len(station):
-            return pd.DataFrame()
-        slot_ts = self.windows.slot_time(station, self.windows.slot_of(station, ts))
-        errors = self.scoreboard.match(station, slot_ts, actual)
-        if errors.empty:
-            return errors
-        self._unsaved_errors.append(errors)
-        self.skill.update(errors)
-        self.horizon_skill.update(errors)
-        self.calibrator.update(errors["station"].to_numpy(), errors["horizon"].to_numpy(),
-                               errors["band_score"].to_numpy())
-        self.lifecycle.on_errors(errors)
-        self.metrics.errors_scored.inc(len(errors))
-        self.metrics.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
-                                    errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
-        self._export_skill_gauges(errors["station"].unique())
-        return errors
-
-    def _export_skill_gauges(self, stations: np.ndarray) -> None:
-        """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per
-        station and fleet; per horizon over the fleet, with band coverage."""
-        m, sk = self.metrics, self.skill
-        for name in TRACKED:
-            table = getattr(sk, f"station_{name}")
-            have = [s for s in stations if s in table]
-            m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
-            m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
-        m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
-        m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
-        m.skill.labels(station="all").set(sk.skill_vs_persistence())
-        m.skill_best.labels(station="all").set(sk.skill())
-        hs = self.horizon_skill
-        for h in hs.horizons():
-            label = str(h)
-            for name in TRACKED:
-                m.horizon_mae.labels(horizon=label, forecaster=name).set(hs.mae[name].get(h, np.nan))
-            m.horizon_skill.labels(horizon=label).set(hs.skill(h))
-            m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
-        m.band_coverage.labels(horizon="all").set(hs.coverage_all)
-        for h, q in self.calibrator.summary().items():
-            m.band_offset.labels(horizon=str(h)).set(q)
-
-    def forecast(self, stations: np.ndarray, arrived: float | None = None) -> pd.DataFrame:
-        """One batched forward pass for every station whose window advanced; publish and store the result."""
-        if not len(stations):
-            return pd.DataFrame()
-        values, origin = self.windows.windows(stations)
-        started = time.perf_counter()
-        out, tags = self.models.predict(stations, values, origin)
-        self.metrics.batch_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(stations))
-        card = self.card
-        fc = Forecast(out, card.model.horizons, card.model.quantiles, card.model.median_index)
-        horizons = np.asarray(fc.horizons, dtype=np.int64)
-        n, h = len(stations), len(horizons)
-        target = values[:, :, list(card.data.features).index(card.data.target)].astype(np.float64)
-        persistence = target[:, -1]
-        diurnal = diurnal_baseline(target, horizons, self.season)
-        lo = hi = offset = None
-        if fc.quantiles:  # the published band: the model's outer quantiles, conformally calibrated per station
-            lo, hi, offset = self.calibrator.adjust(stations, fc.values[..., 0], fc.values[..., -1])
-            fc.values[..., 0], fc.values[..., -1] = lo, hi  # the exported quantile gauges show the same band
-        columns = {
-            "station": np.repeat(stations, h),
-            "issue_ts": np.repeat(origin, h),
-            "horizon": np.tile(horizons, n),
-            "target_ts": (origin[:, None] + horizons[None, :] * card.cadence_s).reshape(-1),
-            "model_version": np.repeat(tags, h),
-            "value": fc.point.reshape(-1).astype(np.float64),
-            "persistence": np.repeat(persistence, h),
-            "diurnal": diurnal.reshape(-1),
-        }
-        if lo is not None:
-            columns |= {"lo": lo.reshape(-1), "hi": hi.reshape(-1), "band_offset": offset.reshape(-1)}
-        frame = pd.DataFrame(columns)
-        topic = self.cfg.broker.forecasts_topic
-        quantiles = list(fc.quantiles)
-        targets = frame["target_ts"].to_numpy().reshape(n, h)
-        for i, station in enumerate(stations.tolist()):  # one message per station forecast
-            msg = {
-                "station": station, "issue_ts": int(origin[i]), "model_version": tags[i], "cadence_s": card.cadence_s,
-                "horizons": horizons.tolist(), "target_ts": targets[i].tolist(), "values": fc.point[i].tolist(),
-                "persistence": float(persistence[i]), "diurnal": diurnal[i].tolist(),  # NaN: null
-            }
-            if quantiles:
-                msg |= {"quantiles": quantiles, "lo": lo[i].tolist(), "hi": hi[i].tolist()}
-            self.producer.send(topic, key=station.encode(), value=orjson.dumps(msg))
-            self._latest_forecast[station] = msg
-        self.scoreboard.add(frame)
-        self._unsaved_forecasts.append(frame)
-        now = time.time()
-        m = self.metrics
-        m.forecasts.inc(n)
-        m.last_forecast_time.set(now)
-        if arrived is not None:
-            m.reading_to_forecast.observe(now - arrived)
-        self._export_forecast_gauges(stations, fc, horizons)
-        return frame
-
-    def _export_forecast_gauges(self, stations: np.ndarray, fc, horizons: np.ndarray) -> None:
-        m = self.metrics
-        names = ["p50"] if not fc.quantiles else [f"p{round(q * 100)}" for q in fc.quantiles]
-        picks = [i for i, hh in enumerate(horizons) if hh in (1, 6, 12, 24)] or [len(horizons) - 1]
-        for i, station in enumerate(stations.tolist()):
-            label = m.station_label(station)
-            if label is None or label == "other":
-                continue
-            for j in picks:
-                for q, name in enumerate(names):
-                    m.last_forecast.labels(station=label, horizon=str(int(horizons[j])), quantile=name).set(
-                        float(fc.values[i, j, q if fc.quantiles else 0]))
-
-    def _note_readings(self, station: np.ndarray, ts: np.ndarray, temp: np.ndarray, arrived: float) -> None:
-        if not len(station):
-            return
-        frame = pd.DataFrame({"station": station, "ts": ts, "T": temp}).sort_values("ts", kind="stable")
+        frame = actuals.sort_values("ts", kind="stable")
         last = frame.groupby("station", sort=False).tail(self.cfg.status_history)
         with self._lock:
             for s, t, v in zip(last["station"].tolist(), last["ts"].tolist(), last["T"].tolist(), strict=True):
@@ -533,7 +412,6 @@ class Service:
             total += lag
         now = time.time()
         with self._lock:
-            self.totals.lag = total
             silent = {s: now - t for s, t in self._last_seen.items()}
         if silent:
             self.metrics.max_seconds_since_reading.set(max(silent.values()))
@@ -562,7 +440,7 @@ class Service:
         newest = np.array([newest_of[s] for s in stations], dtype=np.int64)
         last = np.array([last_of.get(s, _NO_TIME) for s in stations], dtype=np.int64)
         cut = np.maximum(last, newest - self.cfg.max_catchup_steps * cad)
-        span = (self.windows.capacity + 2) * cad
+        span = (self.step.ring.capacity + 2) * cad
         history = self.store.latest_readings(stations, dict(zip(stations, (cut - span).tolist(), strict=True)))
         ts = history["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
         st = history["station"].to_numpy(dtype=object)
@@ -570,25 +448,18 @@ class Service:
         # may be stamped up to half a step after the slot time, is part of the head.
         head = ts < cut[pd.Index(names).get_indexer(st)] + (cad - cad // 2)
         features = history[list(self.card.data.features)].to_numpy(dtype=np.float64)
-        self.windows.drop(names)
-        self.windows.rebuild(st[head], ts[head], features[head])
-        self.scoreboard.drop_stations(names)
         lateness = self.cfg.lateness_steps * cad
         max_h = max(self.card.data.horizons) * cad
         since = dict(zip(stations, (cut - lateness).tolist(), strict=True))
-        self.scoreboard.add(self.store.pending_since(since, max_h))
+        self.step.restore(names, st[head], ts[head], features[head], self.store.pending_since(since, max_h))
         tail = np.flatnonzero(~head)
-        rank = _rank_within_station(st[tail], ts[tail])
+        rank = rank_within_station(st[tail], ts[tail])
         scored_later = self._rebuild_calibration(stations, newest, cut, st[tail], ts[tail], rank)
-        if len(tail):
-            values = history[list(SENSORS)].to_numpy(dtype=np.float64)
-            for k in range(int(rank.max()) + 1):
-                sel = tail[rank == k]
-                self._learn_band(scored_later.get(k))
-                self._window_round(st[sel], ts[sel], values[sel], time.time())
-        self._learn_band(scored_later.get(-1))
-        self._expire(names)
-        self._persist()
+        out = self.step.replay(st[tail], ts[tail], history[list(SENSORS)].to_numpy(dtype=np.float64)[tail],
+                               restored=names, band_scores=scored_later)
+        self._publish(out)
+        self._store_outcomes(out)
+        self._observe(out, batch=False)
         self.metrics.windows_rebuilt.inc(len(stations))
         log.info("rebuilt %d station windows for partitions %s (%d stored readings not yet forecast)",
                  len(stations), sorted(partitions), len(tail))
@@ -596,22 +467,22 @@ class Service:
 
     def _rebuild_calibration(self, stations: list[str], newest: np.ndarray, cut: np.ndarray, tail_station: np.ndarray,
                              tail_ts: np.ndarray, tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
-        """The band calibration of ``stations`` from their stored scores (the newest ``band_window`` per horizon
-        within four windows of each one's newest reading), so that after a restart or rebalance every band is
-        what it would have been without one. Scores up to each station's cut are learnt now; those of targets
-        among the readings still to be replayed (stored before a crash, with their forecasts lost) are returned
-        by replay round (-1: after the last), to be learnt just before that round forecasts, as they were."""
+        """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores (the newest
+        ``band_window`` per horizon within four windows of each one's newest reading), so that after a restart or
+        rebalance every band is what it would have been without one. Scores up to each station's cut are learnt now;
+        those of targets among the readings still to be replayed (stored before a crash, with their forecasts lost)
+        are returned by replay round (-1: after the last), to be learnt just before that round forecasts, as they
+        were."""
         window = self.cfg.band_window
         if not window:
             return {}
-        self.calibrator.forget(stations)
         cad, half = self.card.cadence_s, self.card.cadence_s - self.card.cadence_s // 2
         since = dict(zip(stations, (newest - 4 * window * cad).tolist(), strict=True))
         scored = self.store.recent_errors(since, max(self.card.data.horizons) * cad, window)
         code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
         target = scored["target_ts"].to_numpy()
         now = target < cut[code] + half
-        self._learn_band(scored[now])
+        self.step.learn_band(scored[now])
         later = scored[~now]
         if later.empty:
             return {}
@@ -628,11 +499,6 @@ class Service:
             rounds[ok] = ranks[pos[ok]]
         return {int(k): frame for k, frame in later.groupby(rounds, sort=False)}
 
-    def _learn_band(self, scored: pd.DataFrame | None) -> None:
-        if scored is not None and len(scored):
-            self.calibrator.update(scored["station"].to_numpy(), scored["horizon"].to_numpy(),
-                                   scored["band_score"].to_numpy())
-
     def _apply_rebalances(self) -> None:
         """Rebuild/forget in the loop thread, before the records of newly assigned partitions are processed."""
         while self._rebalances:
@@ -646,10 +512,7 @@ class Service:
     def forget(self, partitions: Sequence[int]) -> None:
         stations = self.store.stations_in_partitions(partitions)
         if stations:
-            st = np.asarray(stations, dtype=object)
-            self.windows.drop(st)
-            self.scoreboard.drop_stations(st)
-            self.calibrator.forget(stations)
+            self.step.forget(np.asarray(stations, dtype=object))
 
     # ------------------------------------------------------------------ status
 
@@ -659,8 +522,8 @@ class Service:
         them, by id). ``query``: ``q`` (id contains, any case), ``limit`` (default 50, at most 500), ``offset``.
         Only the page's stations are detailed, so a request stays small and fast at any fleet size."""
         q, limit, offset = _page(query or {})
+        t = self.totals
         with self._lock:
-            t = self.totals
             service = {
                 "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
@@ -744,8 +607,7 @@ class Service:
                 self._latest_forecast.pop(s, None)
         if not idle:
             return
-        self.skill.forget(idle)
-        self.calibrator.forget(idle)
+        self.step.release(idle)
         self.metrics.release_stations(idle)
         self.metrics.stations_released.inc(len(idle))
         log.info("%d stations silent for %.0f s released from the status page and metric labels", len(idle), idle_s)
@@ -776,18 +638,6 @@ def flatten_poll(records: dict) -> tuple[list, list, np.ndarray, np.ndarray]:
         parts += [tp.partition] * len(msgs)
         offsets += [m.offset for m in msgs]
     return raw, keys, np.asarray(parts), np.asarray(offsets)
-
-
-def _rank_within_station(station: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """For each reading, how many readings of the same station come before it in time within the batch."""
-    codes, _ = pd.factorize(station)
-    order = np.lexsort((ts, codes))
-    sorted_codes = codes[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order)) - group_start
-    return rank
 
 
 def _num(x) -> float | None:

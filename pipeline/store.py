@@ -57,6 +57,7 @@ import orjson
 import pandas as pd
 
 from forecaster.schema import SENSOR_RANGES
+from pipeline.store_url import parse_store_url
 
 # The sensor columns of the readings table, as the migrations below create them (see the module doc).
 SENSORS: tuple[str, ...] = (
@@ -264,8 +265,9 @@ class Store:
         ``checkpoint_every_s`` > 0 (SQLite files): WAL checkpoints run on a background thread with its own
         connection instead of inside the commit that crosses SQLite's 1,000-page threshold, which otherwise
         stalls the writer for a quarter of its insert time (a backstop threshold stays, much higher)."""
-        if url.startswith("sqlite:///"):
-            path = url.removeprefix("sqlite:///")
+        parsed = parse_store_url(url)
+        if parsed.kind == "sqlite":
+            path = parsed.path
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Explicit BEGIN/COMMIT below. A Store may be opened in one thread and used in another, but
@@ -280,7 +282,7 @@ class Store:
             if checkpoint_every_s > 0 and path != ":memory:":
                 store._start_checkpointer(path, checkpoint_every_s)
             return store
-        if url.startswith(("postgresql://", "postgres://")):
+        if parsed.kind == "postgresql":
             import psycopg  # only needed for PostgreSQL
             from psycopg.conninfo import conninfo_to_dict
 
@@ -292,9 +294,7 @@ class Store:
             store = cls(connect(), postgres=True, namespace=namespace)
             store._connect = connect
             return store
-        from pipeline.redact import redact_url
-
-        raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:///... or postgresql://...")
+        raise AssertionError(parsed.kind)
 
     def close(self) -> None:
         checkpointer = getattr(self, "_checkpointer", None)

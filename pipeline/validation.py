@@ -19,6 +19,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from pipeline.redact import redact_url
+from pipeline.store_url import ALLOWED, parse_store_url
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -76,11 +77,11 @@ def _bootstrap(v: str) -> str | None:
 
 
 def _store_url(v: str) -> str | None:
-    if v.startswith("sqlite:///") and len(v) > len("sqlite:///"):
-        return None
-    if v.startswith(("postgresql://", "postgres://")):
-        return None
-    return "must be sqlite:///PATH.db (relative), sqlite:////ABS/PATH.db, sqlite:///:memory: or postgresql://..."
+    try:
+        parse_store_url(v)
+    except ValueError:
+        return ALLOWED
+    return None
 
 
 def _cron(v: str) -> str | None:
@@ -114,6 +115,7 @@ RULES: dict[str, Rule] = {
     "http_host": _host,
     "http_port": _between(0, 65535, "must be a TCP port 1-65535, or 0 for any free port"),
     "device": _device,
+    "training_device": _device,
     "torch_threads": _between(0, 1024, "must be 0 (torch's default) or a number of threads up to 1024"),
     "model_check_s": _positive,
     "retrain_cron": _cron,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from pipeline.broker import BrokerConfig, ensure_topics, make_producer
 from pipeline.config import ServiceConfig
 from pipeline.pretrained import ensure_champion
 from pipeline.replay import Faults, records_for_replay, replay
+from pipeline.run import build_service
 from pipeline.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +83,31 @@ def publish(setup: Setup, records: pd.DataFrame, faults: Faults | None = None):
         producer.close()
 
 
+class FakeView:
+    """What the scheduler sees of a service (:class:`pipeline.scheduler.ServingView`), for unit tests of its jobs:
+    a real rolling skill the test feeds, a champion card's validation MAE and no station models."""
+
+    def __init__(self, skill, val_mae: float):
+        self.skill = skill
+        self._card = SimpleNamespace(metrics={"val_mae": val_mae})
+        self.swaps_requested = 0
+
+    def champion_card(self):
+        return self._card
+
+    def station_card(self, station: str):
+        return None
+
+    def request_swap(self) -> None:
+        self.swaps_requested += 1
+
+
 class ServiceThread:
-    """The service in this process, on a thread (for tests that need no process kill)."""
+    """The service in this process (composed as ``stationcast serve`` does), on a thread (for tests that need no
+    process kill)."""
 
     def __init__(self, setup: Setup):
-        self.service = Service(setup.cfg, setup.bootstrap)
+        self.service = build_service(setup.cfg, setup.bootstrap)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
 
     def __enter__(self) -> Service:

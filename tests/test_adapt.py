@@ -30,6 +30,7 @@ from forecaster.spans import finetune_ranges, resolve
 from pipeline import cli
 from pipeline import finetune as station_job
 from pipeline.config import ServiceConfig
+from pipeline.jobs import job_env
 from pipeline.pretrained import shipped_artifact
 from pipeline.scheduler import LifecycleScheduler
 from pipeline.store import Store
@@ -189,7 +190,8 @@ def test_cli_and_station_job_run_the_same_adaptation_with_the_same_settings(denv
     cfg = ServiceConfig(store_url=url, registry=reg)
     cmd = LifecycleScheduler.finetune_command(SimpleNamespace(cfg=cfg), ["DEN"])
     assert cmd[1:3] == ["-m", "pipeline.finetune"]
-    monkeypatch.setenv("STATIONCAST_STORE_URL", url)
+    for key, value in job_env(cfg).items():
+        monkeypatch.setenv(key, value)
     assert station_job.main(cmd[3:]) == 0
     assert [c[0] for c in calls] == ["denver_spring_2014", "DEN"]
     assert calls[0][1] == calls[1][1] == AdaptConfig()

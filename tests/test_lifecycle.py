@@ -21,13 +21,15 @@ import torch
 
 from forecaster.registry import Registry
 from forecaster.schema import SENSOR_RANGES
+from pipeline.challenger import Outcome, beats
 from pipeline.config import ServiceConfig
 from pipeline.metrics import Metrics
-from pipeline.retrain import Outcome, RetrainSettings, beats, retrain
+from pipeline.retrain import RetrainSettings, retrain
 from pipeline.scheduler import LifecycleScheduler, ScheduleState, state_path
 from tests.broker_fixture import kafka_broker  # noqa: F401
 from tests.pipeline_harness import (
     ROOT,
+    FakeView,
     ServiceThread,
     expected_origins,
     make_setup,
@@ -225,7 +227,11 @@ def test_scheduled_retraining_promotes_and_hot_swaps(filled, kafka_broker, tmp_p
 def _fake_service(tmp_path: Path, **cfg) -> SimpleNamespace:
     c = ServiceConfig(store_url=f"sqlite:///{tmp_path}/store.db", registry=str(tmp_path / "registry"), **cfg)
     skill = SimpleNamespace(fleet_model=float("nan"), fleet_persistence=float("nan"), count=0)
-    return SimpleNamespace(cfg=c, metrics=Metrics(), skill=skill, card=SimpleNamespace(metrics={"val_mae": 1.0}))
+    return SimpleNamespace(cfg=c, metrics=Metrics(), view=FakeView(skill, val_mae=1.0))
+
+
+def _scheduler(fake: SimpleNamespace, runner) -> LifecycleScheduler:
+    return LifecycleScheduler(fake.cfg, fake.metrics, fake.view, runner=runner)
 
 
 def test_restart_mid_interval_does_not_run_the_job_twice(tmp_path):
@@ -236,9 +242,8 @@ def test_restart_mid_interval_does_not_run_the_job_twice(tmp_path):
         return 0, Outcome("rejected", champion="global@v1", challenger="global@v2", champion_mae=1.0,
                           challenger_mae=1.1).to_json() + "\n", ""
 
-    lifecycle = SimpleNamespace(request_swap=lambda: None)
     service = _fake_service(tmp_path, retrain_interval_s=4.0)
-    a = LifecycleScheduler(service, lifecycle, runner=runner)
+    a = LifecycleScheduler(service.cfg, service.metrics, service.view, runner=runner)
     a.start()
     try:
         wait_until(lambda: len(runs) == 1, 10, "the first scheduled run")
@@ -249,7 +254,7 @@ def test_restart_mid_interval_does_not_run_the_job_twice(tmp_path):
     last = ScheduleState(state_path(service.cfg)).last_run("retrain")
     assert last is not None and abs(last.timestamp() - runs[0]) < 1.0
     # Restart in the middle of the interval: the next run is last + interval, not now.
-    b = LifecycleScheduler(_fake_service(tmp_path, retrain_interval_s=4.0), lifecycle, runner=runner)
+    b = _scheduler(_fake_service(tmp_path, retrain_interval_s=4.0), runner)
     b.start()
     try:
         nxt = b.job("retrain").next_run_time
@@ -263,7 +268,7 @@ def test_restart_mid_interval_does_not_run_the_job_twice(tmp_path):
     # Down for longer than several intervals: the missed runs coalesce into one run now.
     old = datetime.now(UTC) - timedelta(seconds=60)
     ScheduleState(state_path(service.cfg)).record("retrain", old)
-    c = LifecycleScheduler(_fake_service(tmp_path, retrain_interval_s=4.0), lifecycle, runner=runner)
+    c = _scheduler(_fake_service(tmp_path, retrain_interval_s=4.0), runner)
     c.start()
     try:
         wait_until(lambda: len(runs) == 3, 5, "one catch-up run")

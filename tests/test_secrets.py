@@ -12,7 +12,6 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +23,7 @@ from pipeline.pretrained import ensure_champion
 from pipeline.redact import redact_url
 from pipeline.scheduler import LifecycleScheduler
 from pipeline.scoring import RollingSkill
-from tests.pipeline_harness import wait_until
+from tests.pipeline_harness import FakeView, wait_until
 from tests.procs import descendants, read_proc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +108,7 @@ def test_finetune_job_reads_the_store_from_its_environment(pg_database, tmp_path
     environment, not its argv, and reads that store with the service's settings loader."""
     cfg = ServiceConfig(store_url=pg_database, registry=str(tmp_path / "registry"), finetune_interval_s=3600.0)
     ensure_champion(Registry(cfg.registry), "global")
-    service = SimpleNamespace(cfg=cfg, metrics=Metrics(), skill=RollingSkill(),
-                              card=SimpleNamespace(metrics={"val_mae": 1.0}), models=SimpleNamespace(stations={}))
-    sched = LifecycleScheduler(service, SimpleNamespace(request_swap=lambda: None))
+    sched = LifecycleScheduler(cfg, Metrics(), FakeView(RollingSkill(), val_mae=1.0))
     sched.state.record("finetune", datetime.now(UTC))  # not due: only the request below runs it
     sched.start()
     seen: dict[int, tuple[bytes, bytes]] = {}

@@ -26,12 +26,12 @@ from forecaster.experiment import fit
 from forecaster.predict import Predictor
 from forecaster.registry import Registry, station_model_name
 from forecaster.train import TrainConfig
+from pipeline.challenger import Outcome
 from pipeline.config import ServiceConfig
 from pipeline.finetune import FinetuneSettings, eligible_stations, finetune_stations
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion, shipped_artifact
 from pipeline.replay import records_for_replay
-from pipeline.retrain import Outcome
 from pipeline.scheduler import LifecycleScheduler
 from pipeline.scoring import RollingSkill
 from pipeline.serving import Served, ServingModels
@@ -40,6 +40,7 @@ from pipeline.store import Store
 from tests.broker_fixture import kafka_broker  # noqa: F401
 from tests.pipeline_harness import (
     ROOT,
+    FakeView,
     ServiceThread,
     expected_origins,
     make_setup,
@@ -212,8 +213,7 @@ def test_eligible_stations_follow_history_and_previous_attempts(tmp_path):
 
 def _drift_service(tmp_path: Path, **cfg) -> SimpleNamespace:
     c = ServiceConfig(store_url=f"sqlite:///{tmp_path}/store.db", registry=str(tmp_path / "registry"), **cfg)
-    return SimpleNamespace(cfg=c, metrics=Metrics(), skill=RollingSkill(), card=SimpleNamespace(
-        metrics={"val_mae": 2.0}), models=SimpleNamespace(stations={}))
+    return SimpleNamespace(cfg=c, metrics=Metrics(), view=FakeView(RollingSkill(), val_mae=2.0))
 
 
 def _errors(station: str, model: float, persistence: float, n: int) -> pd.DataFrame:
@@ -233,7 +233,7 @@ def test_drift_triggers_early_retraining_and_station_fine_tuning(tmp_path):
     service = _drift_service(tmp_path, retrain_interval_s=3600.0, finetune_interval_s=3600.0, drift_check_s=0.2,
                              drift_for_s=1.0, drift_tolerance=0.25, drift_min_errors=100,
                              drift_station_min_errors=50)
-    sched = LifecycleScheduler(service, SimpleNamespace(request_swap=lambda: None), runner=runner)
+    sched = LifecycleScheduler(service.cfg, service.metrics, service.view, runner=runner)
     state_file = Path(f"{tmp_path}/store.db.schedule.json")
     now = datetime.now(UTC)  # both jobs ran just now: only drift can bring them forward
     sched.state.record("retrain", now)
@@ -241,18 +241,18 @@ def test_drift_triggers_early_retraining_and_station_fine_tuning(tmp_path):
     sched.start()
     try:
         # Healthy fleet and stations: no trigger however long it lasts.
-        service.skill.update(pd.concat([_errors("A", 1.0, 2.0, 200), _errors("B", 1.5, 2.0, 200)]))
+        service.view.skill.update(pd.concat([_errors("A", 1.0, 2.0, 200), _errors("B", 1.5, 2.0, 200)]))
         time.sleep(1.5)
         assert calls == [] and service.metrics.registry.get_sample_value("stationcast_drift_detected") == 0
         # Station B falls behind persistence (fleet still fine): after drift_for_s, B alone is fine-tuned.
-        service.skill.station_model["B"] = 2.6
+        service.view.skill.station_model["B"] = 2.6
         wait_until(lambda: calls, 5, "an early fine-tuning")
         assert calls[0][2] == "pipeline.finetune" and calls[0][-2:] == ["--station", "B"], calls[0]
         assert sched.job("retrain").next_run_time > datetime.now(UTC) + timedelta(minutes=30)
         # The whole fleet drifts beyond the card's validation MAE: after drift_for_s, retraining runs now.
-        service.skill.station_model["B"] = 1.5
-        service.skill.fleet_model = 2.0 * 1.25 + 0.3
-        service.skill.fleet_persistence = 9.0
+        service.view.skill.station_model["B"] = 1.5
+        service.view.skill.fleet_model = 2.0 * 1.25 + 0.3
+        service.view.skill.fleet_persistence = 9.0
         wait_until(lambda: any(c[2] == "pipeline.retrain" for c in calls), 5, "an early retraining")
         assert service.metrics.registry.get_sample_value("stationcast_drift_detected") == 1
         assert "station_drift" in state_file.read_text() and '"drift"' in state_file.read_text()

@@ -121,7 +121,7 @@ def test_status_api_and_page_at_20000_stations(kafka_broker, chicago, tmp_path):
             # Pending forecasts whose actual is missing are let go; the board holds at most the open horizons.
             assert _sample(base, "stationcast_forecasts_expired_total") > 0
             n_h = len(setup.card.data.horizons)
-            assert len(service.scoreboard) <= FULL * n_h * (n_h + service.cfg.lateness_steps + 1)
+            assert len(service.step.scoreboard) <= FULL * n_h * (n_h + service.cfg.lateness_steps + 1)
             # The page, drawn by Chromium: one page of charts, worst first, with the pager.
             flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
                      "--disable-background-networking", "--disable-component-update",

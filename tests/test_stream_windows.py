@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.windows import AddResult, Outcome, RollingWindows, WindowConfig
+from pipeline.ring import AddResult, Outcome, RollingWindows, WindowConfig
 
 HOUR = 3600
 T0 = 1_700_000_000 - 1_700_000_000 % HOUR  # an hour boundary

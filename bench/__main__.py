@@ -1,0 +1,28 @@
+"""``python -m bench --render``: rewrite every converted benchmark page from its saved JSON (no measuring).
+
+Each benchmark measures on its own (``python -m bench.NAME``; see bench/common.py for the pattern)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from bench import index
+from bench.common import ROOT, load_results
+
+# Benchmarks following bench/common.py's measure/render pattern, in the order `make bench` runs them.
+BENCHMARKS = ["long_sequence", "extra_data", "tune", "ingest", "forecast_batch", "retrain_latency"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--render", action="store_true", required=True, help="rewrite every page from its JSON")
+    p.parse_args()
+    for name in BENCHMARKS:
+        bench = importlib.import_module(f"bench.{name}").BENCH
+        print(f"wrote {bench.write_page(load_results(name)).relative_to(ROOT)}")
+    print(f"wrote {index.write().relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

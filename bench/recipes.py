@@ -1,0 +1,42 @@
+"""Data and training recipes the accuracy benchmarks share (Jena hourly, Chollet's split, T +24 h), and how an
+ensemble of trained members is scored. Constants only and one pure function: no benchmark imports another one's
+script for them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from forecaster.dataset import DataConfig
+from forecaster.experiment import Trained
+from forecaster.models import ConvLayer
+from forecaster.train import TrainConfig
+
+BOOK = DataConfig(lookback=240, horizons=(24,))  # the book's windows: 240 h in, temperature 24 h ahead
+TF = replace(BOOK, time_features=True)
+MULTI = replace(TF, horizons=tuple(range(1, 25)))
+FRONT_BOOK = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))  # Listing 6.49's front-end
+FRONT_POOL2 = (ConvLayer(32, 5, 2), ConvLayer(32, 5, 1))
+FRONT_64 = (ConvLayer(64, 5, 3), ConvLayer(64, 5, 1))
+TRIAL = TrainConfig(optimizer="adam", lr=3e-4, weight_decay=1e-3, batch_size=128, epochs=8, steps_per_epoch=150,
+                    patience=3)  # a short trial budget
+BOOK_TRAIN = replace(TRIAL, optimizer="rmsprop", lr=1e-3, weight_decay=0.0)
+HORIZON = 24
+
+
+def column24(t: Trained, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point forecast, actual and persistence of the 24 h column for a split ('val' or 'test')."""
+    p = t.test_predictions if split == "test" else t.val_predictions
+    i = list(t.card.data.horizons).index(HORIZON)
+    return p.point[:, i], p.actual[:, i], p.persistence
+
+
+def ensemble_mae(members: list[Trained], split: str) -> float:
+    """MAE of the mean 24 h point forecast of ``members``, which must have been scored on the same windows."""
+    origins = [(t.test_predictions if split == "test" else t.val_predictions).origins for t in members]
+    if any(not np.array_equal(o, origins[0]) for o in origins[1:]):
+        raise ValueError("ensemble members were scored on different windows")
+    cols = [column24(t, split) for t in members]
+    point = np.mean([c[0] for c in cols], axis=0)
+    return float(np.abs(point - cols[0][1]).mean())

@@ -1,0 +1,87 @@
+"""What a step's result means for the Prometheus metrics: every metric of the data path is set here, once per
+batch, after the batch is stored (the live line, the status page and dashboards then see a batch all at once)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.metrics import Metrics
+from pipeline.scoring import TRACKED
+from pipeline.step import ForwardPass, Step, StepResult
+
+GAUGE_HORIZONS = (1, 6, 12, 24)  # horizons exported per station as forecast gauges
+
+
+def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True) -> None:
+    """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages). The consumed
+    count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch."""
+    for outcome, n in out.ring.items():
+        m.readings_outcome.labels(outcome=outcome).inc(n)
+    m.windows_not_ready.inc(out.not_ready)
+    m.forecasts_expired.inc(out.expired)
+    for stage, seconds in out.stages.items():
+        if seconds:
+            m.stage_seconds.labels(stage=stage).observe(seconds)
+    errors = out.errors
+    if not errors.empty:
+        _export_errors(m, errors, step)
+    for p in out.passes:
+        _export_pass(m, p, out.arrived)
+    if batch:
+        for d in out.dead:
+            m.readings_rejected.labels(reason=d.reason).inc()
+        m.readings_accepted.inc(out.accepted)
+        m.batches.inc()
+        m.last_batch.set(time.time())
+        m.readings_consumed.inc(out.consumed)
+
+
+def _export_errors(m: Metrics, errors, step: Step) -> None:
+    """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per station
+    and fleet; per horizon over the fleet, with band coverage and the fleet's band offsets."""
+    m.errors_scored.inc(len(errors))
+    m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
+                     errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
+    stations = errors["station"].unique()
+    sk = step.skill
+    for name in TRACKED:
+        table = getattr(sk, f"station_{name}")
+        have = [s for s in stations if s in table]
+        m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
+        m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
+    m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
+    m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
+    m.skill.labels(station="all").set(sk.skill_vs_persistence())
+    m.skill_best.labels(station="all").set(sk.skill())
+    hs = step.horizon_skill
+    for h in hs.horizons():
+        label = str(h)
+        for name in TRACKED:
+            m.horizon_mae.labels(horizon=label, forecaster=name).set(hs.mae[name].get(h, np.nan))
+        m.horizon_skill.labels(horizon=label).set(hs.skill(h))
+        m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
+    m.band_coverage.labels(horizon="all").set(hs.coverage_all)
+    for h, q in step.calibrator.summary().items():
+        m.band_offset.labels(horizon=str(h)).set(q)
+
+
+def _export_pass(m: Metrics, p: ForwardPass, arrived: float) -> None:
+    m.batch_latency.observe(p.seconds)
+    m.batch_size.observe(len(p.stations))
+    m.forecasts.inc(len(p.stations))
+    m.last_forecast_time.set(p.done_at)
+    m.reading_to_forecast.observe(p.done_at - arrived)
+    fc = p.forecast
+    horizons = np.asarray(fc.horizons)
+    names = ["p50"] if not fc.quantiles else [f"p{round(q * 100)}" for q in fc.quantiles]
+    picks = [i for i, h in enumerate(horizons) if h in GAUGE_HORIZONS] or [len(horizons) - 1]
+    for i, station in enumerate(p.stations.tolist()):
+        label = m.station_label(station)
+        if label is None or label == "other":
+            continue
+        for j in picks:
+            for q, name in enumerate(names):
+                m.last_forecast.labels(station=label, horizon=str(int(horizons[j])), quantile=name).set(
+                    float(fc.values[i, j, q if fc.quantiles else 0]))
