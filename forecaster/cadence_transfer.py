@@ -13,14 +13,22 @@ normalization, which its layers expect.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from forecaster.artifact import ModelCard
-from forecaster.dataset import DataConfig
+from forecaster.clean import StationSeries
+from forecaster.dataset import DataConfig, Ranges
+from forecaster.experiment import Trained, fit
 from forecaster.models import ModelConfig, build_model
+from forecaster.train import TrainConfig
+
+
+TRANSFER_LAYERS = ("adapter+head", "all")
 
 
 class CadenceError(ValueError):
@@ -79,3 +87,21 @@ def transferred_model(base: nn.Module, arch: ModelConfig) -> nn.Module:
         model.head.weight[:, :width].copy_((w_base[rows] * scale).reshape(-1, width))
         model.head.bias.copy_((b_base[rows] * scale[..., 0]).reshape(-1))
     return model
+
+
+def fit_transfer(base: nn.Module, base_card: ModelCard, base_tag: str, series: Sequence[StationSeries],
+                 arch: ModelConfig, data: DataConfig, train_cfg: TrainConfig, ranges: Sequence[Ranges] | None = None,
+                 label: str = "model", plot_dir: str | Path | None = None, data_hash: str | None = None,
+                 layers: str = "adapter+head") -> Trained:
+    """The recipe, one code path for ``stationcast train --transfer-from`` and the benchmark: the transferred
+    model fine-tuned on ``series`` with the base model's normalization, early-stopped on validation. ``layers``:
+    what trains; "adapter+head" (the adapter, the head and its baseline mix) keeps the hourly front-end and GRU
+    as they were learned on years of several stations, "all" trains everything."""
+    if layers not in TRANSFER_LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(TRANSFER_LAYERS)}, not {layers!r}")
+    model = transferred_model(base, arch)
+    if layers == "adapter+head":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.split(".")[0] in ("adapter", "head", "mix"))
+    return fit(series, data, arch, train_cfg, label=label, plot_dir=plot_dir, ranges=ranges,
+               normalizer=base_card.normalizer, model=model, data_hash=data_hash, parent=base_tag)

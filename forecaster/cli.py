@@ -14,7 +14,7 @@ from pathlib import Path
 
 from forecaster import adapt
 from forecaster.artifact import ModelCard, load_artifact
-from forecaster.cadence_transfer import transfer_config, transferred_model
+from forecaster.cadence_transfer import TRANSFER_LAYERS, fit_transfer, transfer_config
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
@@ -153,6 +153,9 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
                         "that maps the file's finer steps to its steps; the whole model is then fine-tuned on the "
                         "files. --lookback and --horizons are in the file's steps; the architecture flags must be "
                         "left at their defaults")
+    t.add_argument("--transfer-layers", choices=TRANSFER_LAYERS, default=TRANSFER_LAYERS[0],
+                   help="with --transfer-from, what trains: the cadence adapter and the head (the base model's "
+                        "front-end and GRU stay as learned), or all (default %(default)s)")
     t.add_argument("--promote", action="store_true", help="make the new version the champion")
     t.set_defaults(func=cmd_train, arch_defaults={k: t.get_default(k) for k in TRANSFER_FIXED})
 
@@ -436,9 +439,8 @@ def _train_transfer(args) -> int:
           f"readings per {cadence_name(base_card.cadence_s)} step to start; horizons "
           f"{', '.join(horizon_label(h * cadences[0] / 60) for h in data.horizons)}")
     ranges = _train_spans(args, series, data)
-    model = transferred_model(base, arch)
-    trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
-                  normalizer=base_card.normalizer, model=model, data_hash=_data_hash(args.data), parent=base_tag)
+    trained = fit_transfer(base, base_card, base_tag, series, arch, data, _train_cfg(args), ranges, label=name,
+                           plot_dir=args.plots, data_hash=_data_hash(args.data), layers=args.transfer_layers)
     return _register_trained(args, registry, name, trained, f"transferred from {base_tag} to "
                              f"{describe(cadences[0])} on " + ", ".join(Path(p).name for p in args.data))
 
