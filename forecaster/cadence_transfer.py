@@ -27,7 +27,6 @@ from forecaster.experiment import Trained, fit
 from forecaster.models import ModelConfig, build_model
 from forecaster.train import TrainConfig
 
-
 TRANSFER_LAYERS = ("adapter+head", "all")
 
 
