@@ -79,32 +79,45 @@ class CadenceRouter:
                 step.feed(station[sel], ts[sel], values[sel], out)
 
     def _hold(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
+        """Readings of stations without a lane: detection sees their times; a station detected now gets its held
+        readings and all of this batch's in its lane; the others' wait (the last :data:`_BUFFER` per station)."""
         unserved = np.fromiter((s in self.unserved for s in station.tolist()), dtype=bool, count=len(station))
         out.unserved += int(unserved.sum())
         keep = np.flatnonzero(~unserved)
-        for i in keep.tolist():
+        station, ts, values = station[keep], ts[keep], values[keep]
+        detected = set(self.detector.observe(station, ts))
+        now = np.fromiter((s in detected for s in station.tolist()), dtype=bool, count=len(station))
+        for i in np.flatnonzero(~now).tolist():
             held = self._held.setdefault(station[i], [])
             held.append((int(ts[i]), values[i]))
             del held[:-_BUFFER]
-        for s in self.detector.observe(station[keep], ts[keep]):
-            self._route(s, out)
+        routed: dict[int, list[np.ndarray]] = {}
+        for s in detected:
+            cadence = self._route(s, out)
+            if cadence is not None:
+                routed.setdefault(cadence, []).append(s)
+        for cadence, names in routed.items():
+            held = [(s, t, v) for s in names for t, v in self._held.pop(s, [])]
+            mine = np.flatnonzero(np.isin(station, np.asarray(names, dtype=object)))
+            st = np.concatenate([np.array([h[0] for h in held], dtype=object), station[mine]])
+            tt = np.concatenate([np.array([h[1] for h in held], dtype=np.int64), ts[mine]])
+            vv = np.concatenate([np.stack([h[2] for h in held]) if held else values[:0], values[mine]])
+            self.lanes[cadence].feed(st, tt, vv, out)
 
-    def _route(self, station: str, out: StepResult) -> None:
+    def _route(self, station: str, out: StepResult) -> int | None:
+        """The lane of a station just detected (None: its cadence has no champion)."""
         spacing = self.detector.cadence[station]
-        held = sorted(self._held.pop(station, []), key=lambda r: r[0])
         cadence = matching(spacing, self.lanes)
         if cadence is None:
             self.unserved[station] = spacing
-            out.unserved += len(held)
+            out.unserved += len(self._held.pop(station, []))
             log.warning("station %s reports every %s: no champion serves that cadence (champions: %s); its readings "
                         "are stored but not forecast", station, describe(spacing),
                         ", ".join(describe(c) for c in self.cadences))
-            return
+            return None
         self.lane_of[station] = cadence
         log.info("station %s reports every %s: served at that cadence", station, describe(cadence))
-        ts = np.array([r[0] for r in held], dtype=np.int64)
-        vals = np.stack([r[1] for r in held])
-        self.lanes[cadence].feed(np.full(len(held), station, dtype=object), ts, vals, out)
+        return cadence
 
     def forget(self, stations: np.ndarray) -> None:
         """Stations that moved to another replica: their state leaves every lane (and detection restarts)."""

@@ -193,6 +193,10 @@ class Service:
                 log.error("new champion %s not loaded, still serving %s: %s", champion.tag, current.tag, exc)
         return swapped
 
+    def lane_tags(self) -> dict[int, str]:
+        """The champion tag of every cadence served."""
+        return {c: step.models.fleet.info.tag for c, step in self.router.lanes.items()}
+
     def lane_cards(self) -> dict[int, ModelCard]:
         """The champion card of every cadence served."""
         return {c: step.card for c, step in self.router.lanes.items()}
@@ -240,8 +244,12 @@ class Service:
                 log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
         swapped += self._swap_lanes()
         if self.cfg.station_models:
-            swapped += len(self.models.refresh(self.registry))
-            self.metrics.station_models.set(len(self.models.stations))
+            lane_of, hourly = self.router.lane_of, self.card.cadence_s
+            swapped += len(self.models.refresh(self.registry, accept=lambda s: lane_of.get(s, hourly) == hourly))
+            for cadence, models in self.lane_models.items():
+                swapped += len(models.refresh(self.registry, accept=lambda s, c=cadence: lane_of.get(s) == c))
+            self.metrics.station_models.set(len(self.models.stations) + sum(
+                len(m.stations) for m in self.lane_models.values()))
         self.metrics.model_swaps.inc(swapped)
         return swapped > 0
 
@@ -251,7 +259,8 @@ class Service:
         return self.card
 
     def station_card(self, station: str) -> ModelCard | None:
-        own = self.models.stations.get(station)
+        step = (self.router.step_of(station) if self.router is not None else None) or self.step
+        own = step.models.stations.get(station)
         return own.card if own is not None else None
 
     def request_swap(self) -> None:
