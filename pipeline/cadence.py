@@ -46,9 +46,9 @@ def parse_label(label: str) -> int | None:
 
 
 def describe(cadence_s: float) -> str:
-    """A cadence for people: ``10 min``, ``1 h``, ``37 s``."""
+    """A cadence or horizon for people: ``10 min``, ``1 h``, ``24 h``, ``37 s``."""
     c = int(round(cadence_s))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+    for unit, size in (("h", 3600), ("min", 60)):
         if c >= size and c % size == 0:
             return f"{c // size} {unit}"
     return f"{c} s"
