@@ -177,3 +177,34 @@ def test_resample_aggregates_onto_the_nearest_coarser_served_cadence(jena10):
     assert last.loc[last["time"] == t, "T"].iloc[0] == window["T"].iloc[-1]
     with pytest.raises(CadenceError, match="coarser than every champion"):
         enforce(rows, "f.csv", {TEN_MIN: "global-10min"}, "mean")
+
+
+def test_a_restart_rebuilds_each_station_into_its_own_lane(kafka_broker, tmp_path, denver, jena10,  # noqa: F811
+                                                          ten_minute_model):
+    """Stop, publish more, start again: every station is rebuilt from the store into its cadence's lane (detected
+    from its stored readings), and the forecasts equal those of a run without the restart: each due window once."""
+    setup = make_setup(kafka_broker.bootstrap, tmp_path)
+    ten_tag = _register(setup, ten_minute_model)
+    jena = jena10[jena10["time"] < jena10["time"].min() + pd.Timedelta(days=2)].assign(station="JENA10")
+    den = denver  # 9 days: the restart lands before its first forecast (a 7-day window), rebuilt from the store
+    first = pd.concat([den.iloc[: len(den) * 2 // 3], jena.iloc[: len(jena) // 2]]).sort_values("time", kind="stable")
+    rest = pd.concat([den.iloc[len(den) * 2 // 3:], jena.iloc[len(jena) // 2:]]).sort_values("time", kind="stable")
+    want = pd.concat([expected_origins(den, setup.card), expected_origins(jena, ten_minute_model.card)])
+    n_h = {"DEN": len(setup.card.data.horizons), "JENA10": len(ten_minute_model.card.data.horizons)}
+    rows = sum(n_h[s] for s in want["station"])
+    s1 = publish(setup, first)
+    with ServiceThread(setup) as service:
+        wait_until(lambda: service.totals.consumed >= s1.sent, 120, "the first part consumed")
+    s2 = publish(setup, rest)
+    with ServiceThread(setup) as service:
+        wait_until(lambda: len(stored_forecasts(setup.cfg.store_url)) >= rows, 120, "every forecast after restart")
+        assert service.model_of("JENA10") == (ten_tag, TEN_MIN)
+        assert service.model_of("DEN")[1] == 3600
+        assert service.totals.consumed == s2.sent
+    fc = stored_forecasts(setup.cfg.store_url)
+    assert len(fc) == rows
+    for station in ("DEN", "JENA10"):
+        mine = fc[fc["station"] == station]
+        got = np.sort(mine["issue_ts"].unique())
+        np.testing.assert_array_equal(got, np.sort(want.loc[want["station"] == station, "issue_ts"].to_numpy()))
+    assert set(fc.loc[fc["station"] == "JENA10", "model_version"]) == {ten_tag}
