@@ -24,7 +24,7 @@ import pandas as pd
 HOURLY = 3600
 DETECT_READINGS = 6  # distinct timestamps a station's cadence is detected from
 TOLERANCE = 0.1  # a detected spacing within 10% of a champion's cadence matches it
-AGGREGATIONS = ("mean", "median", "last", "first", "min", "max")
+AGGREGATIONS = ("mean", "median", "last", "min", "max", "sum")  # as forecaster/cli.py's --resample
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 
@@ -103,18 +103,29 @@ def file_cadences(records: pd.DataFrame) -> pd.Series:
 
 
 def resample(records: pd.DataFrame, cadence_s: int, agg: str) -> pd.DataFrame:
-    """Readings of every station aggregated onto a ``cadence_s`` grid: the ``agg`` of the readings in
-    ``(t - cadence, t]``, stamped ``t`` (a value is known at its time stamp, never before). Bins without a reading
-    are left out (the service interpolates short gaps and waits out long ones)."""
+    """Readings of every station aggregated onto a ``cadence_s`` grid, as the training side's ``--resample`` does:
+    each step at time ``t`` is the ``agg`` of the readings in ``(t - cadence, t]`` (a value is never stamped before
+    it was measured), on the station's own phase (the bins end on its last reading's time, so Jena's ``HH:10``
+    stays ``HH:10``), and a step missing any of its readings is missing (never an aggregate of what is left).
+    ``cadence_s`` must be a whole multiple of each station's spacing."""
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {agg!r}; one of {', '.join(AGGREGATIONS)}")
     value_cols = [c for c in records.columns if c not in ("station", "time")]
+    cadence = pd.Timedelta(seconds=cadence_s)
+    every = file_cadences(records)
     parts = []
     for station, part in records.groupby("station", sort=False):
-        frame = part.set_index("time")[value_cols]
-        out = getattr(frame.resample(f"{cadence_s}s", closed="right", label="right"), agg)()
-        out = out.dropna(how="all").reset_index()
-        parts.append(out.assign(station=station))
+        factor = cadence_s / every[station]
+        if factor < 1 or factor != int(factor):
+            raise ValueError(f"station {station}: cannot aggregate readings every {describe(every[station])} to "
+                             f"every {describe(cadence_s)}: not a whole multiple")
+        frame = part.drop_duplicates("time").set_index("time")[value_cols].sort_index()
+        end = frame.index[-1]
+        first_end = end - ((end - frame.index[0]) // cadence) * cadence
+        bins = frame.resample(cadence, closed="right", label="right", origin=first_end - cadence)
+        values = bins.sum(min_count=1) if agg == "sum" else bins.agg(agg)
+        values = values.where(bins.count() >= int(factor))
+        parts.append(values.dropna(how="all").reset_index().assign(station=station))
     merged = pd.concat(parts, ignore_index=True)[["station", "time", *value_cols]]
     return merged.sort_values(["time", "station"], kind="stable").reset_index(drop=True)
 

@@ -17,9 +17,10 @@ from forecaster.registry import Registry
 from pipeline.cadence import AGGREGATIONS, describe, file_cadences, matching, resample
 from pipeline.pretrained import cadence_champions
 
-RESAMPLE_HELP = (f"aggregate stations whose cadence no champion has onto the nearest coarser served cadence: AGG "
-                 f"({', '.join(AGGREGATIONS)}) of each sensor's readings in (t - cadence, t], stamped t. Without it, "
-                 f"such a file is refused (exit 2)")
+RESAMPLE_HELP = (f"aggregate stations whose cadence no champion has onto the nearest coarser served cadence that is a "
+                 f"whole multiple of theirs: AGG ({', '.join(AGGREGATIONS)}) of each sensor's readings in "
+                 f"(t - cadence, t], stamped t on the station's own phase; a step missing any reading is left out. "
+                 f"Without it, such a file is refused (exit 2)")
 
 
 class CadenceError(ValueError):
@@ -50,10 +51,10 @@ def enforce(records: pd.DataFrame, path: str, served: dict[int, str], agg: str |
                            f"({'|'.join(AGGREGATIONS)}) to aggregate it onto a served cadence")
     targets = {}
     for station, v in off.items():
-        coarser = [c for c in served if c > v]
+        coarser = [c for c in served if c > v and (c / v) == int(c / v)]
         if not coarser:
-            raise CadenceError(f"{path}: station {station} reports every {describe(v)}, coarser than every champion "
-                               f"({have}); resampling cannot make readings finer")
+            raise CadenceError(f"{path}: station {station} reports every {describe(v)}; no champion's cadence ({have}) "
+                               f"is a coarser whole multiple of it (resampling never makes readings finer)")
         targets[station] = min(coarser)
     parts = [records[~records["station"].isin(list(off))]]
     for cadence in sorted(set(targets.values())):
@@ -61,6 +62,6 @@ def enforce(records: pd.DataFrame, path: str, served: dict[int, str], agg: str |
         parts.append(resample(records[records["station"].isin(names)], cadence, agg))
         print(f"stationcast: {path}: resampled {len(names)} station(s) from every {describe(off[names[0]])} to every "
               f"{describe(cadence)} ({served[cadence]}): {agg} of each sensor's readings in (t - {describe(cadence)}, "
-              f"t], stamped t", file=stream)
+              f"t], stamped t; steps missing a reading left out", file=stream)
     merged = pd.concat(parts, ignore_index=True)
     return merged.sort_values(["time", "station"], kind="stable").reset_index(drop=True)

@@ -168,14 +168,17 @@ def test_resample_aggregates_onto_the_nearest_coarser_served_cadence(jena10):
     assert (times.diff().dropna() == pd.Timedelta(hours=1)).all()
     # The documented aggregation: each value is the mean of the readings in (t - 1 h, t], stamped t.
     t = times.iloc[5]
+    assert t.minute == rows["time"].iloc[-1].minute  # on the station's own phase
     window = rows[(rows["time"] > t - pd.Timedelta(hours=1)) & (rows["time"] <= t)]
     assert len(window) == 3
     got = out.loc[out["time"] == t].iloc[0]
     for col in ("T", "Tdew", "rh"):
         assert got[col] == pytest.approx(window[col].mean())
+    holed = resample(rows.drop(index=window.index[1]), 3600, "mean")  # a step missing a reading is left out
+    assert t not in set(holed["time"]) and len(holed) == len(out) - 1
     last = resample(rows, 3600, "last")
     assert last.loc[last["time"] == t, "T"].iloc[0] == window["T"].iloc[-1]
-    with pytest.raises(CadenceError, match="coarser than every champion"):
+    with pytest.raises(CadenceError, match="no champion's cadence"):
         enforce(rows, "f.csv", {TEN_MIN: "global-10min"}, "mean")
 
 
