@@ -97,6 +97,7 @@ class Service:
         self.step: Step | None = None  # the hourly lane (the global champion's)
         self.router: CadenceRouter | None = None  # every lane: one champion and one Step per cadence
         self.lane_models: dict[int, ServingModels] = {}  # the champions of the other cadences
+        self._unserved_labels: set[str] = set()
         self.observers: list[Callable[[StepResult], None]] = []  # called with each stored step's result
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
@@ -497,12 +498,13 @@ class Service:
             own = step.models.stations
             fleet = sum(1 for s in stations if s not in own)
             m.stations_served.labels(model=step.models.fleet.info.tag, cadence=str(cadence)).set(fleet)
-        unserved: dict[str, int] = {}
+        unserved: dict[str, int] = dict.fromkeys(self._unserved_labels, 0)  # a cadence gone back to 0
         for seconds in router.unserved.values():
             key = str(int(round(seconds)))
             unserved[key] = unserved.get(key, 0) + 1
         for key, n in unserved.items():
             m.stations_unserved.labels(cadence=key).set(n)
+        self._unserved_labels = set(unserved)
 
     # ------------------------------------------------------------------ rebalance
 
