@@ -98,6 +98,7 @@ class Service:
         self.router: CadenceRouter | None = None  # every lane: one champion and one Step per cadence
         self.lane_models: dict[int, ServingModels] = {}  # the champions of the other cadences
         self._unserved_labels: set[str] = set()
+        self._served_labels: set[tuple[str, str]] = set()
         self.observers: list[Callable[[StepResult], None]] = []  # called with each stored step's result
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
@@ -493,11 +494,14 @@ class Service:
         """Which model serves how many stations, per cadence (one series per model, never per station), and how
         many stations report at a cadence no champion has."""
         m, router = self.metrics, self.router
+        served = dict.fromkeys(self._served_labels, 0)  # a replaced champion's series goes back to 0
         for cadence, stations in router.served().items():
             step = router.lanes[cadence]
             own = step.models.stations
-            fleet = sum(1 for s in stations if s not in own)
-            m.stations_served.labels(model=step.models.fleet.info.tag, cadence=str(cadence)).set(fleet)
+            served[(step.models.fleet.info.tag, str(cadence))] = sum(1 for s in stations if s not in own)
+        for (tag, cadence), n in served.items():
+            m.stations_served.labels(model=tag, cadence=cadence).set(n)
+        self._served_labels = set(served)
         unserved: dict[str, int] = dict.fromkeys(self._unserved_labels, 0)  # a cadence gone back to 0
         for seconds in router.unserved.values():
             key = str(int(round(seconds)))
