@@ -93,11 +93,17 @@ class LiveLine:
         now = time.monotonic()
         rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
         self._last = (now, consumed)
-        mae, pers, day = s.skill.maes()
-        best = skill_vs_best(mae, pers, day)
-        diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
-        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})"
-                 if np.isfinite(mae) and np.isfinite(best) else "MAE: waiting for actuals")
+        lanes = s.router.lanes
+        parts = []
+        for cadence in sorted(lanes):  # one rolling score per cadence served (their horizons differ)
+            mae, pers, day = lanes[cadence].skill.maes()
+            best = skill_vs_best(mae, pers, day)
+            if not (np.isfinite(mae) and np.isfinite(best)):
+                continue
+            diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
+            every = f" ({describe(cadence)})" if len(lanes) > 1 else ""
+            parts.append(f"MAE{every} {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})")
+        skill = " | ".join(parts) or "MAE: waiting for actuals"
         return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
                 f"lag {lag:,} | dead letters {rejected:,}")
 
