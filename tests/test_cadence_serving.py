@@ -211,3 +211,43 @@ def test_a_restart_rebuilds_each_station_into_its_own_lane(kafka_broker, tmp_pat
         got = np.sort(mine["issue_ts"].unique())
         np.testing.assert_array_equal(got, np.sort(want.loc[want["station"] == station, "issue_ts"].to_numpy()))
     assert set(fc.loc[fc["station"] == "JENA10", "model_version"]) == {ten_tag}
+
+
+def _store_records(url: str, records: pd.DataFrame) -> None:
+    from pipeline.readings import SENSORS
+
+    values = np.column_stack([records[c].to_numpy(dtype=np.float64) if c in records else
+                              np.full(len(records), np.nan) for c in SENSORS])
+    with Store.open(url) as store:
+        store.add_readings(records["station"].to_numpy(dtype=object),
+                           records["time"].to_numpy(dtype="datetime64[s]").astype(np.int64), values, SENSORS, 0,
+                           np.arange(len(records)))
+
+
+def test_retraining_and_fine_tuning_work_per_cadence(tmp_path, noaa_denver, jena10, ten_minute_model):
+    """Each cadence's champion retrains on its own stations' readings only, and a station is fine-tuned from its
+    cadence's champion."""
+    from pipeline.finetune import base_name
+    from pipeline.retrain import RetrainSettings, retrain
+
+    den = records_for_replay(noaa_denver)
+    den = den[(den["time"] >= DEN_START) & (den["time"] < DEN_START + pd.Timedelta(days=40))].assign(station="DEN")
+    url = f"sqlite:///{tmp_path}/store.db"
+    _store_records(url, pd.concat([den, jena10.assign(station="JENA10")], ignore_index=True))
+    registry = Registry(tmp_path / "registry")
+    from pipeline.pretrained import ensure_champion
+
+    hourly = ensure_champion(registry, "global")
+    registry.register("global-10min", ten_minute_model.model, ten_minute_model.card, note="test")
+    registry.promote("global-10min", 1, note="test")
+    job = {"history_days": 3000.0, "holdout_days": 7.0, "epochs": 1, "steps_per_epoch": 5, "progress": False}
+    ten = retrain(RetrainSettings(store_url=url, registry=str(registry.root), name="global-10min", **job))
+    assert ten.outcome != "failed", ten.reason
+    assert ten.stations == ["JENA10"] and ten.champion == "global-10min@v1"
+    assert registry.card("global-10min", 2).cadence_s == TEN_MIN
+    one = retrain(RetrainSettings(store_url=url, registry=str(registry.root), name="global", **job))
+    assert one.outcome != "failed", one.reason
+    assert one.stations == ["DEN"] and one.champion == hourly.tag
+    with Store.open(url) as store:
+        assert base_name(registry, "global", store.history(0, 2**40, ["JENA10"])["time"]) == "global-10min"
+        assert base_name(registry, "global", store.history(0, 2**40, ["DEN"])["time"]) == "global"
