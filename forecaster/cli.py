@@ -13,14 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forecaster import adapt
-from forecaster.artifact import ModelCard
+from forecaster.artifact import ModelCard, load_artifact
+from forecaster.cadence_transfer import TRANSFER_LAYERS, fit_transfer, transfer_config
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
 from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, ConvLayer, ModelConfig
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
-from forecaster.scorecard import render, score_on_span
+from forecaster.resample import AGGREGATIONS, RESAMPLE_HELP, CadenceMismatch, cadence_name, conform, describe
+from forecaster.scorecard import horizon_label, render, score_on_span
 from forecaster.spans import (
     TEST_FRACTION,
     TRAIN_VAL_FRACTION,
@@ -50,11 +52,15 @@ SPAN_HELP = (
 
 
 def _horizons(text: str) -> tuple[int, ...]:
-    """``24`` -> (24,); ``1-24`` -> (1, ..., 24); ``6,12,24`` -> (6, 12, 24)."""
-    if "-" in text:
-        a, b = text.split("-", 1)
-        return tuple(range(int(a), int(b) + 1))
-    return tuple(int(h) for h in text.split(","))
+    """``24`` -> (24,); ``1-24`` -> (1, ..., 24); ``6,12,24``; ``1-6,12-144/6`` -> 1..6 then every 6th to 144."""
+    out: list[int] = []
+    for part in text.split(","):
+        span, _, every = part.partition("/")
+        a, _, b = span.partition("-")
+        out += range(int(a), int(b or a) + 1, int(every or 1))
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"horizons must be positive steps, got {text!r}")
+    return tuple(sorted(set(out)))
 
 
 def _names(text: str | None) -> list[str]:
@@ -81,6 +87,7 @@ def _data_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--station", action="append", help="station id in a multi-station file (repeatable)")
     p.add_argument("--max-fill", type=int, default=CleanConfig.max_fill_steps,
                    help="interpolate gaps up to this many steps (default %(default)s)")
+    p.add_argument("--resample", metavar="AGG", choices=list(AGGREGATIONS), help=RESAMPLE_HELP)
 
 
 def _pct(fraction: float) -> str:
@@ -140,8 +147,17 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], obj
     _span_args(t, "end of the training data, inclusive; its last "
                   f"{_pct(TRAIN_VAL_FRACTION)} (in time) validates (default: the start of the test span)")
     _train_args(t, lr=1e-3, epochs=20, name_help=f"registry name to register under (default {GLOBAL})")
+    t.add_argument("--transfer-from", metavar="MODEL",
+                   help="start from a coarser-cadence model (a model folder such as pipeline/pretrained_models/global, "
+                        "or a registry name): its sensors, architecture and normalization, behind a cadence adapter "
+                        "that maps the file's finer steps to its steps; the whole model is then fine-tuned on the "
+                        "files. --lookback and --horizons are in the file's steps; the architecture flags must be "
+                        "left at their defaults")
+    t.add_argument("--transfer-layers", choices=TRANSFER_LAYERS, default=TRANSFER_LAYERS[0],
+                   help="with --transfer-from, what trains: the cadence adapter and the head (the base model's "
+                        "front-end and GRU stay as learned), or all (default %(default)s)")
     t.add_argument("--promote", action="store_true", help="make the new version the champion")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, arch_defaults={k: t.get_default(k) for k in TRANSFER_FIXED})
 
     e = sub.add_parser("evaluate", help="score a registered model on a file's test span against two baselines",
                        description="Score a registered model (default: the champion; a fresh registry is seeded "
@@ -285,11 +301,16 @@ def _open_registry(args) -> Registry:
     return registry
 
 
-def _check_cadence(series: list[StationSeries], card: ModelCard, tag: str) -> None:
-    for s in series:
-        if int(s.cadence.total_seconds()) != card.cadence_s:
-            raise DataError(f"{s.station} has a cadence of {int(s.cadence.total_seconds())} s but {tag} was trained "
-                            f"at {card.cadence_s} s: use a model of the same cadence")
+def _check_cadence(series: list[StationSeries], cadence_s: int, tag: str, agg: str | None) -> list[StationSeries]:
+    """The series at the model's cadence: refused with both cadences named unless ``--resample`` was given, and
+    then aggregated, saying how (on stderr, so --json output stays one object)."""
+    out = conform(series, tag, cadence_s, agg)
+    for before, after in zip(series, out, strict=True):
+        if after is not before:
+            print(f"{before.station}: resampled from {describe(before.cadence.total_seconds())} to "
+                  f"{describe(cadence_s)} for {tag} (--resample {agg}): each step at time t is {AGGREGATIONS[agg]} "
+                  f"in (t - {cadence_s} s, t]; a step missing any reading is missing", file=sys.stderr)
+    return out
 
 
 @contextlib.contextmanager
@@ -302,13 +323,14 @@ def _json_mode(args):
         yield
 
 
-def _print_scores(name: str, val: dict, test: dict) -> None:
+def _print_scores(name: str, val: dict, test: dict, cadence_s: int) -> None:
     print(f"{name}: validation MAE {val['mae']:.3f} °C (persistence {val['persistence_mae']:.3f}), "
           f"test MAE {test['mae']:.3f} °C (persistence {test['persistence_mae']:.3f}), skill {test['skill']:+.1%}")
     if len(test["by_horizon"]) > 1:
-        print("  horizon  test MAE  persistence")
-        for h, v in test["by_horizon"].items():
-            print(f"  {h:>7}  {v['mae']:8.3f}  {v['persistence_mae']:11.3f}")
+        rows = [["horizon", "steps", "test MAE", "persistence"]]
+        rows += [[horizon_label(h * cadence_s / 60), str(h), f"{v['mae']:.3f}", f"{v['persistence_mae']:.3f}"]
+                 for h, v in test["by_horizon"].items()]
+        print(format_table(rows, right=[False, True, True, True], indent="  "))
 
 
 def _span_line(series: list[StationSeries], ranges: list) -> str:
@@ -320,26 +342,21 @@ def _span_line(series: list[StationSeries], ranges: list) -> str:
 
 
 def cmd_train(args) -> int:
+    if args.transfer_from:
+        return _train_transfer(args)
     requested = tuple(dict.fromkeys((*args.features.split(","), args.target))) if args.features else ()
     series = _load(args, requested, "--features")
+    registry = Registry(args.registry or default_registry())
+    name = args.name or GLOBAL
+    series = _extend_cadence(series, registry, name, args.resample)
     features = tuple(args.features.split(",")) if args.features else usable_features(series, PREFERRED_FEATURES)
     if args.target not in features:
         features = (*features, args.target)
-    dated = bool(args.train_until or args.test_from or args.test_until)
-    if dated and args.split:
-        raise SpanError("--split and --train-until/--test-from/--test-until exclude each other: "
-                        "give fractions or dates")
     data = DataConfig(
         features=features, target=args.target, lookback=args.lookback, step=args.step, horizons=args.horizons,
         time_features=args.time_features, **({"split": tuple(args.split)} if args.split else {}),
     )
-    if dated:
-        spans = resolve(series, args.train_until, args.test_from, args.test_until)
-        ranges = [train_ranges(s, spans) for s in series]
-    else:
-        ranges = [split_rows(s, data) for s in series]
-    require_windows(series, data, ranges)
-    print(_span_line(series, ranges))
+    ranges = _train_spans(args, series, data)
     season = int(86400 // series[0].cadence.total_seconds())
     unknown = sorted(set(_names(args.relative)) - set(features))
     if unknown:
@@ -349,25 +366,99 @@ def cmd_train(args) -> int:
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
                         band_offsets=args.band_offsets)
-    name = args.name or GLOBAL
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))
-    _print_scores(name, trained.val, trained.test)
-    note = "trained on " + ", ".join(Path(p).name for p in args.data)
-    registry = Registry(args.registry or default_registry())
+    return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
+
+
+def _train_spans(args, series: list[StationSeries], data: DataConfig) -> list:
+    dated = bool(args.train_until or args.test_from or args.test_until)
+    if dated and args.split:
+        raise SpanError("--split and --train-until/--test-from/--test-until exclude each other: "
+                        "give fractions or dates")
+    if dated:
+        spans = resolve(series, args.train_until, args.test_from, args.test_until)
+        ranges = [train_ranges(s, spans) for s in series]
+    else:
+        ranges = [split_rows(s, data) for s in series]
+    require_windows(series, data, ranges)
+    print(_span_line(series, ranges))
+    return ranges
+
+
+def _register_trained(args, registry: Registry, name: str, trained, note: str) -> int:
+    _print_scores(name, trained.val, trained.test, trained.card.cadence_s)
     info = registry.register(name, trained.model, trained.card, note=note)
-    print(f"registered {info.tag} in {registry.root}; figures in {args.plots}/")
+    print(f"registered {info.tag} ({describe(trained.card.cadence_s)}) in {registry.root}; figures in {args.plots}/")
     if args.promote:
         registry.promote(name, info.version, note="--promote")
         print(f"{info.tag} is now the champion")
     return 0
 
 
+def _extend_cadence(series: list[StationSeries], registry: Registry, name: str, agg: str | None) -> list:
+    """A new version of a name whose champion has another cadence would silently change what the name serves:
+    refused (both cadences named) unless ``--resample`` aggregates the data to the champion's cadence."""
+    champion = registry.champion(name)
+    if champion is None:
+        if agg:
+            raise DataError(f"--resample needs a model cadence to aggregate to; {name} has no champion yet")
+        return series
+    return _check_cadence(series, registry.card(name, champion.version).cadence_s, champion.tag, agg)
+
+
+TRANSFER_FIXED = ("model", "features", "target", "quantiles", "time_features", "residual", "anchor", "relative",
+                  "band_offsets", "conv", "hidden", "dropout", "step")
+
+
+def _train_transfer(args) -> int:
+    """``train --transfer-from``: a finer-cadence model that starts as a coarser one
+    (:mod:`forecaster.cadence_transfer`), fine-tuned whole on the files."""
+    fixed = [f"--{k.replace('_', '-')}" for k in TRANSFER_FIXED if getattr(args, k) != args.arch_defaults[k]]
+    if fixed:
+        raise DataError(f"{', '.join(fixed)}: with --transfer-from the sensors and architecture are the base model's")
+    if args.resample:
+        raise DataError("--resample and --transfer-from exclude each other: transfer keeps the file's own cadence")
+    registry = Registry(args.registry or default_registry())
+    base_dir = Path(args.transfer_from)
+    if base_dir.is_dir():
+        base, base_card = load_artifact(base_dir)
+        base_tag = base_dir.name
+    else:
+        base, base_card, info = registry.load(args.transfer_from)
+        base_tag = info.tag
+    series = _load(args, (*base_card.data.features, base_card.data.target), f"model {base_tag}")
+    cadences = sorted({int(s.cadence.total_seconds()) for s in series})
+    if len(cadences) > 1:
+        raise DataError(f"the files have several cadences ({', '.join(map(describe, cadences))}): one per model")
+    name = args.name or GLOBAL
+    _refuse_other_cadence(registry, name, cadences[0])
+    arch, data = transfer_config(base_card, cadences[0], args.horizons, args.lookback, args.split)
+    print(f"transfer from {base_tag} ({describe(base_card.cadence_s)}) to {describe(cadences[0])}: its sensors "
+          f"{', '.join(data.features)}, architecture and normalization; a cadence adapter averaging {arch.adapter} "
+          f"readings per {cadence_name(base_card.cadence_s)} step to start; horizons "
+          f"{', '.join(horizon_label(h * cadences[0] / 60) for h in data.horizons)}")
+    ranges = _train_spans(args, series, data)
+    trained = fit_transfer(base, base_card, base_tag, series, arch, data, _train_cfg(args), ranges, label=name,
+                           plot_dir=args.plots, data_hash=_data_hash(args.data), layers=args.transfer_layers)
+    return _register_trained(args, registry, name, trained, f"transferred from {base_tag} to "
+                             f"{describe(cadences[0])} on " + ", ".join(Path(p).name for p in args.data))
+
+
+def _refuse_other_cadence(registry: Registry, name: str, cadence_s: int) -> None:
+    champion = registry.champion(name)
+    if champion is not None:
+        own = registry.card(name, champion.version).cadence_s
+        if own != cadence_s:
+            raise CadenceMismatch(f"{name}'s champion {champion.tag} is {describe(own)}, the data is "
+                                  f"{describe(cadence_s)}: register the new model under another --name")
+
+
 def cmd_evaluate(args) -> int:
     registry = _open_registry(args)
     model, card, info = registry.load(args.name, args.version)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
-    _check_cadence(series, card, info.tag)
+    series = _check_cadence(series, card.cadence_s, info.tag, args.resample)
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
     with _json_mode(args):
@@ -405,8 +496,8 @@ def cmd_finetune(args) -> int:
     if len(series) != 1:
         raise DataError(f"finetune takes one station, the data has {len(series)}: pass --station "
                         f"({', '.join(s.station for s in series)})")
+    series = _check_cadence(series, card.cadence_s, info.tag, args.resample)
     s = series[0]
-    _check_cadence(series, card, info.tag)
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
     ranges = finetune_ranges(s, spans, args.days, cfg.holdout_days)

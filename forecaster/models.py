@@ -41,6 +41,14 @@ class ModelConfig:
     anchor: str | None = None  # None: follows ``residual`` (old cards)
     relative: tuple[int, ...] = ()  # input columns given as deviations from their window mean (level removed)
     band_offsets: bool = False  # quantiles as softplus offsets around the median: bands never cross
+    # Input steps per front-end step: a linear Conv1D (kernel = stride = adapter, no activation) first maps this
+    # many fine readings to one coarse step of the same width, e.g. 6 ten-minute readings to the hourly step a
+    # transferred hourly front-end expects. 1: none (every hourly card).
+    adapter: int = 1
+    # The last ``recent`` readings of the target, as differences from the last one, go straight to the head beside
+    # the recurrent features: the fine detail (the last minutes' trend) that the front-end's pooling blurs and that
+    # the shortest horizons live on. 0: none.
+    recent: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -52,6 +60,10 @@ class ModelConfig:
         object.__setattr__(self, "residual", self.anchor != "none")
         if any(not 0 <= i < self.n_features for i in self.relative):
             raise ValueError(f"relative input columns {self.relative} outside the {self.n_features} inputs")
+        if self.recent < 0:
+            raise ValueError(f"recent must be >= 0 readings, got {self.recent}")
+        if self.adapter < 1:
+            raise ValueError(f"adapter must be >= 1 input steps per front-end step, got {self.adapter}")
         if any(not 0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
         if self.conv is None:
@@ -72,7 +84,7 @@ class ModelConfig:
         n = 1
         for layer in reversed(self.conv):
             n = (n * layer.pool - 1) * layer.stride + layer.kernel
-        return n
+        return n * self.adapter
 
     @property
     def n_outputs(self) -> int:
@@ -137,6 +149,25 @@ class Seasonal(nn.Module):
         return vals[:, :, None].expand(-1, -1, self.cfg.n_outputs)
 
 
+def _adapter(cfg: ModelConfig) -> nn.Module:
+    """The linear strided Conv1D that turns ``adapter`` fine steps into one coarse step, initialized to their
+    mean per channel: an untrained adapter hands the front-end the coarse-cadence series it was trained on."""
+    if cfg.adapter == 1:
+        return nn.Identity()
+    conv = nn.Conv1d(cfg.n_features, cfg.n_features, cfg.adapter, stride=cfg.adapter)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[range(cfg.n_features), range(cfg.n_features), :] = 1.0 / cfg.adapter
+        conv.bias.zero_()
+    return conv
+
+
+def _aligned(x: torch.Tensor, adapter: int) -> torch.Tensor:
+    """``[B, F, L]`` trimmed at the start to whole adapter blocks, so the last block ends at the origin."""
+    extra = x.shape[-1] % adapter
+    return x[..., extra:] if extra else x
+
+
 def _conv_stack(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     c_in = cfg.n_features
@@ -160,7 +191,7 @@ class _Forecaster(nn.Module):
     def __init__(self, cfg: ModelConfig, width: int):
         super().__init__()
         self.cfg = cfg
-        self.head = nn.Linear(width, len(cfg.horizons) * cfg.n_outputs)
+        self.head = nn.Linear(width + cfg.recent, len(cfg.horizons) * cfg.n_outputs)
         if cfg.anchor == "both":
             h = torch.tensor(cfg.horizons, dtype=torch.float32)
             back = torch.tensor(cfg.horizons, dtype=torch.int64)
@@ -179,7 +210,10 @@ class _Forecaster(nn.Module):
         cfg = self.cfg
         last = x[:, -1, cfg.target_index, None]
         z = x - x.mean(dim=1, keepdim=True) * self.rel_mask if cfg.relative else x
-        out = self.head(self.features(z)).view(x.shape[0], len(cfg.horizons), cfg.n_outputs)
+        feats = self.features(z)
+        if cfg.recent:
+            feats = torch.cat([feats, x[:, -cfg.recent - 1 : -1, cfg.target_index] - last], dim=1)
+        out = self.head(feats).view(x.shape[0], len(cfg.horizons), cfg.n_outputs)
         if cfg.band_offsets and cfg.n_outputs > 1:
             out = _offsets_to_quantiles(out, cfg.median_index)
         if cfg.anchor == "both":
@@ -205,10 +239,12 @@ class ConvNet(_Forecaster):
     def __init__(self, cfg: ModelConfig):
         stack_width = cfg.conv[-1].channels if cfg.conv else cfg.n_features
         super().__init__(cfg, stack_width)
+        self.adapter = _adapter(cfg)
         self.stack, _ = _conv_stack(cfg)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stack(x.transpose(1, 2)).amax(dim=2)
+        z = self.adapter(_aligned(x.transpose(1, 2), self.cfg.adapter))
+        return self.stack(z).amax(dim=2)
 
 
 class GRUNet(_Forecaster):
@@ -232,6 +268,7 @@ class ConvGRU(_Forecaster):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.gru_hidden)
+        self.adapter = _adapter(cfg)
         self.frontend, width = _conv_stack(cfg)
         self.gru = nn.GRU(
             width, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True,
@@ -240,7 +277,8 @@ class ConvGRU(_Forecaster):
         self.drop = nn.Dropout(cfg.dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.frontend(x.transpose(1, 2)).transpose(1, 2)
+        z = self.adapter(_aligned(x.transpose(1, 2), self.cfg.adapter))
+        z = self.frontend(z).transpose(1, 2)
         _, h = self.gru(z)
         return self.drop(h[-1])
 
@@ -267,6 +305,7 @@ def n_parameters(model: nn.Module) -> int:
 
 
 def frontend_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The Conv1D front-end's weights: what transfer learning keeps frozen."""
+    """The Conv1D front-end's weights (the cadence adapter included): what transfer learning keeps frozen."""
     stack = getattr(model, "frontend", None) or getattr(model, "stack", None)
-    return list(stack.parameters()) if stack is not None else []
+    adapter = getattr(model, "adapter", None)
+    return [*(adapter.parameters() if adapter is not None else ()), *(stack.parameters() if stack is not None else ())]

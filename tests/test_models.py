@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -99,3 +101,25 @@ def test_old_cards_without_the_new_fields_still_load():
     assert cfg.anchor == "last" and cfg.relative == () and not cfg.band_offsets
     with pytest.raises(ValueError, match="unknown anchor"):
         ModelConfig("gru", 1, 0, anchor="yesterday")
+
+
+def test_cadence_adapter_starts_as_the_hourly_model_fed_hourly_means():
+    """A transferred 10-minute model's recurrent features equal the hourly model's on the hourly means of the same
+    readings (the adapter starts as a mean over each hour's six readings, blocks ending at the origin), and its
+    head ignores the recent readings until trained."""
+    from forecaster.cadence_transfer import transferred_model
+
+    torch.manual_seed(0)
+    hourly = ModelConfig(kind="conv_gru", n_features=3, target_index=0, horizons=(1, 2, 3), quantiles=(0.1, 0.5, 0.9),
+                         conv=(ConvLayer(8, 5, 3), ConvLayer(8, 5, 2)), gru_hidden=16, anchor="both", season=24)
+    base = build_model(hourly).eval()
+    fine_cfg = replace(hourly, horizons=(1, 6, 12, 18), season=144, adapter=6, recent=6)
+    fine = transferred_model(base, fine_cfg).eval()
+    x = torch.randn(4, 6 * 60 + 5, 3)  # 5 extra readings at the start: dropped, so blocks end at the origin
+    means = x[:, 5:].reshape(4, 60, 6, 3).mean(dim=2)
+    with torch.no_grad():
+        assert torch.allclose(fine.features(x), base.features(means), atol=1e-5)
+        assert fine.head.weight[:, 16:].abs().sum() == 0
+        out = fine(x)
+    assert out.shape == (4, 4, 3)
+    assert fine_cfg.min_input_length() == max(144, 6 * hourly._stack_length())  # a day, and the stack's 6-fold
