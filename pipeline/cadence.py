@@ -21,10 +21,12 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from forecaster.resample import AGGREGATIONS as TRAINING_AGGREGATIONS
+
 HOURLY = 3600
 DETECT_READINGS = 6  # distinct timestamps a station's cadence is detected from
 TOLERANCE = 0.1  # a detected spacing within 10% of a champion's cadence matches it
-AGGREGATIONS = ("mean", "median", "last", "min", "max", "sum")  # as forecaster/cli.py's --resample
+AGGREGATIONS = tuple(TRAINING_AGGREGATIONS)  # the same choices as train/evaluate/finetune --resample
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 

@@ -28,14 +28,20 @@ def shipped_artifact(name: str) -> Path | None:
 
 def cadence_champions(registry: Registry, base: str = GLOBAL) -> dict[int, str]:
     """The registry names of ``base``'s champions per cadence (see :mod:`pipeline.cadence`): hourly ``base`` and
-    every ``base-<label>`` the registry holds or the package ships."""
-    names = set(registry.names()) | {p.name for p in SHIPPED.iterdir() if (p / "card.json").exists()}
-    out = {}
-    for name in sorted(names):
+    every ``base-<label>`` the registry holds or the package ships. A registry name wins over a shipped one, and
+    ``base_<label>`` (the shipped folder's spelling, e.g. ``train --name global_10min``) is accepted too."""
+    out: dict[int, str] = {}
+    shipped = sorted(p.name for p in SHIPPED.iterdir() if (p / "card.json").exists())
+    for name in shipped:
         cadence = cadence_of_name(base, name)
         if cadence is not None and cadence != HOURLY:
             out[cadence] = champion_name(base, cadence)
-    return {HOURLY: base, **out}
+    held = [n for n in registry.names() if registry.champion(n) is not None]
+    for name in sorted(held, key=lambda n: "-" in n):  # the canonical hyphen spelling last, so it wins
+        cadence = cadence_of_name(base, name)
+        if cadence is not None and cadence != HOURLY:
+            out[cadence] = name
+    return {HOURLY: base, **dict(sorted(out.items()))}
 
 
 def ensure_champion(registry: Registry, name: str) -> VersionInfo:
