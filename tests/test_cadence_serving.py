@@ -251,3 +251,16 @@ def test_retraining_and_fine_tuning_work_per_cadence(tmp_path, noaa_denver, jena
     with Store.open(url) as store:
         assert base_name(registry, "global", store.history(0, 2**40, ["JENA10"])["time"]) == "global-10min"
         assert base_name(registry, "global", store.history(0, 2**40, ["DEN"])["time"]) == "global"
+
+
+def test_a_fresh_registry_serves_the_shipped_models_of_both_cadences(kafka_broker, tmp_path):  # noqa: F811
+    from pipeline.pretrained import shipped_artifact
+
+    assert shipped_artifact("global-10min") is not None, "the 10-minute model ships in pipeline/pretrained_models"
+    setup = make_setup(kafka_broker.bootstrap, tmp_path)
+    with ServiceThread(setup) as service:
+        assert service.lane_tags() == {3600: "global@v1", TEN_MIN: "global-10min@v1"}
+        assert service.lane_cards()[TEN_MIN].cadence_s == TEN_MIN
+        models = service.status()["service"]["models"]
+        assert [(m["cadence"], m["model"], m["horizons"][0], m["horizons"][-1]) for m in models] == [
+            ("10 min", "global-10min@v1", "+10 min", "+24 h"), ("1 h", "global@v1", "+1 h", "+24 h")]
