@@ -96,6 +96,8 @@ class CadenceRouter:
             cadence = self._route(s, out)
             if cadence is not None:
                 routed.setdefault(cadence, []).append(s)
+            else:
+                out.unserved += int(np.count_nonzero(station == s))
         for cadence, names in routed.items():
             held = [(s, t, v) for s in names for t, v in self._held.pop(s, [])]
             mine = np.flatnonzero(np.isin(station, np.asarray(names, dtype=object)))

@@ -141,6 +141,8 @@ class Metrics:
         self.stations_served = Gauge(f"{NS}_stations_served", "Stations each cadence's champion serves (model tag, "
                                      "cadence in seconds; fine-tuned stations are counted in station_models)",
                                      ["model", "cadence"], registry=r)
+        self.readings_unserved = Counter(f"{NS}_readings_unserved", "Readings of stations at a cadence no champion "
+                                         "has: stored, not forecast", registry=r)
         self.stations_unserved = Gauge(f"{NS}_stations_unserved", "Stations reporting at a cadence (detected, "
                                        "seconds) no champion has: stored, not forecast", ["cadence"], registry=r)
         self.retrain_last_success = Gauge(f"{NS}_retrain_last_success_timestamp_seconds",

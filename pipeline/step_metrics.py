@@ -26,6 +26,7 @@ def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True,
     for outcome, n in out.ring.items():
         m.readings_outcome.labels(outcome=outcome).inc(n)
     m.windows_not_ready.inc(out.not_ready)
+    m.readings_unserved.inc(out.unserved)
     m.forecasts_expired.inc(out.expired)
     for stage, seconds in out.stages.items():
         if seconds:

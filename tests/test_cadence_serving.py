@@ -117,6 +117,7 @@ def test_mixed_cadences_are_each_served_by_their_own_champion(kafka_broker, tmp_
         assert metric(service, "stationcast_stations_served", {"model": ten_tag, "cadence": "600"}) == 1
         assert metric(service, "stationcast_stations_served", {"model": hourly_tag, "cadence": "3600"}) == 1
         assert metric(service, "stationcast_stations_unserved", {"cadence": "1200"}) == 1
+        assert metric(service, "stationcast_readings_unserved_total") == len(slow)
     fc = stored_forecasts(setup.cfg.store_url)
     assert set(fc["station"]) == {"DEN", "JENA10"}, "the 20-minute station must not be forecast by any model"
     for station, tag, card in (("DEN", hourly_tag, setup.card), ("JENA10", ten_tag, ten_card)):
