@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.cadence import DETECT_READINGS, CadenceDetector, describe, matching
 from pipeline.readings import parse_readings
-from pipeline.step import Step, StepConfig, StepResult
+from pipeline.step import T_INDEX, Step, StepConfig, StepResult
 
 log = logging.getLogger("stationcast.lanes")
 _BUFFER = 4 * DETECT_READINGS  # readings held per undetected station (repeats of one time stamp included)
@@ -85,6 +85,8 @@ class CadenceRouter:
         out.unserved += int(unserved.sum())
         keep = np.flatnonzero(~unserved)
         station, ts, values = station[keep], ts[keep], values[keep]
+        if len(station):  # the status page shows a station from its first reading, before its lane is known
+            out.actual_parts.append((station, ts, values[:, T_INDEX]))
         detected = set(self.detector.observe(station, ts))
         now = np.fromiter((s in detected for s in station.tolist()), dtype=bool, count=len(station))
         for i in np.flatnonzero(~now).tolist():

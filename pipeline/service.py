@@ -462,7 +462,10 @@ class Service:
         last = frame.groupby("station", sort=False).tail(self.cfg.status_history)
         with self._lock:
             for s, t, v in zip(last["station"].tolist(), last["ts"].tolist(), last["T"].tolist(), strict=True):
-                self._recent.setdefault(s, deque(maxlen=self.cfg.status_history)).append((t, v))
+                points = self._recent.setdefault(s, deque(maxlen=self.cfg.status_history))
+                # A station's first readings are shown while its cadence is detected, then reach its lane again.
+                if not points or t > points[-1][0] or all(p[0] != t for p in points):
+                    points.append((t, v))
                 self._last_seen[s] = arrived
         latest = last.groupby("station", sort=False).tail(1)
         self.metrics.set_station_gauges(latest["station"].tolist(), self.metrics.last_actual, latest["T"].tolist())
@@ -659,8 +662,12 @@ class Service:
         skill = skill_vs_best(m, pm, dm)
         with np.errstate(divide="ignore", invalid="ignore"):
             skill_p = np.where(pm > 0, 1 - m / pm, np.nan)
-        ready = np.array([lane is not None and bool(lane.ring.ready(np.asarray([s], dtype=object))[0])
-                          for s, lane in zip(names.tolist(), lanes, strict=True)], dtype=bool)
+        ready = np.zeros(len(names), dtype=bool)
+        lane_ids = np.array([id(lane) for lane in lanes], dtype=np.int64)
+        for step in router.lanes.values():  # one vectorized call per lane
+            idx = np.flatnonzero(lane_ids == id(step))
+            if len(idx):
+                ready[idx] = step.ring.ready(names[idx])
         match = np.ones(len(names), dtype=bool)
         if q:
             match = pd.Series(names, dtype=object).str.contains(q, case=False, regex=False).to_numpy(dtype=bool)
