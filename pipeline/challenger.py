@@ -21,6 +21,7 @@ from forecaster.clean import CleanConfig, StationSeries, clean_station
 from forecaster.dataset import make_splits
 from forecaster.evaluate import evaluate
 from forecaster.registry import Registry
+from pipeline.cadence import describe, matching, spacing
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.challenger")
@@ -67,7 +68,8 @@ def beats(challenger_mae: float, champion_mae: float, margin: float) -> bool:
 def load_series(store_url: str, start_ts: int, end_ts: int, features: list[str], cadence_s: int,
                 max_fill_steps: int = 3, stations: list[str] | None = None) -> list[StationSeries]:
     """Readings in ``[start_ts, end_ts)`` (of ``stations``, default all) cleaned per station onto the model's
-    cadence grid."""
+    cadence grid; only stations that report at that cadence (:func:`pipeline.cadence.matching`): a champion per
+    cadence trains on its own stations, never on another cadence's readings snapped to its grid."""
     with Store.open(store_url) as store:
         records = store.history(start_ts, end_ts, stations)
     if records.empty:
@@ -78,6 +80,11 @@ def load_series(store_url: str, start_ts: int, end_ts: int, features: list[str],
     for station in sorted(records["station"].unique()):
         rec = records[records["station"] == station]
         if rec["time"].nunique() < 2:
+            continue
+        every = spacing(rec["time"].to_numpy(dtype="datetime64[s]").astype(np.int64))
+        if matching(every, [cadence_s]) is None:
+            log.info("station %s reports every %s, not at the model's %s: left out", station, describe(every),
+                     describe(cadence_s))
             continue
         series.append(clean_station(rec, cfg, station=station))
     return series

@@ -14,6 +14,8 @@ from forecaster.artifact import ArtifactError
 from forecaster.clean import CleanConfig
 from forecaster.data import DataError
 from forecaster.registry import RegistryError, default_registry
+from pipeline.cadence import AGGREGATIONS
+from pipeline.contract import RESAMPLE_HELP
 from pipeline.logs import configure as configure_logging
 from pipeline.pretrained import seed_registry
 
@@ -71,6 +73,7 @@ def _replay_args(p: argparse.ArgumentParser, required: bool, speedup: float = 0.
                    help="data time per wall time, e.g. 3600 = an hour of readings per second (0 = full speed; "
                         f"default {speedup:g})")
     p.add_argument("--limit", type=int, help="stop after this many readings")
+    p.add_argument("--resample", metavar="AGG", choices=AGGREGATIONS, help=RESAMPLE_HELP)
     f = p.add_argument_group("fault injection (fractions of readings)")
     f.add_argument("--jitter", type=float, default=0.0, help="timestamp jitter in seconds")
     f.add_argument("--out-of-order", type=float, default=0.0, help="readings delivered after the station's next one")
@@ -194,7 +197,7 @@ def cmd_run(args) -> int:
         if model is not None:
             check_sensors(args.data, args.schema, model.needs, f"model {model.tag}")
     return run_main_job(cfg, args.data, args.schema, args.station, args.speedup, _faults(args),
-                        args.limit, args.keep_serving)
+                        args.limit, args.keep_serving, resample=args.resample)
 
 
 def cmd_serve(args) -> int:
@@ -220,18 +223,21 @@ def cmd_replay(args) -> int:
     from forecaster.data import check_sensors
     from pipeline.broker import make_producer
     from pipeline.config import load_config
+    from pipeline.contract import enforce, served_cadences
     from pipeline.preflight import check_broker
     from pipeline.replay import records_for_replay, replay
 
-    cfg = load_config(args.config, bootstrap_servers=args.bootstrap_servers).broker
+    settings = load_config(args.config, bootstrap_servers=args.bootstrap_servers)
+    cfg = settings.broker
     if not cfg.bootstrap_servers:
         print("stationcast replay: error: set --bootstrap-servers, STATIONCAST_BOOTSTRAP_SERVERS or bootstrap_servers "
               "in --config", file=sys.stderr)
         return 2
     # Local checks (settings above, then the file and its schema) before the network one.
     check_sensors(args.data, args.schema, ())
-    check_broker(cfg)
     records = records_for_replay(args.data, args.schema, args.station)
+    records = enforce(records, args.data, served_cadences(str(settings.registry), settings.model_name), args.resample)
+    check_broker(cfg)
     topic = args.topic or cfg.readings_topic
     producer = make_producer(cfg, cfg.bootstrap_servers)
     try:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,9 +40,11 @@ from forecaster import adapt
 from forecaster.artifact import load_artifact
 from forecaster.registry import Registry, VersionInfo, station_model_name
 from forecaster.spans import holdout_split
+from pipeline.cadence import describe, matching, spacing
 from pipeline.challenger import DAY, Outcome, beats, holdout_mae, load_series, reject_failed
 from pipeline.config import ServiceConfig
 from pipeline.jobs import add_store_arguments, job_config, job_main, setting_help
+from pipeline.pretrained import cadence_champions
 from pipeline.store import Store
 
 log = logging.getLogger("stationcast.finetune")
@@ -121,6 +124,18 @@ def finetune_stations(s: FinetuneSettings) -> list[Outcome]:
     return [finetune_station(replace(s, stations=(st,)), st, registry) for st in stations]
 
 
+def base_name(registry: Registry, base: str, times: pd.Series) -> str:
+    """The champion a station is fine-tuned from: its cadence's (``global`` for hourly stations, ``global-10min``
+    for 10-minute ones; see :mod:`pipeline.cadence`), detected from the spacing of its recent readings."""
+    every = spacing(times.to_numpy(dtype="datetime64[s]").astype(np.int64))
+    champions = cadence_champions(registry, base)
+    cadence = matching(every, champions)
+    if cadence is None:
+        have = ", ".join(f"{describe(c)} ({n})" for c, n in sorted(champions.items()))
+        raise ValueError(f"the station reports every {describe(every)}; no champion at that cadence ({have})")
+    return champions[cadence]
+
+
 def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> Outcome:
     started = time.perf_counter()
     out = Outcome("failed", margin=s.adapt.margin, stations=[station])
@@ -136,12 +151,13 @@ def finetune_station(s: FinetuneSettings, station: str, registry: Registry) -> O
 
 
 def _run(s: FinetuneSettings, station: str, name: str, registry: Registry, out: Outcome) -> None:
-    base, card, info = registry.load(s.base)
-    out.champion = info.tag
     with Store.open(s.store_url) as store:
         newest = store.max_ts([station])
-    if newest is None:
-        raise ValueError(f"the store holds no readings of station {station!r}")
+        if newest is None:
+            raise ValueError(f"the store holds no readings of station {station!r}")
+        recent = store.history(newest - 2 * DAY, newest + 1, [station])
+    base, card, info = registry.load(base_name(registry, s.base, recent["time"]))
+    out.champion = info.tag
     end_ts = newest + 1 if s.end_ts is None else int(s.end_ts)
     start_ts = end_ts - int(s.history_days * DAY)
     series = load_series(s.store_url, start_ts, end_ts, list(card.data.features), card.cadence_s, s.max_fill_steps,

@@ -138,6 +138,13 @@ class Metrics:
                                      registry=r)
         self.station_models = Gauge(f"{NS}_station_models", "Stations served by a fine-tuned model of their own",
                                     registry=r)
+        self.stations_served = Gauge(f"{NS}_stations_served", "Stations each cadence's champion serves (model tag, "
+                                     "cadence in seconds; fine-tuned stations are counted in station_models)",
+                                     ["model", "cadence"], registry=r)
+        self.readings_unserved = Counter(f"{NS}_readings_unserved", "Readings of stations at a cadence no champion "
+                                         "has: stored, not forecast", registry=r)
+        self.stations_unserved = Gauge(f"{NS}_stations_unserved", "Stations reporting at a cadence (detected, "
+                                       "seconds) no champion has: stored, not forecast", ["cadence"], registry=r)
         self.retrain_last_success = Gauge(f"{NS}_retrain_last_success_timestamp_seconds",
                                           "Unix time of the last successful retraining (0: none yet)", registry=r)
         for outcome in ("promoted", "rejected", "failed"):

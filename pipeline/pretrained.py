@@ -12,14 +12,36 @@ from pathlib import Path
 
 from forecaster.artifact import ArtifactError, load_artifact
 from forecaster.registry import GLOBAL, Registry, RegistryError, VersionInfo
+from pipeline.cadence import HOURLY, cadence_of_name, champion_name, shipped_dir
 
 log = logging.getLogger("stationcast.pretrained")
 SHIPPED = Path(__file__).resolve().parent / "pretrained_models"
 
 
 def shipped_artifact(name: str) -> Path | None:
-    path = SHIPPED / name
-    return path if (path / "card.json").exists() else None
+    """The shipped model for registry name ``name`` (``global-10min`` ships as ``global_10min``)."""
+    for path in (SHIPPED / name, SHIPPED / shipped_dir(name)):
+        if (path / "card.json").exists():
+            return path
+    return None
+
+
+def cadence_champions(registry: Registry, base: str = GLOBAL) -> dict[int, str]:
+    """The registry names of ``base``'s champions per cadence (see :mod:`pipeline.cadence`): hourly ``base`` and
+    every ``base-<label>`` the registry holds or the package ships. A registry name wins over a shipped one, and
+    ``base_<label>`` (the shipped folder's spelling, e.g. ``train --name global_10min``) is accepted too."""
+    out: dict[int, str] = {}
+    shipped = sorted(p.name for p in SHIPPED.iterdir() if (p / "card.json").exists())
+    for name in shipped:
+        cadence = cadence_of_name(base, name)
+        if cadence is not None and cadence != HOURLY:
+            out[cadence] = champion_name(base, cadence)
+    held = [n for n in registry.names() if registry.champion(n) is not None]
+    for name in sorted(held, key=lambda n: "-" in n):  # the canonical hyphen spelling last, so it wins
+        cadence = cadence_of_name(base, name)
+        if cadence is not None and cadence != HOURLY:
+            out[cadence] = name
+    return {HOURLY: base, **dict(sorted(out.items()))}
 
 
 def ensure_champion(registry: Registry, name: str) -> VersionInfo:

@@ -123,6 +123,13 @@ def _run(s: RetrainSettings, registry: Registry, out: Outcome) -> None:
     series = load_series(s.store_url, start_ts, end_ts, features, card.cadence_s, s.max_fill_steps)
     if not series:
         raise ValueError("no readings in the history window")
+    own_end = int(max(x.times[-1] for x in series).timestamp()) + 1
+    if s.end_ts is None and own_end < end_ts:  # the window ends at the newest reading of this cadence's stations
+        end_ts, start_ts = own_end, own_end - int(s.history_days * DAY)
+        holdout_start = pd.Timestamp(end_ts - int(s.holdout_days * DAY), unit="s")
+        log.info("%s's stations end at %s: history %s .. %s", s.name, pd.Timestamp(end_ts, unit="s"),
+                 pd.Timestamp(start_ts, unit="s"), pd.Timestamp(end_ts, unit="s"))
+        series = load_series(s.store_url, start_ts, end_ts, features, card.cadence_s, s.max_fill_steps)
     ranges = [split_ranges(x, holdout_start, s.val_fraction) for x in series]
     keep = [i for i, r in enumerate(ranges) if r[0].stop > 0 and r[2].stop > r[2].start]
     series, ranges = [series[i] for i in keep], [ranges[i] for i in keep]

@@ -15,7 +15,9 @@ import numpy as np
 
 from forecaster.table import format_table
 from pipeline.broker import EmbeddedBroker, make_producer, open_broker
+from pipeline.cadence import HOURLY, describe, horizon_label
 from pipeline.config import ServiceConfig
+from pipeline.contract import enforce, served_cadences
 from pipeline.http import HttpServer
 from pipeline.redact import redact_url
 from pipeline.replay import Faults, ReplayStats, records_for_replay, replay
@@ -25,6 +27,7 @@ from pipeline.service import Service
 from pipeline.store_url import parse_store_url
 
 log = logging.getLogger("stationcast")
+SHOWN_S = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)  # horizons the run summary shows (plus one step)
 
 
 def _prepare_paths(cfg: ServiceConfig) -> None:
@@ -90,11 +93,17 @@ class LiveLine:
         now = time.monotonic()
         rate = (consumed - self._last[1]) / max(now - self._last[0], 1e-6)
         self._last = (now, consumed)
-        mae, pers, day = s.skill.maes()
-        best = skill_vs_best(mae, pers, day)
-        diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
-        skill = (f"MAE {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})"
-                 if np.isfinite(mae) and np.isfinite(best) else "MAE: waiting for actuals")
+        lanes = s.router.lanes
+        parts = []
+        for cadence in sorted(lanes):  # one rolling score per cadence served (their horizons differ)
+            mae, pers, day = lanes[cadence].skill.maes()
+            best = skill_vs_best(mae, pers, day)
+            if not (np.isfinite(mae) and np.isfinite(best)):
+                continue
+            diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
+            every = f" ({describe(cadence)})" if len(lanes) > 1 else ""
+            parts.append(f"MAE{every} {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})")
+        skill = " | ".join(parts) or "MAE: waiting for actuals"
         return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
                 f"lag {lag:,} | dead letters {rejected:,}")
 
@@ -114,13 +123,17 @@ class LiveLine:
 
 
 def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stations: list[str] | None,
-                 speedup: float, faults: Faults, limit: int | None, keep_serving: bool) -> int:
-    """The README's first command: everything on one machine, no external service, real data."""
+                 speedup: float, faults: Faults, limit: int | None, keep_serving: bool,
+                 resample: str | None = None) -> int:
+    """The README's first command: everything on one machine, no external service, real data. ``resample``: the
+    aggregation for stations whose cadence no champion has (None: such a file is refused, see
+    :mod:`pipeline.contract`)."""
     from forecaster.data import nycflights_weather_path
 
     _prepare_paths(cfg)
     data = data or str(nycflights_weather_path())
     records = records_for_replay(data, schema, stations)
+    records = enforce(records, data, served_cadences(str(cfg.registry), cfg.model_name), resample)
     stop = threading.Event()
     _on_signals(stop.set)
     with ExitStack() as stack:
@@ -142,8 +155,9 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
         worker.start()
         print(f"stationcast: broker {bootstrap} (embedded)" if not cfg.broker.bootstrap_servers
               else f"stationcast: broker {bootstrap}", file=sys.stderr)
-        print(f"stationcast: serving {service.model_info.tag}; status page {http.url}/status, "
-              f"metrics {http.url}/metrics", file=sys.stderr)
+        serving = ", ".join(f"{tag} (every {describe(c)})" for c, tag in sorted(service.lane_tags().items()))
+        print(f"stationcast: serving {serving}; status page {http.url}/status, metrics {http.url}/metrics",
+              file=sys.stderr)
         print(f"stationcast: replaying {len(records):,} readings of {records['station'].nunique()} station(s) "
               f"from {data} at {'full speed' if not speedup else f'{speedup:g}x'}", file=sys.stderr)
         result: dict[str, ReplayStats] = {}
@@ -192,17 +206,24 @@ def _summary(service: Service, cfg: ServiceConfig) -> None:
         print("no forecast was scored yet (replay longer than the model's lookback plus horizon)", file=sys.stderr)
         return
     print(_score_table(error_summary(errors, "station"), "station"), file=sys.stderr)
-    by_h = error_summary(errors, "horizon")
-    shown = [h for h in (1, 3, 6, 12, 24) if h in by_h.index]
-    print("\nper horizon (hours ahead):", file=sys.stderr)
-    print(_score_table(by_h.loc[[*shown, "all"]], "horizon"), file=sys.stderr)
+    cadence = errors["station"].map(lambda s: service.model_of(s)[1]).to_numpy()
+    for c in sorted({int(x) for x in cadence if x is not None and x == x}):
+        part = errors[cadence == c]
+        by_h = error_summary(part, "horizon")
+        shown = sorted({t // c for t in SHOWN_S if t % c == 0} | {1})
+        shown = [h for h in shown if h in by_h.index]
+        models = sorted({service.model_of(s)[0] for s in part["station"].unique()})
+        print(f"\nper horizon, stations every {describe(c)} ({', '.join(models)}):", file=sys.stderr)
+        print(_score_table(by_h.loc[[*shown, "all"]], "horizon", c), file=sys.stderr)
 
 
-def _score_table(table, label: str) -> str:
-    """Model MAE beside both baselines, skill against the better one and the P10-P90 band's coverage."""
+def _score_table(table, label: str, cadence_s: int = HOURLY) -> str:
+    """Model MAE beside both baselines, skill against the better one and the P10-P90 band's coverage; horizons in
+    time (steps of ``cadence_s``)."""
     rows = [(label, "model MAE", "persistence", "diurnal pers.", "skill vs better", "P10-P90 coverage")]
     for key, r in table.iterrows():
-        rows.append((f"+{key} h" if label == "horizon" and key != "all" else str(key), _deg(r["mae"]),
+        name = horizon_label(int(key), cadence_s) if label == "horizon" and key != "all" else str(key)
+        rows.append((name, _deg(r["mae"]),
                      _deg(r["persistence_mae"]), _deg(r["diurnal_mae"]), _pct(r["skill"], "+.0%"),
                      _pct(r["coverage"], ".0%")))
     return format_table(rows, right=[False, True, True, True, True, True])

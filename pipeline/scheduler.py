@@ -49,6 +49,7 @@ from pipeline.config import ServiceConfig
 from pipeline.finetune import eligible_stations
 from pipeline.jobs import job_env, job_flags
 from pipeline.metrics import NS, Metrics
+from pipeline.pretrained import cadence_champions
 from pipeline.redact import redact_text
 from pipeline.scoring import RollingSkill
 from pipeline.store import Store
@@ -250,22 +251,32 @@ class LifecycleScheduler:
 
     # ------------------------------------------------------------------ jobs
 
-    def command(self) -> list[str]:
-        """The retraining subprocess: its settings are the service's, in its environment (:func:`job_env`)."""
-        return [sys.executable, "-m", "pipeline.retrain", *job_flags(self.cfg)]
+    def command(self, name: str | None = None) -> list[str]:
+        """The retraining subprocess: its settings are the service's, in its environment (:func:`job_env`);
+        ``name``: the champion of another cadence than the hourly one (``global-10min``)."""
+        cmd = [sys.executable, "-m", "pipeline.retrain", *job_flags(self.cfg)]
+        return cmd if name is None or name == self.cfg.model_name else [*cmd, "--name", name]
 
     def run_retrain(self) -> Outcome | None:
+        """One round per cadence's champion (the hourly one first); the hourly round's outcome is returned."""
         if self._stopping.is_set():
             return None
         with self._training:
-            return self._retrain()
+            names = list(cadence_champions(Registry(self.cfg.registry), self.cfg.model_name).values())
+            first = self._retrain()
+            for name in names[1:]:
+                if self._stopping.is_set():
+                    break
+                if Registry(self.cfg.registry).champion(name) is not None:
+                    self._retrain(name)
+            return first
 
-    def _retrain(self) -> Outcome:
+    def _retrain(self, name: str | None = None) -> Outcome:
         started_at = datetime.now(UTC)
         self.state.record("retrain", started_at, status="running")
         m = self.metrics
         t0 = time.perf_counter()
-        cmd = self.command()
+        cmd = self.command(name)
         log.info("retraining: %s", redact_text(" ".join(cmd)))
         try:
             rc, out, err = self.runner(cmd, float(self.cfg.retrain_timeout_s))

@@ -31,11 +31,13 @@ from forecaster.artifact import ModelCard
 from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
+from pipeline.cadence import describe, horizon_label, matching, spacing
 from pipeline.calibration import BandCalibrator
 from pipeline.config import ServiceConfig
+from pipeline.lanes import CadenceRouter
 from pipeline.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
-from pipeline.pretrained import ensure_champion
+from pipeline.pretrained import cadence_champions, ensure_champion
 from pipeline.readings import SENSORS, DeadLetter
 from pipeline.ring import RollingWindows
 from pipeline.scoring import TRACKED, HorizonSkill, RollingSkill, skill_vs_best
@@ -92,7 +94,11 @@ class Service:
         self.registry = Registry(cfg.registry)
         self._lock = threading.Lock()  # guards what the HTTP thread reads
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.step: Step | None = None
+        self.step: Step | None = None  # the hourly lane (the global champion's)
+        self.router: CadenceRouter | None = None  # every lane: one champion and one Step per cadence
+        self.lane_models: dict[int, ServingModels] = {}  # the champions of the other cadences
+        self._unserved_labels: set[str] = set()
+        self._served_labels: set[tuple[str, str]] = set()
         self.observers: list[Callable[[StepResult], None]] = []  # called with each stored step's result
         self._latest_forecast: dict[str, dict] = {}
         self._last_seen: dict[str, float] = {}
@@ -102,6 +108,7 @@ class Service:
         self._rebalances: deque[tuple[str, list[int]]] = deque()  # filled by the listener, drained by the loop
         self.models = ServingModels(cfg.device)
         self._load_model(ensure_champion(self.registry, cfg.model_name))
+        self._load_lanes()
         if cfg.station_models:
             self.metrics.station_models.set(len(self.models.refresh(self.registry)))
         self.producer = make_producer(cfg.broker, bootstrap)
@@ -147,6 +154,62 @@ class Service:
         log.info("serving %s (%s, %d features, lookback %d, horizons %s) on %s", info.tag, card.model.kind,
                  len(card.data.features), card.data.lookback, list(card.data.horizons), predictor.device)
 
+    def _load_lanes(self) -> None:
+        """A lane per cadence with a champion besides the hourly one (``global-10min``, ...; see
+        :mod:`pipeline.cadence`), seeded from the shipped models like the hourly one."""
+        lanes = {self.card.cadence_s: self.step}
+        for cadence, name in cadence_champions(self.registry, self.cfg.model_name).items():
+            if name == self.cfg.model_name:
+                continue
+            info = ensure_champion(self.registry, name)
+            model, card, info = self.registry.load(info.name, info.version)
+            if card.cadence_s != cadence or cadence in lanes:
+                log.error("champion %s not served: its card's cadence is %s, its name says %s", info.tag,
+                          describe(card.cadence_s), describe(cadence))
+                continue
+            models = ServingModels(self.cfg.device)
+            models.set_fleet(Served(Predictor(model, card, self.cfg.device), info, card))
+            self.lane_models[cadence] = models
+            lanes[cadence] = Step(models, StepConfig.of(self.cfg))
+            self.metrics.model_version.labels(model=info.name).set(info.version)
+            log.info("serving %s for stations every %s (lookback %d steps, horizons %s .. %s)", info.tag,
+                     describe(cadence), card.data.lookback, horizon_label(min(card.data.horizons), cadence),
+                     horizon_label(max(card.data.horizons), cadence))
+        self.router = CadenceRouter(lanes, StepConfig.of(self.cfg))
+
+    def _swap_lanes(self) -> int:
+        """New champions of the other cadences, between batches."""
+        swapped = 0
+        for cadence, models in self.lane_models.items():
+            current = models.fleet.info
+            champion = self.registry.champion(current.name)
+            if champion is None or champion.version == current.version:
+                continue
+            try:
+                model, card, info = self.registry.load(champion.name, champion.version)
+                self.router.lanes[cadence].use(card)
+                models.set_fleet(Served(Predictor(model, card, self.cfg.device), info, card))
+                self.metrics.model_version.labels(model=info.name).set(info.version)
+                swapped += 1
+            except Exception as exc:  # keep serving the current one
+                log.error("new champion %s not loaded, still serving %s: %s", champion.tag, current.tag, exc)
+        return swapped
+
+    def lane_tags(self) -> dict[int, str]:
+        """The champion tag of every cadence served."""
+        return {c: step.models.fleet.info.tag for c, step in self.router.lanes.items()}
+
+    def lane_cards(self) -> dict[int, ModelCard]:
+        """The champion card of every cadence served."""
+        return {c: step.card for c, step in self.router.lanes.items()}
+
+    def model_of(self, station: str) -> tuple[str | None, int | None]:
+        """The tag of the model serving ``station`` and its cadence (None: not routed yet, or unserved)."""
+        step = self.router.step_of(station)
+        if step is None:
+            return None, None
+        return step.models.tag_of(station), step.card.cadence_s
+
     @property
     def skill(self) -> RollingSkill:
         return self.step.skill
@@ -181,9 +244,14 @@ class Service:
                 swapped += 1
             except Exception as exc:  # a broken artifact must not stop the service: keep the current model
                 log.error("new champion %s not loaded, still serving %s: %s", champion.tag, self.model_info.tag, exc)
+        swapped += self._swap_lanes()
         if self.cfg.station_models:
-            swapped += len(self.models.refresh(self.registry))
-            self.metrics.station_models.set(len(self.models.stations))
+            lane_of, hourly = self.router.lane_of, self.card.cadence_s
+            swapped += len(self.models.refresh(self.registry, accept=lambda s: lane_of.get(s, hourly) == hourly))
+            for cadence, models in self.lane_models.items():
+                swapped += len(models.refresh(self.registry, accept=lambda s, c=cadence: lane_of.get(s) == c))
+            self.metrics.station_models.set(len(self.models.stations) + sum(
+                len(m.stations) for m in self.lane_models.values()))
         self.metrics.model_swaps.inc(swapped)
         return swapped > 0
 
@@ -193,7 +261,8 @@ class Service:
         return self.card
 
     def station_card(self, station: str) -> ModelCard | None:
-        own = self.models.stations.get(station)
+        step = (self.router.step_of(station) if self.router is not None else None) or self.step
+        own = step.models.stations.get(station)
         return own.card if own is not None else None
 
     def request_swap(self) -> None:
@@ -311,7 +380,7 @@ class Service:
 
     def process(self, records: dict) -> None:
         """One batch: step, then store, publish, store, observe. The caller commits the offsets after this."""
-        out = self.step(*flatten_poll(records), arrived=time.time())
+        out = self.router(*flatten_poll(records), arrived=time.time())
         self._store_readings(out)  # first: a reading accepted is never lost, whatever fails next
         self._publish(out)
         self._store_outcomes(out)
@@ -359,7 +428,7 @@ class Service:
             for msg in out.messages:
                 self._latest_forecast[msg["station"]] = msg
         self._note_readings(out.actuals, out.arrived)
-        export_step(self.metrics, out, self.step, batch=batch)
+        export_step(self.metrics, out, self.step, batch=batch, lanes=self.router)
         for observer in self.observers:
             observer(out)
 
@@ -393,7 +462,10 @@ class Service:
         last = frame.groupby("station", sort=False).tail(self.cfg.status_history)
         with self._lock:
             for s, t, v in zip(last["station"].tolist(), last["ts"].tolist(), last["T"].tolist(), strict=True):
-                self._recent.setdefault(s, deque(maxlen=self.cfg.status_history)).append((t, v))
+                points = self._recent.setdefault(s, deque(maxlen=self.cfg.status_history))
+                # A station's first readings are shown while its cadence is detected, then reach its lane again.
+                if not points or t > points[-1][0] or all(p[0] != t for p in points):
+                    points.append((t, v))
                 self._last_seen[s] = arrived
         latest = last.groupby("station", sort=False).tail(1)
         self.metrics.set_station_gauges(latest["station"].tolist(), self.metrics.last_actual, latest["T"].tolist())
@@ -416,8 +488,30 @@ class Service:
         if silent:
             self.metrics.max_seconds_since_reading.set(max(silent.values()))
             self.metrics.set_station_gauges(list(silent), self.metrics.seconds_since_reading, list(silent.values()))
-        self.metrics.stations.set(self.windows.n_stations)
-        self.metrics.stations_ready.set(self.windows.n_ready)
+        lanes = self.router.lanes.values()
+        self.metrics.stations.set(sum(step.ring.n_stations for step in lanes))
+        self.metrics.stations_ready.set(sum(step.ring.n_ready for step in lanes))
+        self._export_served()
+
+    def _export_served(self) -> None:
+        """Which model serves how many stations, per cadence (one series per model, never per station), and how
+        many stations report at a cadence no champion has."""
+        m, router = self.metrics, self.router
+        served = dict.fromkeys(self._served_labels, 0)  # a replaced champion's series goes back to 0
+        for cadence, stations in router.served().items():
+            step = router.lanes[cadence]
+            own = step.models.stations
+            served[(step.models.fleet.info.tag, str(cadence))] = sum(1 for s in stations if s not in own)
+        for (tag, cadence), n in served.items():
+            m.stations_served.labels(model=tag, cadence=cadence).set(n)
+        self._served_labels = set(served)
+        unserved: dict[str, int] = dict.fromkeys(self._unserved_labels, 0)  # a cadence gone back to 0
+        for seconds in router.unserved.values():
+            key = str(int(round(seconds)))
+            unserved[key] = unserved.get(key, 0) + 1
+        for key, n in unserved.items():
+            m.stations_unserved.labels(cadence=key).set(n)
+        self._unserved_labels = set(unserved)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -433,29 +527,55 @@ class Service:
         stations = self.store.stations_in_partitions(partitions)
         if not stations:
             return []
-        cad = self.card.cadence_s
+        done = []
+        for cadence, mine in self._stations_by_cadence(stations).items():
+            done += self._rebuild_lane(self.router.lanes[cadence], mine, partitions)
+        return done
+
+    def _stations_by_cadence(self, stations: list[str]) -> dict[int, list[str]]:
+        """The lane of each stored station, from the spacing of its newest stored readings (as the live stream would
+        detect it); a station with too few readings, or at a cadence no champion has, is detected again live."""
+        router = self.router
+        newest_of = self.store.newest_by_station(stations)
+        reach = (router.detector.n + 1) * max(router.cadences)
+        recent = self.store.latest_readings(stations, {s: newest_of[s] - reach for s in stations})
+        ts = recent["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
+        out: dict[int, list[str]] = {}
+        for s, idx in pd.Series(np.arange(len(recent))).groupby(recent["station"].to_numpy()).groups.items():
+            tail = np.unique(ts[np.asarray(idx)])[-router.detector.n:]
+            if len(tail) < router.detector.n:
+                continue
+            cadence = matching(spacing(tail), router.lanes)
+            if cadence is not None:
+                router.assign(s, cadence)
+                out.setdefault(cadence, []).append(s)
+        return out
+
+    def _rebuild_lane(self, step: Step, stations: list[str], partitions: Sequence[int]) -> list[str]:
+        card = step.card
+        cad = card.cadence_s
         names = np.asarray(stations, dtype=object)
         newest_of = self.store.newest_by_station(stations)
         last_of = self.store.last_issue(stations)
         newest = np.array([newest_of[s] for s in stations], dtype=np.int64)
         last = np.array([last_of.get(s, _NO_TIME) for s in stations], dtype=np.int64)
         cut = np.maximum(last, newest - self.cfg.max_catchup_steps * cad)
-        span = (self.step.ring.capacity + 2) * cad
+        span = (step.ring.capacity + 2) * cad
         history = self.store.latest_readings(stations, dict(zip(stations, (cut - span).tolist(), strict=True)))
         ts = history["time"].to_numpy(dtype="datetime64[s]").astype(np.int64)
         st = history["station"].to_numpy(dtype=object)
         # A reading belongs to the slot its time rounds to (halves up), so the forecast's own reading, which
         # may be stamped up to half a step after the slot time, is part of the head.
         head = ts < cut[pd.Index(names).get_indexer(st)] + (cad - cad // 2)
-        features = history[list(self.card.data.features)].to_numpy(dtype=np.float64)
+        features = history[list(card.data.features)].to_numpy(dtype=np.float64)
         lateness = self.cfg.lateness_steps * cad
-        max_h = max(self.card.data.horizons) * cad
+        max_h = max(card.data.horizons) * cad
         since = dict(zip(stations, (cut - lateness).tolist(), strict=True))
-        self.step.restore(names, st[head], ts[head], features[head], self.store.pending_since(since, max_h))
+        step.restore(names, st[head], ts[head], features[head], self.store.pending_since(since, max_h))
         tail = np.flatnonzero(~head)
         rank = rank_within_station(st[tail], ts[tail])
-        scored_later = self._rebuild_calibration(stations, newest, cut, st[tail], ts[tail], rank)
-        out = self.step.replay(st[tail], ts[tail], history[list(SENSORS)].to_numpy(dtype=np.float64)[tail],
+        scored_later = self._rebuild_calibration(step, stations, newest, cut, st[tail], ts[tail], rank)
+        out = step.replay(st[tail], ts[tail], history[list(SENSORS)].to_numpy(dtype=np.float64)[tail],
                                restored=names, band_scores=scored_later)
         self._publish(out)
         self._store_outcomes(out)
@@ -465,8 +585,9 @@ class Service:
                  len(stations), sorted(partitions), len(tail))
         return stations
 
-    def _rebuild_calibration(self, stations: list[str], newest: np.ndarray, cut: np.ndarray, tail_station: np.ndarray,
-                             tail_ts: np.ndarray, tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
+    def _rebuild_calibration(self, step: Step, stations: list[str], newest: np.ndarray, cut: np.ndarray,
+                             tail_station: np.ndarray, tail_ts: np.ndarray,
+                             tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
         """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores (the newest
         ``band_window`` per horizon within four windows of each one's newest reading), so that after a restart or
         rebalance every band is what it would have been without one. Scores up to each station's cut are learnt now;
@@ -476,13 +597,13 @@ class Service:
         window = self.cfg.band_window
         if not window:
             return {}
-        cad, half = self.card.cadence_s, self.card.cadence_s - self.card.cadence_s // 2
+        cad, half = step.card.cadence_s, step.card.cadence_s - step.card.cadence_s // 2
         since = dict(zip(stations, (newest - 4 * window * cad).tolist(), strict=True))
-        scored = self.store.recent_errors(since, max(self.card.data.horizons) * cad, window)
+        scored = self.store.recent_errors(since, max(step.card.data.horizons) * cad, window)
         code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
         target = scored["target_ts"].to_numpy()
         now = target < cut[code] + half
-        self.step.learn_band(scored[now])
+        step.learn_band(scored[now])
         later = scored[~now]
         if later.empty:
             return {}
@@ -512,7 +633,7 @@ class Service:
     def forget(self, partitions: Sequence[int]) -> None:
         stations = self.store.stations_in_partitions(partitions)
         if stations:
-            self.step.forget(np.asarray(stations, dtype=object))
+            self.router.forget(np.asarray(stations, dtype=object))
 
     # ------------------------------------------------------------------ status
 
@@ -528,15 +649,25 @@ class Service:
                 "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
                 "errors_scored": t.errors_scored, "store_up": self.store.up, **self._skill_status(),
+                "models": self._models_status(),
+                "unserved": [{"station": st, "cadence_s": round(c), "reason": self._unserved_reason(c)}
+                             for st, c in sorted(self.router.unserved.items())],
             }
             names = np.asarray(list(self._recent), dtype=object)
-        sk = self.skill
-        m, pm, dm = (np.array([getattr(sk, f"station_{n}").get(s, np.nan) for s in names.tolist()], dtype=np.float64)
+        router = self.router
+        lanes = [router.step_of(s) for s in names.tolist()]
+        m, pm, dm = (np.array([np.nan if lane is None else getattr(lane.skill, f"station_{n}").get(s, np.nan)
+                               for s, lane in zip(names.tolist(), lanes, strict=True)], dtype=np.float64)
                      for n in TRACKED)
         skill = skill_vs_best(m, pm, dm)
         with np.errstate(divide="ignore", invalid="ignore"):
             skill_p = np.where(pm > 0, 1 - m / pm, np.nan)
-        ready = self.windows.ready(names) if len(names) else np.zeros(0, dtype=bool)
+        ready = np.zeros(len(names), dtype=bool)
+        lane_ids = np.array([id(lane) for lane in lanes], dtype=np.int64)
+        for step in router.lanes.values():  # one vectorized call per lane
+            idx = np.flatnonzero(lane_ids == id(step))
+            if len(idx):
+                ready[idx] = step.ring.ready(names[idx])
         match = np.ones(len(names), dtype=bool)
         if q:
             match = pd.Series(names, dtype=object).str.contains(q, case=False, regex=False).to_numpy(dtype=bool)
@@ -558,8 +689,9 @@ class Service:
         for i in page.tolist():
             s = names[i]
             points, fc = recent[s], latest[s]
+            tag, cadence = self.model_of(s)
             stations.append({
-                "station": s, "cadence_s": self.card.cadence_s, "ready": bool(ready[i]),
+                "station": s, "cadence_s": cadence, "model": tag, "ready": bool(ready[i]),
                 "last_reading_ts": int(points[-1][0]) if points else None,
                 "model_version": fc["model_version"] if fc else None,
                 "recent": {"ts": [int(p[0]) for p in points], "T": [_num(p[1]) for p in points]},
@@ -571,6 +703,24 @@ class Service:
                 "skill": _num(skill[i]), "skill_vs_persistence": _num(skill_p[i]),
             })
         return {"service": service, "summary": summary, "stations": stations}
+
+    def _models_status(self) -> list[dict]:
+        """Per cadence served: its champion, its horizons in time and how many stations it serves."""
+        out = []
+        for cadence, stations in sorted(self.router.served().items()):
+            step = self.router.lanes[cadence]
+            own = step.models.stations
+            out.append({
+                "cadence_s": cadence, "cadence": describe(cadence), "model": step.models.fleet.info.tag,
+                "horizons": [horizon_label(int(h), cadence) for h in step.card.model.horizons],
+                "stations": sum(1 for s in stations if s not in own),
+                "station_models": sum(1 for s in stations if s in own),
+            })
+        return out
+
+    def _unserved_reason(self, seconds: float) -> str:
+        have = ", ".join(describe(c) for c in self.router.cadences)
+        return f"reports every {describe(seconds)}; no champion at that cadence (served: {have})"
 
     def _skill_status(self) -> dict:
         """Fleet rolling MAE of the model and both baselines, skill against the better one, and per horizon the
@@ -607,7 +757,7 @@ class Service:
                 self._latest_forecast.pop(s, None)
         if not idle:
             return
-        self.step.release(idle)
+        self.router.release(idle)
         self.metrics.release_stations(idle)
         self.metrics.stations_released.inc(len(idle))
         log.info("%d stations silent for %.0f s released from the status page and metric labels", len(idle), idle_s)

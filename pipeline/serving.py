@@ -9,6 +9,7 @@ served, and the station falls back to the global model until it is fine-tuned ag
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,9 +60,12 @@ class ServingModels:
                             reason)
                 del self.stations[station]
 
-    def refresh(self, registry: Registry) -> list[str]:
-        """Load new station champions and drop withdrawn ones; the station tags that changed."""
+    def refresh(self, registry: Registry, accept: Callable[[str], bool] | None = None) -> list[str]:
+        """Load new station champions and drop withdrawn ones; the station tags that changed. ``accept``: the
+        stations this global model serves (the others, on another cadence's champion, are left alone)."""
         champions = registry.station_champions()
+        if accept is not None:
+            champions = {s: v for s, v in champions.items() if accept(s)}
         changed = []
         for station in [s for s in self.stations if s not in champions]:
             log.info("station %s: its model %s no longer has a champion, back to %s", station,

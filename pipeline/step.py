@@ -61,6 +61,7 @@ class ForwardPass:
     forecast: Forecast
     seconds: float
     done_at: float
+    cadence_s: int = 3600
 
 
 @dataclass
@@ -73,6 +74,7 @@ class StepResult:
     consumed: int = 0
     ring: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "duplicate": 0, "late": 0})
     not_ready: int = 0
+    unserved: int = 0  # readings of stations whose cadence no champion serves (stored, not forecast)
     expired: int = 0
     forecast_frames: list[pd.DataFrame] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)  # one per station forecast, keyed by its "station"
@@ -154,6 +156,12 @@ class Step:
         if len(batch):
             self._rounds(batch.station, batch.time.astype("datetime64[s]").astype(np.int64), batch.values, out)
         return out
+
+    def feed(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
+        """Parsed readings (``values`` in :data:`SENSORS` order, ``ts`` in seconds) through the rounds, into
+        ``out``: how :class:`pipeline.lanes.CadenceRouter` hands a lane its stations' readings."""
+        if len(station):
+            self._rounds(station, ts, values, out)
 
     def replay(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, restored: np.ndarray | None = None,
                band_scores: Mapping[int, pd.DataFrame] | None = None, arrived: float | None = None) -> StepResult:
@@ -268,7 +276,7 @@ class Step:
             out.messages.append(msg)
         self.scoreboard.add(frame)
         out.forecast_frames.append(frame)
-        out.passes.append(ForwardPass(stations, origin, fc, seconds, time.time()))
+        out.passes.append(ForwardPass(stations, origin, fc, seconds, time.time(), card.cadence_s))
 
     def _expire(self, stations: np.ndarray) -> int:
         """Pending forecasts of ``stations`` whose target can no longer be scored leave the scoreboard."""

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from pipeline.cadence import HOURLY, cadence_label
+from pipeline.lanes import CadenceRouter
 from pipeline.metrics import Metrics
 from pipeline.scoring import TRACKED
 from pipeline.step import ForwardPass, Step, StepResult
@@ -14,18 +16,29 @@ from pipeline.step import ForwardPass, Step, StepResult
 GAUGE_HORIZONS = (1, 6, 12, 24)  # horizons exported per station as forecast gauges
 
 
-def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True) -> None:
+def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True,
+                lanes: CadenceRouter | None = None) -> None:
     """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages). The consumed
-    count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch."""
+    count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch.
+    ``lanes``: the other cadences' steps; their stations' scores go to their own lane's rolling skill, their fleet
+    (``station="all"``) series stay the hourly lane's, and their horizons are labelled ``<steps>@<cadence>``
+    (``6@10min``) so no series mixes cadences."""
     for outcome, n in out.ring.items():
         m.readings_outcome.labels(outcome=outcome).inc(n)
     m.windows_not_ready.inc(out.not_ready)
+    m.readings_unserved.inc(out.unserved)
     m.forecasts_expired.inc(out.expired)
     for stage, seconds in out.stages.items():
         if seconds:
             m.stage_seconds.labels(stage=stage).observe(seconds)
     errors = out.errors
-    if not errors.empty:
+    if not errors.empty and lanes is not None and len(lanes.lanes) > 1:
+        cadence = errors["station"].map(lanes.lane_of).to_numpy()
+        for c, lane in lanes.lanes.items():
+            part = errors[cadence == c]
+            if not part.empty:
+                _export_errors(m, part, lane, fleet=lane is step, suffix=_suffix(c))
+    elif not errors.empty:
         _export_errors(m, errors, step)
     for p in out.passes:
         _export_pass(m, p, out.arrived)
@@ -38,33 +51,40 @@ def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True) -> 
         m.readings_consumed.inc(out.consumed)
 
 
-def _export_errors(m: Metrics, errors, step: Step) -> None:
+def _suffix(cadence_s: int) -> str:
+    return "" if cadence_s == HOURLY else f"@{cadence_label(cadence_s)}"
+
+
+def _export_errors(m: Metrics, errors, step: Step, fleet: bool = True, suffix: str = "") -> None:
     """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per station
     and fleet; per horizon over the fleet, with band coverage and the fleet's band offsets."""
     m.errors_scored.inc(len(errors))
-    m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
-                     errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
+    if fleet:  # the per-horizon error histograms are the hourly lane's
+        m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
+                         errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
     stations = errors["station"].unique()
     sk = step.skill
     for name in TRACKED:
         table = getattr(sk, f"station_{name}")
         have = [s for s in stations if s in table]
         m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
-        m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
+        if fleet:
+            m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
     m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
     m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
-    m.skill.labels(station="all").set(sk.skill_vs_persistence())
-    m.skill_best.labels(station="all").set(sk.skill())
     hs = step.horizon_skill
     for h in hs.horizons():
-        label = str(h)
+        label = f"{h}{suffix}"
         for name in TRACKED:
             m.horizon_mae.labels(horizon=label, forecaster=name).set(hs.mae[name].get(h, np.nan))
         m.horizon_skill.labels(horizon=label).set(hs.skill(h))
         m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
-    m.band_coverage.labels(horizon="all").set(hs.coverage_all)
     for h, q in step.calibrator.summary().items():
-        m.band_offset.labels(horizon=str(h)).set(q)
+        m.band_offset.labels(horizon=f"{h}{suffix}").set(q)
+    if fleet:
+        m.skill.labels(station="all").set(sk.skill_vs_persistence())
+        m.skill_best.labels(station="all").set(sk.skill())
+        m.band_coverage.labels(horizon="all").set(hs.coverage_all)
 
 
 def _export_pass(m: Metrics, p: ForwardPass, arrived: float) -> None:
@@ -76,12 +96,14 @@ def _export_pass(m: Metrics, p: ForwardPass, arrived: float) -> None:
     fc = p.forecast
     horizons = np.asarray(fc.horizons)
     names = ["p50"] if not fc.quantiles else [f"p{round(q * 100)}" for q in fc.quantiles]
-    picks = [i for i, h in enumerate(horizons) if h in GAUGE_HORIZONS] or [len(horizons) - 1]
+    suffix = _suffix(p.cadence_s)  # other cadences: the gauge horizons in hours, labelled in steps@cadence
+    at = {h * HOURLY // p.cadence_s for h in GAUGE_HORIZONS} if suffix else set(GAUGE_HORIZONS)
+    picks = [i for i, h in enumerate(horizons) if h in at] or [len(horizons) - 1]
     for i, station in enumerate(p.stations.tolist()):
         label = m.station_label(station)
         if label is None or label == "other":
             continue
         for j in picks:
             for q, name in enumerate(names):
-                m.last_forecast.labels(station=label, horizon=str(int(horizons[j])), quantile=name).set(
+                m.last_forecast.labels(station=label, horizon=f"{int(horizons[j])}{suffix}", quantile=name).set(
                     float(fc.values[i, j, q if fc.quantiles else 0]))
