@@ -39,7 +39,7 @@ from bench.recipes import (  # noqa: E402
     column24,
     ensemble_mae,
 )
-from bench.transfer import NOAA, load_noaa  # noqa: E402
+from bench.stations import NOAA, load_noaa  # noqa: E402
 from forecaster.clean import CHOLLET_FRACTIONS, StationSeries, clean_station, split_by_fraction  # noqa: E402
 from forecaster.data import file_sha256, load_records  # noqa: E402
 from forecaster.dataset import DataConfig, fit_normalizer, split_rows  # noqa: E402
