@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -30,10 +29,14 @@ from forecaster.spans import finetune_ranges, resolve
 from pipeline import cli
 from pipeline import finetune as station_job
 from pipeline.config import ServiceConfig
+from pipeline.jobs import job_env
+from pipeline.metrics import Metrics
 from pipeline.pretrained import shipped_artifact
 from pipeline.scheduler import LifecycleScheduler
+from pipeline.scoring import RollingSkill
 from pipeline.store import Store
 from tests.conftest import shared_file
+from tests.pipeline_harness import FakeView
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIONCAST = str(Path(sys.executable).parent / "stationcast")
@@ -187,9 +190,11 @@ def test_cli_and_station_job_run_the_same_adaptation_with_the_same_settings(denv
         store.add_readings(np.full(len(ts), "DEN", dtype=object), ts, part[list(sensors.values())].to_numpy(),
                            list(sensors), np.zeros(len(ts), dtype=np.int64), np.arange(len(ts)))
     cfg = ServiceConfig(store_url=url, registry=reg)
-    cmd = LifecycleScheduler.finetune_command(SimpleNamespace(cfg=cfg), ["DEN"])
+    scheduler = LifecycleScheduler(cfg, Metrics(), FakeView(RollingSkill(), val_mae=1.0))  # not started
+    cmd = scheduler.finetune_command(["DEN"])
     assert cmd[1:3] == ["-m", "pipeline.finetune"]
-    monkeypatch.setenv("STATIONCAST_STORE_URL", url)
+    for name, value in job_env(cfg).items():  # the job's environment, as the scheduler sets it
+        monkeypatch.setenv(name, value)
     assert station_job.main(cmd[3:]) == 0
     assert [c[0] for c in calls] == ["denver_spring_2014", "DEN"]
     assert calls[0][1] == calls[1][1] == AdaptConfig()
