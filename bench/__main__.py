@@ -20,7 +20,7 @@ def main() -> None:
     p.parse_args()
     for name in BENCHMARKS:
         bench = importlib.import_module(f"bench.{name}").BENCH
-        print(f"wrote {bench.write_page(load_results(name)).relative_to(ROOT)}")
+        print(f"wrote {bench.write_page(load_results(bench.name)).relative_to(ROOT)}")
     print(f"wrote {index.write().relative_to(ROOT)}")
 
 

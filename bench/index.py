@@ -22,9 +22,9 @@ HEADLINES: dict[str, Callable[[dict], str]] = {
     "seed_table": lambda d: "test MAE °C: " + ", ".join(
         f"{name} {row['test_mae']:.3f}" for name, row in d["rows"].items()
         if name in ("persistence", "GRU(32)", "Conv1D+GRU (6.49)") or name.startswith("ensemble")),
-    "transfer": lambda d: "fine-tuned vs persistence, test MAE °C: " + ", ".join(
-        f"{station} {s['finetuned'][d['normalization_choice']['finetuned']]['test']:.2f} vs "
-        f"{s['persistence']['test']:.2f}" for station, s in d["stations"].items()),
+    "transfer": lambda d: "served vs base model on each station's test span: " + ", ".join(
+        f"{s['station']} {s['served_vs_base']:+.1%}{'' if s['accepted'] else ' (kept the base)'}"
+        for s in d["stations"]),
     "lifecycle_transfer": lambda d: "live MAE after the automatic swap vs the global model, °C: " + ", ".join(
         f"{r['station']} {r['after_mae']:.2f} vs {r['after_global_same_windows']:.2f}" for r in d["rows"]),
     "accuracy_floor": lambda d: (
@@ -61,7 +61,7 @@ def _headline(name: str) -> str:
     fn = HEADLINES.get(name)
     try:
         return fn(results) if fn else "see the page"
-    except (KeyError, TypeError, ValueError) as exc:  # a rerun changed the results' shape
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a rerun changed the shape
         return f"see the page (headline not derivable: {exc!r})"
 
 
