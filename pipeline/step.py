@@ -177,23 +177,20 @@ class Step:
         # stations due in a round share one forward pass (live traffic: a single round). Stations that cannot
         # have a window ready anywhere in the batch, nor a forecast waiting, skip the rounds: nothing is due.
         expire = pd.unique(station)
+        rank = rank_within_station(station, ts)  # of every reading: stored band scores are keyed by it
+        rounds = int(rank.max()) + 1
         quiet = ~self.ring.may_become_ready(station, ts)
         if quiet.any() and len(self.scoreboard):
             quiet &= ~self.scoreboard.has_pending(station)
         if quiet.any():
             self._quiet(station[quiet], ts[quiet], values[quiet], out)
-            station, ts, values = station[~quiet], ts[~quiet], values[~quiet]
-        if not len(station):
-            started = time.perf_counter()
-            out.expired += self._expire(expire)
-            out.stages["score"] += time.perf_counter() - started
-            return
-        rank = rank_within_station(station, ts)
-        for k in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == k)
+            station, ts, values, rank = station[~quiet], ts[~quiet], values[~quiet], rank[~quiet]
+        for k in range(rounds):
             if band_scores:
                 self.learn_band(band_scores.get(k))
-            self._round(station[sel], ts[sel], values[sel], out)
+            sel = np.flatnonzero(rank == k)
+            if len(sel):
+                self._round(station[sel], ts[sel], values[sel], out)
         started = time.perf_counter()
         out.expired += self._expire(expire)
         out.stages["score"] += time.perf_counter() - started
