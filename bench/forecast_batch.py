@@ -459,9 +459,12 @@ def render(d: dict) -> str:
             "forecasts meet the new readings), publishes one Kafka message per forecast and stores forecasts and "
             f"errors in SQLite before returning. With {service['ticks']} timed ticks the p99 is close to the "
             f"maximum. Producing a tick of 1,000 messages and polling it back took "
-            f"{ms(service['produce_transit_p50_s']):.0f} ms (median). Where a tick's time goes (median per tick; "
-            "`forecast` includes `predictor.predict` and `producer.send`, `_score` includes "
-            "`metrics.observe_errors`):\n\n" + markdown_table(
+            f"{ms(service['produce_transit_p50_s']):.0f} ms (median). Where a tick's time goes (median per tick, "
+            "from the service's `stationcast_stage_seconds` histogram: the step's parse, ring, score (matching "
+            "actuals to pending forecasts, rolling skill, band calibration) and forecast (the forward pass, both "
+            "baselines, the calibrated band), then the adapter's readings stored, forecasts published and flushed, "
+            "forecasts and errors stored; what `Service.process` spends beyond them is metrics and status "
+            "bookkeeping):\n\n" + markdown_table(
                 ["stage", "ms per tick"],
                 [[k, ms(v)] for k, v in ss.items()] + [["whole Service.process (p50)", ms(service["process_p50_s"])]],
             ) + "\n"

@@ -65,7 +65,7 @@ def _headline(name: str) -> str:
     fn = HEADLINES.get(name)
     try:
         return fn(results) if fn else "see the page"
-    except (KeyError, TypeError, ValueError) as exc:  # a rerun changed the results' shape
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a rerun changed the shape
         return f"see the page (headline not derivable: {exc!r})"
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 
+from bench.common import shared_file
+from forecaster.clean import StationSeries, load_stations
 from forecaster.dataset import DataConfig
 from forecaster.experiment import Trained
 from forecaster.models import ConvLayer
@@ -23,6 +26,20 @@ TRIAL = TrainConfig(optimizer="adam", lr=3e-4, weight_decay=1e-3, batch_size=128
                     patience=3)  # a short trial budget
 BOOK_TRAIN = replace(TRIAL, optimizer="rmsprop", lr=1e-3, weight_decay=0.0)
 HORIZON = 24
+# The four NOAA stations in ../shared/data: file -> (name, hours from UTC to local standard time).
+NOAA = {
+    "noaa_chicago_ohare_2010_2016_hourly.csv.gz": ("Chicago O'Hare", -6),
+    "noaa_denver_2010_2016_hourly.csv.gz": ("Denver", -7),
+    "noaa_great_falls_2010_2016_hourly.csv.gz": ("Great Falls", -7),
+    "noaa_rapid_city_2010_2016_hourly.csv.gz": ("Rapid City", -7),
+}
+
+
+def load_noaa(name: str, offset_h: int) -> StationSeries:
+    """A NOAA station on local standard time, like Jena's records."""
+    s = load_stations(shared_file(name))[0]
+    s.frame.index = s.frame.index + pd.Timedelta(hours=offset_h)  # UTC -> local standard time
+    return s
 
 
 def column24(t: Trained, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

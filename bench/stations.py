@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from functools import cache
 
-import pandas as pd
-
 from bench.common import shared_file
 from forecaster.clean import StationSeries, load_stations
 from forecaster.data import nycflights_weather_path
@@ -34,19 +32,3 @@ def station(name: str) -> StationSeries:
         return series
     return _ny()[name]
 
-
-# NOAA ISD timestamps are UTC (the mean daily maximum falls at 19-21 UTC); Jena's are local (maximum at 15).
-# The archived tuning study (bench/tune.py) shifted each NOAA station to local standard time for its pooled trials.
-NOAA = {
-    "noaa_chicago_ohare_2010_2016_hourly.csv.gz": ("Chicago O'Hare", -6),
-    "noaa_denver_2010_2016_hourly.csv.gz": ("Denver", -7),
-    "noaa_great_falls_2010_2016_hourly.csv.gz": ("Great Falls", -7),
-    "noaa_rapid_city_2010_2016_hourly.csv.gz": ("Rapid City", -7),
-}
-
-
-def load_noaa(name: str, offset_h: int) -> StationSeries:
-    """A NOAA station with its timestamps moved from UTC to local standard time by ``offset_h`` hours."""
-    s = load_stations(shared_file(name))[0]
-    s.frame.index = s.frame.index + pd.Timedelta(hours=offset_h)
-    return s

@@ -34,12 +34,13 @@ from bench.recipes import (  # noqa: E402
     FRONT_POOL2,
     HORIZON,
     MULTI,
+    NOAA,
     TF,
     TRIAL,
     column24,
     ensemble_mae,
+    load_noaa,
 )
-from bench.stations import NOAA, load_noaa  # noqa: E402
 from forecaster.clean import CHOLLET_FRACTIONS, StationSeries, clean_station, split_by_fraction  # noqa: E402
 from forecaster.data import file_sha256, load_records  # noqa: E402
 from forecaster.dataset import DataConfig, fit_normalizer, split_rows  # noqa: E402

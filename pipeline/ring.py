@@ -132,6 +132,7 @@ class RollingWindows:
         self._phase = np.zeros(n, dtype=np.int64)
         # Latest invalid slot; exact when it is inside the window, else any value <= newest - lookback.
         self._last_bad = np.zeros(n, dtype=np.int64)
+        self._first = np.zeros(n, dtype=np.int64)  # earliest slot ever accepted (no valid slot lies before it)
         self._started = np.zeros(n, dtype=bool)  # has had a reading (phase and newest are set)
         self._names = np.empty(n, dtype=object)
 
@@ -160,6 +161,7 @@ class RollingWindows:
             self._newest,
             self._phase,
             self._last_bad,
+            self._first,
             self._started,
             self._names,
         )
@@ -193,6 +195,27 @@ class RollingWindows:
         self.drop(station)
         order = np.argsort(ts, kind="stable")
         return self.add(station[order], ts[order], np.asarray(values, dtype=np.float64)[order])
+
+    def may_become_ready(self, station: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Per reading: whether its station's window could be ready at any point while these readings are added.
+        False is certain: from the station's earliest reading to its newest one, these included, there are too few
+        slots to fill a lookback (a valid slot never lies before the earliest held one). Callers add such readings
+        all at once instead of one time step at a time, since no forecast can be due among them."""
+        cad = self.config.cadence_s
+        codes, uniq = pd.factorize(_as_ids(station))
+        ts = np.asarray(ts, dtype=np.int64).reshape(-1)
+        lo = np.full(len(uniq), np.iinfo(np.int64).max)
+        hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        np.minimum.at(lo, codes, ts)
+        np.maximum.at(hi, codes, ts)
+        rows = self._rows_or_missing(np.asarray(uniq, dtype=object))
+        known = rows >= 0
+        known[known] = self._started[rows[known]]
+        r = rows[known]
+        lo[known] = np.minimum(lo[known], self._phase[r] + self._first[r] * cad)
+        hi[known] = np.maximum(hi[known], self._phase[r] + self._newest[r] * cad)
+        span = (hi - lo) // cad + 2  # slots, one more for rounding onto the grid
+        return (span >= self.config.lookback)[codes]
 
     def slot_of(self, stations: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Grid slot of each timestamp on its station's grid (stations must have had a reading)."""
@@ -345,6 +368,7 @@ class RollingWindows:
         touched = np.add.reduceat(acc, start) > 0
         first_acc = np.minimum.reduceat(np.where(acc, s, _BIG), start)
         t = np.flatnonzero(touched)
+        self._first[g_rows[t]] = np.where(g_new[t], first_acc[t], np.minimum(self._first[g_rows[t]], first_acc[t]))
         self._refresh_ready(g_rows[t], n0[t], n1[t], first_acc[t], g_new[t])
 
         ready = self._newest[g_rows] - self._last_bad[g_rows] >= cfg.lookback
@@ -486,7 +510,7 @@ class RollingWindows:
         cap, f = self._cap, self.config.n_sensors
         self._values = np.concatenate([self._values, np.full((extra, cap, f), np.nan, dtype=np.float32)])
         self._held = np.concatenate([self._held, np.zeros((extra, cap), dtype=bool)])
-        for name in ("_newest", "_phase", "_last_bad"):
+        for name in ("_newest", "_phase", "_last_bad", "_first"):
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype=np.int64)]))
         self._started = np.concatenate([self._started, np.zeros(extra, dtype=bool)])
         self._names = np.concatenate([self._names, np.empty(extra, dtype=object)])

@@ -269,6 +269,14 @@ class Scoreboard:
             self._cols = {c: v[keep] for c, v in self._cols.items()}
         return dropped
 
+    def has_pending(self, stations: np.ndarray) -> np.ndarray:
+        """Per station (any order, repeats allowed): whether a forecast of it waits for an actual."""
+        stations = np.asarray(stations, dtype=object)
+        if not len(self) or not len(stations):
+            return np.zeros(len(stations), dtype=bool)
+        codes = self._keys(stations, np.zeros(len(stations), np.int64), register=False) >> 34
+        return np.isin(codes, np.unique(self._cols["key"] >> 34)) & (codes >= 0)
+
     def drop_stations(self, stations: np.ndarray) -> None:
         keep = ~np.isin(self._cols["station"], np.asarray(stations, dtype=object))
         self._cols = {c: v[keep] for c, v in self._cols.items()}

@@ -455,20 +455,26 @@ class Service:
                   d.partition, d.offset, d.reason, d.size, exc)
 
     def _note_readings(self, actuals: pd.DataFrame, arrived: float) -> None:
-        """Recent actuals of the status page and the last-actual gauges."""
+        """Recent actuals of the status page (the newest ``status_history`` per station) and the last-actual gauges."""
         if actuals.empty:
             return
-        frame = actuals.sort_values("ts", kind="stable")
-        last = frame.groupby("station", sort=False).tail(self.cfg.status_history)
+        codes, names = pd.factorize(actuals["station"].to_numpy(dtype=object))
+        order = np.lexsort((actuals["ts"].to_numpy(), codes))
+        c = codes[order]
+        bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
+        ts, temp = actuals["ts"].to_numpy()[order].tolist(), actuals["T"].to_numpy()[order].tolist()
+        keep = self.cfg.status_history
+        stations, latest = names[c[bounds[:-1]]].tolist(), []
         with self._lock:
-            for s, t, v in zip(last["station"].tolist(), last["ts"].tolist(), last["T"].tolist(), strict=True):
-                points = self._recent.setdefault(s, deque(maxlen=self.cfg.status_history))
+            for s, a, b in zip(stations, bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                a = max(a, b - keep)
+                points = self._recent.setdefault(s, deque(maxlen=keep))
                 # A station's first readings are shown while its cadence is detected, then reach its lane again.
-                if not points or t > points[-1][0] or all(p[0] != t for p in points):
-                    points.append((t, v))
+                shown = {p[0] for p in points}
+                points.extend((t, v) for t, v in zip(ts[a:b], temp[a:b], strict=True) if t not in shown)
                 self._last_seen[s] = arrived
-        latest = last.groupby("station", sort=False).tail(1)
-        self.metrics.set_station_gauges(latest["station"].tolist(), self.metrics.last_actual, latest["T"].tolist())
+                latest.append(temp[b - 1])
+        self.metrics.set_station_gauges(stations, self.metrics.last_actual, latest)
 
     def _update_lag(self) -> None:
         total = 0

@@ -182,16 +182,45 @@ class Step:
                 band_scores: Mapping[int, pd.DataFrame] | None = None) -> None:
         # A backlog brings many readings per station in one poll; every one of them is a due window. Round k holds
         # each station's k-th reading in time order, so a station advances at most once per round and all
-        # stations due in a round share one forward pass (live traffic: a single round).
-        rank = rank_within_station(station, ts)
-        for k in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == k)
+        # stations due in a round share one forward pass (live traffic: a single round). Stations that cannot
+        # have a window ready anywhere in the batch, nor a forecast waiting, skip the rounds: nothing is due.
+        expire = pd.unique(station)
+        rank = rank_within_station(station, ts)  # of every reading: stored band scores are keyed by it
+        rounds = int(rank.max()) + 1
+        quiet = ~self.ring.may_become_ready(station, ts)
+        if quiet.any() and len(self.scoreboard):
+            quiet &= ~self.scoreboard.has_pending(station)
+        if quiet.any():
+            self._quiet(station[quiet], ts[quiet], values[quiet], out)
+            station, ts, values, rank = station[~quiet], ts[~quiet], values[~quiet], rank[~quiet]
+        for k in range(rounds):
             if band_scores:
                 self.learn_band(band_scores.get(k))
-            self._round(station[sel], ts[sel], values[sel], out)
+            sel = np.flatnonzero(rank == k)
+            if len(sel):
+                self._round(station[sel], ts[sel], values[sel], out)
         started = time.perf_counter()
-        out.expired += self._expire(pd.unique(station))
+        out.expired += self._expire(expire)
         out.stages["score"] += time.perf_counter() - started
+
+    def _quiet(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
+        """Readings of stations that no forecast can come from in this batch, into the ring at once, in time order
+        per station (so outcomes match the rounds: the earliest reading of a slot wins, and the grid phase comes
+        from the earliest one). Every accepted reading past the newest slot is a window advanced but not ready."""
+        t0 = time.perf_counter()
+        order = np.lexsort((ts, pd.factorize(station)[0]))
+        station, ts, values = station[order], ts[order], values[order]
+        newest = self.ring.newest_time(station)
+        result = self.ring.add(station, ts, values[:, self.feature_index])
+        out.ring["accepted"] += result.accepted
+        out.ring["duplicate"] += result.duplicate
+        out.ring["late"] += result.late
+        fresh = result.outcome == Outcome.ACCEPTED
+        slot_ts = self.ring.slot_time(station[fresh], self.ring.slot_of(station[fresh], ts[fresh]))
+        out.not_ready += int((slot_ts > newest[fresh]).sum())
+        if fresh.any():
+            out.actual_parts.append((station[fresh], ts[fresh], values[fresh, T_INDEX]))
+        out.stages["ring"] += time.perf_counter() - t0
 
     def _round(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
         t0 = time.perf_counter()

@@ -119,6 +119,11 @@ def test_one_batch_or_hour_by_hour_gives_the_same_forecasts_and_errors(served, r
     eb = pd.concat([o.errors for o in many]).sort_values(key, ignore_index=True)
     assert len(ea) == len(eb) > 0
     np.testing.assert_allclose(ea["abs_error"], eb["abs_error"], atol=1e-4)
+    # The backlog's first week goes into the ring at once (no window can be ready yet): the same counts as one
+    # hour at a time.
+    assert one.not_ready == sum(o.not_ready for o in many) > 0
+    assert one.ring == {k: sum(o.ring[k] for o in many) for k in one.ring}
+    assert len(one.actuals) == sum(len(o.actuals) for o in many) == one.ring["accepted"]
 
 
 def test_bad_messages_are_dead_letters_and_redelivery_issues_nothing_twice(served, records):

@@ -395,7 +395,7 @@ def test_ten_thousand_stations_memory() -> None:
     names = np.array([f"w{i}" for i in range(10_000)], dtype=object)
     rw.add(names, np.full(10_000, T0), np.ones((10_000, 6)))
     rows = 16_384  # 64 doubled until 10,000 fit
-    per_row = cfg.ring_length * (6 * 4 + 1) + 3 * 8 + 1 + 8
+    per_row = cfg.ring_length * (6 * 4 + 1) + 4 * 8 + 1 + 8  # ring, held flags, 4 int64 per row, started, id
     assert rw.n_stations == 10_000 and rw.memory_bytes() == rows * per_row
     print(
         f"\n10,000 stations: memory_bytes={rw.memory_bytes() / 2**20:.1f} MiB "
