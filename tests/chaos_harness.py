@@ -50,6 +50,25 @@ IGNORED_COLUMNS: dict[str, dict[str, str]] = {
 FLOAT_TOLERANCE: dict[str, float] = {"forecasts": 1e-4, "errors": 1e-4}
 
 
+# The published band: calibrated from the station's own scores once it has enough (rebuilt exactly from the store
+# after a restart), from the fleet's before; which fleet scores exist then depends on how far the other stations
+# have got, which differs between two runs, restarts or not.
+BAND = ["lo", "hi", "band_offset"]
+
+
+def own_band(forecasts: pd.DataFrame, errors: pd.DataFrame, cfg) -> np.ndarray:
+    """Forecast rows issued when their station had enough scores of its own at that horizon (targets observed up
+    to the issue time; a margin of the lateness allowance for readings scored late)."""
+    need = min(cfg.band_min_scores, cfg.band_window) + cfg.lateness_steps
+    key = ["station", "horizon"]
+    scored = errors.sort_values("target_ts")[[*key, "target_ts"]]
+    out = np.zeros(len(forecasts), dtype=bool)
+    for (station, horizon), rows in forecasts.groupby(key, sort=False):
+        targets = scored.loc[(scored["station"] == station) & (scored["horizon"] == horizon), "target_ts"]
+        out[rows.index] = np.searchsorted(targets.to_numpy(), rows["issue_ts"].to_numpy(), side="right") >= need
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -173,13 +192,18 @@ def dump_store(url: str) -> dict[str, pd.DataFrame]:
     return out
 
 
-def compare_stores(control: dict[str, pd.DataFrame], chaos: dict[str, pd.DataFrame]) -> list[str]:
+def compare_stores(control: dict[str, pd.DataFrame], chaos: dict[str, pd.DataFrame],
+                   own: np.ndarray | None = None) -> list[str]:
     """Differences, one line per table that differs: rows missing, extra, or with other values.
 
     Rows are matched on their non-float columns (for the store's tables, these include the primary key);
     float columns must be equal (NaN equal to NaN), bit for bit or within :data:`FLOAT_TOLERANCE`; the columns
-    of :data:`IGNORED_COLUMNS` are left out.
+    of :data:`IGNORED_COLUMNS` are left out. ``own`` (see :func:`own_band`, one flag per control forecast row):
+    the calibrated band, and whether an actual fell in it, are compared only where the station's own scores
+    calibrated it.
     """
+    if own is not None:
+        control, chaos = _band_where_own(control, own), _band_where_own(chaos, None, control["forecasts"], own)
     problems = []
     if set(control) != set(chaos):
         problems.append(f"tables differ: control {sorted(control)}, chaos {sorted(chaos)}")
@@ -225,6 +249,25 @@ def compare_stores(control: dict[str, pd.DataFrame], chaos: dict[str, pd.DataFra
                 + (f", {dup} duplicated keys" if dup else "")
             )
     return problems
+
+
+def _band_where_own(tables: dict[str, pd.DataFrame], own: np.ndarray | None, reference: pd.DataFrame | None = None,
+                    reference_own: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """The tables with the band columns blanked (NaN) on forecasts not calibrated from their station's own scores;
+    ``own`` flags ``tables["forecasts"]`` rows, or is looked up by key in ``reference`` / ``reference_own``."""
+    key = ["station", "issue_ts", "horizon"]
+    if own is None:
+        flags = reference[key].assign(own=reference_own)
+        own = tables["forecasts"][key].merge(flags, on=key, how="left")["own"].fillna(False).to_numpy(dtype=bool)
+    flags = tables["forecasts"][key].assign(own=own)
+    out = dict(tables)
+    out["forecasts"] = tables["forecasts"].astype({c: float for c in BAND})
+    out["forecasts"].loc[~own, BAND] = np.nan
+    errors = tables["errors"].astype({"covered": float})
+    mine = errors[key].merge(flags, on=key, how="left")["own"].fillna(False).to_numpy(dtype=bool)
+    errors.loc[~mine, "covered"] = np.nan
+    out["errors"] = errors
+    return out
 
 
 def _sample(frame: pd.DataFrame, cols: list[str]) -> str:

@@ -22,6 +22,7 @@ from kafka.partitioner.default import murmur2
 from pipeline.replay import records_for_replay
 from pipeline.store import Store
 from tests.broker_fixture import kafka_broker  # noqa: F401
+from tests.chaos_harness import BAND, own_band
 from tests.conftest import shared_file
 from tests.pipeline_harness import Setup, expected_origins, make_setup, publish, start_service_process, wait_until
 
@@ -143,12 +144,12 @@ def test_restarts_with_partitions_caught_up_unevenly_lose_nothing(kafka_broker, 
         if run.proc.poll() is None:
             run.stop(signal.SIGTERM)
     got = _tables(run.url)
-    own = _own_band(control["forecasts"], control["errors"], run.setup.cfg)
+    own = own_band(control["forecasts"], control["errors"], run.setup.cfg)
     assert own.mean() > 0.5, "too few forecasts with a station's own band to check its rebuild"
     for table, want in control.items():
         have = got[table]
         assert len(have) == len(want), f"{table}: {len(have)} rows, {len(want)} without restarts"
-        if table == "forecasts":  # the band: exact once a station has its own calibration (see _own_band)
+        if table == "forecasts":  # the band: exact once a station has its own calibration (see own_band)
             assert np.allclose(have.loc[own, BAND].to_numpy(float), want.loc[own, BAND].to_numpy(float),
                                rtol=0, atol=FLOAT_TOLERANCE)
             assert (have["lo"] <= have["hi"]).all()
@@ -170,20 +171,3 @@ def test_restarts_with_partitions_caught_up_unevenly_lose_nothing(kafka_broker, 
 FLOAT_TOLERANCE = 1e-5
 # Model outputs and what derives from them. The conformity score is against the model's own band, so the same.
 COMPUTED = {"value", "abs_error", "persistence_abs_error", "diurnal_abs_error", "band_score"}
-# The published band: calibrated from the station's own scores once it has enough (rebuilt exactly from the store
-# after a restart), from the fleet's before; which fleet scores exist then depends on how far the other stations
-# have got, which differs between two runs, restarts or not.
-BAND = ["lo", "hi", "band_offset"]
-
-
-def _own_band(forecasts: pd.DataFrame, errors: pd.DataFrame, cfg) -> np.ndarray:
-    """Forecast rows issued when their station had enough scores of its own at that horizon (targets observed up
-    to the issue time; a margin of the lateness allowance for readings scored late)."""
-    need = min(cfg.band_min_scores, cfg.band_window) + cfg.lateness_steps
-    key = ["station", "horizon"]
-    scored = errors.sort_values("target_ts")[[*key, "target_ts"]]
-    out = np.zeros(len(forecasts), dtype=bool)
-    for (station, horizon), rows in forecasts.groupby(key, sort=False):
-        targets = scored.loc[(scored["station"] == station) & (scored["horizon"] == horizon), "target_ts"]
-        out[rows.index] = np.searchsorted(targets.to_numpy(), rows["issue_ts"].to_numpy(), side="right") >= need
-    return out
