@@ -11,7 +11,8 @@ from bench import index
 from bench.common import ROOT, load_results
 
 # Benchmarks following bench/common.py's measure/render pattern, in the order `make bench` runs them.
-BENCHMARKS = ["long_sequence", "extra_data", "tune", "ingest", "forecast_batch", "retrain_latency"]
+BENCHMARKS = ["seed_table", "long_sequence", "extra_data", "tune", "recipe", "ingest", "forecast_batch",
+              "retrain_latency", "transfer"]
 
 
 def main() -> None:

@@ -19,16 +19,8 @@ from bench.common import DOCS
 
 # Pages of benchmarks not yet on the measure/render pattern -> headline from their saved results.
 HEADLINES: dict[str, Callable[[dict], str]] = {
-    "seed_table": lambda d: "test MAE °C: " + ", ".join(
-        f"{name} {row['test_mae']:.3f}" for name, row in d["rows"].items()
-        if name in ("persistence", "GRU(32)", "Conv1D+GRU (6.49)") or name.startswith("ensemble")),
-    "transfer": lambda d: "served after `finetune --days 30` vs zero-shot, mean MAE °C: " + ", ".join(
-        f"{s['station']} {s['mean']['served']:.2f} vs {s['mean']['base']:.2f}"
-        f" ({'accepted' if s['accepted'] else 'rejected'})" for s in d["stations"]),
     "loso": lambda d: "zero-shot skill vs the better baseline, mean over +1..+24 h: " + ", ".join(
         f"{name} {s['zero_shot']['skill']:+.1%}" for name, s in d["stations"].items()),
-    "recipe": lambda d: "validation loss by candidate: " + ", ".join(
-        f"{name} {r['val_loss']:.4f}" for name, r in d["results"].items()),
     "lifecycle_transfer": lambda d: "live MAE after each station's decision vs the global model, °C: " + ", ".join(
         f"{r['station']} {r['mean']['served']:.2f} vs {r['mean']['base']:.2f} ({r['outcome']})" for r in d["rows"]),
     "accuracy_floor": lambda d: (
