@@ -12,7 +12,7 @@ from bench.common import ROOT, load_results
 
 # Benchmarks following bench/common.py's measure/render pattern, in the order `make bench` runs them.
 BENCHMARKS = ["seed_table", "long_sequence", "extra_data", "tune", "recipe", "ingest", "forecast_batch",
-              "retrain_latency", "transfer"]
+              "retrain_latency", "transfer", "lifecycle_transfer", "loso"]
 
 
 def main() -> None:

@@ -19,10 +19,6 @@ from bench.common import DOCS
 
 # Pages of benchmarks not yet on the measure/render pattern -> headline from their saved results.
 HEADLINES: dict[str, Callable[[dict], str]] = {
-    "loso": lambda d: "zero-shot skill vs the better baseline, mean over +1..+24 h: " + ", ".join(
-        f"{name} {s['zero_shot']['skill']:+.1%}" for name, s in d["stations"].items()),
-    "lifecycle_transfer": lambda d: "live MAE after each station's decision vs the global model, °C: " + ", ".join(
-        f"{r['station']} {r['mean']['served']:.2f} vs {r['mean']['base']:.2f} ({r['outcome']})" for r in d["rows"]),
     "accuracy_floor": lambda d: (
         f"best ensemble val {min(e['val'] for e in d['ensembles']):.3f} °C; ridge on lag features val "
         f"{d['ridge']['val']:.3f} / test {d['ridge']['test']:.3f}; refit {d['refit']['trial']} test "
