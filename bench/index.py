@@ -1,8 +1,7 @@
 """docs/index.md: every page under docs/ with its latest headline, generated from the saved results.
 
-A benchmark following bench/common.py's pattern gives its own headline (``Benchmark.headline``); the benchmarks not
-converted yet have theirs here (:data:`HEADLINES`, to move into them on conversion). Pages that are no benchmark
-(configuration) say what they are. ``python -m bench --render`` rewrites this page with the others;
+Every benchmark follows bench/common.py's pattern and gives its own headline (``Benchmark.headline``). Pages that
+are no benchmark (configuration) say what they are. ``python -m bench --render`` rewrites this page with the others;
 ``python -m bench.index`` alone rewrites only it.
 """
 
@@ -10,20 +9,12 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from bench.common import DOCS
 
-# Pages of benchmarks not yet on the measure/render pattern -> headline from their saved results.
-HEADLINES: dict[str, Callable[[dict], str]] = {
-    "accuracy_floor": lambda d: (
-        f"best ensemble val {min(e['val'] for e in d['ensembles']):.3f} °C; ridge on lag features val "
-        f"{d['ridge']['val']:.3f} / test {d['ridge']['test']:.3f}; refit {d['refit']['trial']} test "
-        f"{d['refit']['test']:.3f} (persistence test {d['persistence']['test']:.3f})"),
-}
 OTHER_PAGES = {"configuration": "every setting of `run` and `serve`, generated from pipeline/config.py"}
 
 
@@ -46,13 +37,12 @@ def _headline(name: str) -> str:
     results = orjson.loads(path.read_bytes())
     try:
         bench = importlib.import_module(f"bench.{'tune' if name == 'tuning' else name}").BENCH
-        if bench.headline is not None:
-            return bench.headline(results)
     except (ModuleNotFoundError, AttributeError):
-        pass
-    fn = HEADLINES.get(name)
+        return "see the page"
+    if bench.headline is None:
+        return "see the page"
     try:
-        return fn(results) if fn else "see the page"
+        return bench.headline(results)
     except (KeyError, TypeError, ValueError) as exc:  # a rerun changed the results' shape
         return f"see the page (headline not derivable: {exc!r})"
 
