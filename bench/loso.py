@@ -21,7 +21,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 from tqdm.auto import tqdm
 

@@ -90,7 +90,11 @@ def render(d: dict) -> str:
 
 
 def headline(d: dict) -> str:
-    return "validation loss by candidate: " + ", ".join(f"{name} {r['val_loss']:.4f}" for name, r in d["results"].items())
+    def maes(r: dict) -> str:
+        return " / ".join(f"{r['stations'][n]['mae']:.3f}" for n in d["validate"])
+
+    return f"zero-shot MAE °C on {' / '.join(d['validate'])} (validation stations): " + ", ".join(
+        f"{name} {maes(r)}" for name, r in d["results"].items())
 
 
 def parser() -> argparse.ArgumentParser:

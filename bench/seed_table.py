@@ -124,9 +124,10 @@ def measure(args: argparse.Namespace) -> dict:
             train_cfg = replace(train_cfg, epochs=2, steps_per_epoch=50)
         t = fit([series], data, model_config(data, **arch), train_cfg, label=label.split(":")[0],
                 plot_dir=figures if arch["kind"] not in ("persistence", "seasonal") else None, data_hash=data_hash)
-        results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"], "val_persistence": t.val["persistence_mae"],
-                          "test_persistence": t.test["persistence_mae"], "seconds_per_epoch": t.result.seconds_per_epoch,
-                          "parameters": t.n_parameters, "best_epoch": t.result.best_epoch, "history": t.result.history}
+        results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"],
+                          "val_persistence": t.val["persistence_mae"], "test_persistence": t.test["persistence_mae"],
+                          "seconds_per_epoch": t.result.seconds_per_epoch, "parameters": t.n_parameters,
+                          "best_epoch": t.result.best_epoch, "history": t.result.history}
         trained[label] = t
         if (label in STUDY_ROWS or label.startswith(ANCHORED)) and (best is None or t.val["mae"] < best.val["mae"]):
             best = t  # the best single model on validation goes into the registry
