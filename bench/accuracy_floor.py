@@ -23,7 +23,7 @@ import argparse
 import itertools
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import matplotlib
 
@@ -33,48 +33,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DOCS, Benchmark, markdown_table, shared_file  # noqa: E402
-from bench.recipes import BOOK, FRONT_BOOK, FRONT_POOL2, HORIZON, TF  # noqa: E402
+from bench.recipes import HORIZON, TF, Trial, trials  # noqa: E402
 from forecaster.clean import StationSeries, clean_station  # noqa: E402
 from forecaster.data import load_records  # noqa: E402
 from forecaster.dataset import DataConfig, make_splits, split_rows  # noqa: E402
 from forecaster.experiment import fit, model_config  # noqa: E402
-from forecaster.train import TrainConfig  # noqa: E402
 
-FULL = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=12, patience=4, ema=0.998)
-LONG = replace(FULL, weight_decay=1e-3, ema=None, epochs=20, patience=20, schedule="cosine")
-CG = {"kind": "conv_gru", "conv": FRONT_POOL2, "gru_hidden": 32, "dropout": 0.3, "residual": True}
-BEST = {"kind": "conv_gru", "conv": FRONT_BOOK, "gru_hidden": 64, "dropout": 0.2, "residual": True}
 FIGURES = DOCS / "figures"
 TARGETS = {"conv_gru": 2.30, "best": 2.25}
-
-
-@dataclass(frozen=True)
-class Trial:
-    name: str
-    group: str  # conv_gru: the seed table's Conv1D+GRU row (book inputs); best: anything
-    note: str
-    data: DataConfig
-    arch: dict
-    train: TrainConfig
-
-
-def trials() -> list[Trial]:
-    wd = replace(FULL, weight_decay=0.05)
-    return [
-        Trial("cg-long", "conv_gru", "wd 1e-3, 20 passes, cosine schedule, no weight average", BOOK, CG, LONG),
-        Trial("cg-ema", "conv_gru", "weight average (EMA 0.998), wd 1e-4", BOOK, CG, FULL),
-        Trial("cg-wd", "conv_gru", "EMA, weight decay 0.05", BOOK, CG, wd),
-        Trial("cg-wd-noise", "conv_gru", "EMA, weight decay 0.05, input noise 0.2", BOOK, CG,
-              replace(wd, input_noise=0.2)),
-        Trial("best-long", "best", "wd 1e-3, 20 passes, cosine schedule, no weight average", TF, BEST, LONG),
-        Trial("best-ema", "best", "weight average (EMA 0.998), wd 1e-4", TF, BEST, FULL),
-        Trial("best-noise", "best", "EMA, wd 1e-4, input noise 0.2", TF, BEST, replace(FULL, input_noise=0.2)),
-        Trial("best-wd", "best", "EMA, weight decay 0.05", TF, BEST, wd),
-        Trial("best-wd-noise", "best", "EMA, weight decay 0.05, input noise 0.2", TF, BEST,
-              replace(wd, input_noise=0.2)),
-        Trial("gru-full", "best", "GRU(32) on all 240 steps, time features, residual, EMA, wd 0.05, up to 24 passes",
-              TF, {"kind": "gru", "gru_hidden": 32, "dropout": 0.2, "residual": True}, replace(wd, epochs=24)),
-    ]
 
 
 def load_jena() -> StationSeries:

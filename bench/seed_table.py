@@ -21,9 +21,8 @@ from dataclasses import replace
 
 import orjson
 
-from bench.accuracy_floor import trials
 from bench.common import DOCS, ROOT, Benchmark, markdown_table, shared_file
-from bench.tune import ensemble_mae
+from bench.recipes import ensemble_mae, trials
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
