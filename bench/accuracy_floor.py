@@ -11,6 +11,7 @@ Every trial trains full passes over the 33,088 training windows with AdamW, is e
 because this is a study, but no choice below looks at it. Trials run two at a time, one thread each.
 
     python -m bench.accuracy_floor           # about 30 minutes on 2 CPU cores
+    python -m bench.accuracy_floor --render  # rewrite the page and figures from docs/results/accuracy_floor.json
     python -m bench.accuracy_floor --quick   # one short epoch per trial: plumbing only
 
 Writes docs/accuracy_floor.md, docs/results/accuracy_floor.json and docs/figures/accuracy_floor_*.png.
@@ -20,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import matplotlib
 
@@ -32,50 +32,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import DOCS, ROOT, markdown_table, shared_file, write_results  # noqa: E402
-from bench.recipes import BOOK, FRONT_BOOK, FRONT_POOL2, HORIZON, TF  # noqa: E402
+from bench.common import DOCS, Benchmark, markdown_table, shared_file  # noqa: E402
+from bench.recipes import HORIZON, TF, Trial, trials  # noqa: E402
 from forecaster.clean import StationSeries, clean_station  # noqa: E402
 from forecaster.data import load_records  # noqa: E402
 from forecaster.dataset import DataConfig, make_splits, split_rows  # noqa: E402
 from forecaster.experiment import fit, model_config  # noqa: E402
-from forecaster.train import TrainConfig  # noqa: E402
 
-FULL = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=12, patience=4, ema=0.998)
-LONG = replace(FULL, weight_decay=1e-3, ema=None, epochs=20, patience=20, schedule="cosine")
-CG = {"kind": "conv_gru", "conv": FRONT_POOL2, "gru_hidden": 32, "dropout": 0.3, "residual": True}
-BEST = {"kind": "conv_gru", "conv": FRONT_BOOK, "gru_hidden": 64, "dropout": 0.2, "residual": True}
 FIGURES = DOCS / "figures"
-CACHE = ROOT / "runs" / "accuracy_floor.pkl"  # the trials' forecasts, so the page can be re-rendered (--render)
 TARGETS = {"conv_gru": 2.30, "best": 2.25}
-
-
-@dataclass(frozen=True)
-class Trial:
-    name: str
-    group: str  # conv_gru: the seed table's Conv1D+GRU row (book inputs); best: anything
-    note: str
-    data: DataConfig
-    arch: dict
-    train: TrainConfig
-
-
-def trials() -> list[Trial]:
-    wd = replace(FULL, weight_decay=0.05)
-    return [
-        Trial("cg-long", "conv_gru", "wd 1e-3, 20 passes, cosine schedule, no weight average", BOOK, CG, LONG),
-        Trial("cg-ema", "conv_gru", "weight average (EMA 0.998), wd 1e-4", BOOK, CG, FULL),
-        Trial("cg-wd", "conv_gru", "EMA, weight decay 0.05", BOOK, CG, wd),
-        Trial("cg-wd-noise", "conv_gru", "EMA, weight decay 0.05, input noise 0.2", BOOK, CG,
-              replace(wd, input_noise=0.2)),
-        Trial("best-long", "best", "wd 1e-3, 20 passes, cosine schedule, no weight average", TF, BEST, LONG),
-        Trial("best-ema", "best", "weight average (EMA 0.998), wd 1e-4", TF, BEST, FULL),
-        Trial("best-noise", "best", "EMA, wd 1e-4, input noise 0.2", TF, BEST, replace(FULL, input_noise=0.2)),
-        Trial("best-wd", "best", "EMA, weight decay 0.05", TF, BEST, wd),
-        Trial("best-wd-noise", "best", "EMA, weight decay 0.05, input noise 0.2", TF, BEST,
-              replace(wd, input_noise=0.2)),
-        Trial("gru-full", "best", "GRU(32) on all 240 steps, time features, residual, EMA, wd 0.05, up to 24 passes",
-              TF, {"kind": "gru", "gru_hidden": 32, "dropout": 0.2, "residual": True}, replace(wd, epochs=24)),
-    ]
 
 
 def load_jena() -> StationSeries:
@@ -162,14 +127,14 @@ def ensemble_search(results: dict[str, dict], names: list[str], max_size: int = 
     return sorted(out, key=lambda r: r[1])
 
 
-def plot_long(results: dict[str, dict], path) -> None:
+def plot_long(results: dict[str, dict], val_persistence: float, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, name in zip(axes, ("cg-long", "best-long"), strict=True):
         h, scale = results[name]["history"], results[name]["target_std"]
         e = [r["epoch"] for r in h]
         ax.plot(e, [r["train_loss"] * scale for r in h], "o-", ms=3, label="training MAE")
         ax.plot(e, [r["val_loss"] * scale for r in h], "s-", ms=3, label="validation MAE")
-        ax.axhline(results[name]["val_persistence"], color="gray", ls="--", label="persistence (validation)")
+        ax.axhline(val_persistence, color="gray", ls="--", label="persistence (validation)")
         ax.set(title=f"{name}: 20 passes, cosine schedule", xlabel="pass over the training windows")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MAE (°C)")
@@ -196,20 +161,31 @@ def plot_rows(rows: list[tuple[str, float, float]], pers: tuple[float, float], p
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--render", action="store_true", help=f"re-render the page from {CACHE.name}, no training")
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> dict:
     plan = trials()
-    if args.render:
-        results, refit, wall, args.quick = pickle.loads(CACHE.read_bytes())
-    else:
-        results, refit, wall = run_all(plan, args.quick, args.workers)
-        CACHE.parent.mkdir(exist_ok=True)
-        CACHE.write_bytes(pickle.dumps((results, refit, wall, args.quick)))
-    render(plan, results, refit, wall, args.quick, args.workers)
+    results, refit, wall = run_all(plan, args.quick, args.workers)
+    ridge = results["ridge"]
+    winner = min(plan, key=lambda t: results[t.name]["val"])
+    pool_names = sorted(results, key=lambda n: results[n]["val"])[:6]
+    if "ridge" not in pool_names:
+        pool_names.append("ridge")
+    ensembles = ensemble_search(results, pool_names)
+    cg_names = [t.name for t in plan if t.group == "conv_gru"]
+    cg_ensembles = ensemble_search(results, cg_names, max_size=len(cg_names))
+    keep = ("val", "test", "best_epoch", "epochs_run", "history", "parameters", "seconds_per_epoch", "wall_seconds",
+            "target_std")
+    first = results[plan[0].name]
+    return {
+        "trials": {t.name: {**{k: results[t.name][k] for k in keep}, "group": t.group, "note": t.note,
+                            "kind": t.arch["kind"], "data": t.data.to_dict(), "train": t.train.to_dict()}
+                   for t in plan},
+        "ridge": {k: ridge[k] for k in ("val", "test", "penalty", "parameters")},
+        "ensembles": [{"members": list(c), "val": v, "test": te} for c, v, te in ensembles[:10]],
+        "conv_gru_ensembles": [{"members": list(c), "val": v, "test": te} for c, v, te in cg_ensembles[:5]],
+        "refit": {"trial": winner.name, "passes": refit["epochs_run"], "test": refit["test"]},
+        "persistence": {"val": first["val_persistence"], "test": first["test_persistence"]},
+        "train_windows": first["train_windows"], "quick": args.quick, "workers": args.workers, "wall_seconds": wall,
+    }
 
 
 def run_all(plan: list[Trial], quick: bool, workers: int) -> tuple[dict[str, dict], dict, float]:
@@ -237,10 +213,11 @@ def run_all(plan: list[Trial], quick: bool, workers: int) -> tuple[dict[str, dic
     return results, refit, time.perf_counter() - t0
 
 
-def findings(plan: list[Trial], results: dict[str, dict], refit: dict, ridge: dict, ensembles: list, pers) -> str:
+def findings(d: dict) -> str:
     """The page's conclusions, each stated from this run's numbers."""
-    r = results
-    winner = min(plan, key=lambda t: r[t.name]["val"])
+    r, ridge, pers = d["trials"], d["ridge"], (d["persistence"]["val"], d["persistence"]["test"])
+    combo, ens_val, ens_test = d["ensembles"][0]["members"], d["ensembles"][0]["val"], d["ensembles"][0]["test"]
+    winner = min(r, key=lambda n: r[n]["val"])
     out = []
     long_bits = []
     for name in ("cg-long", "best-long"):
@@ -255,89 +232,82 @@ def findings(plan: list[Trial], results: dict[str, dict], refit: dict, ridge: di
     head = "A longer schedule does not help; the models overfit." if overfit else "Long schedules:"
     out.append(f"- **{head}** With 20 full passes and a cosine schedule, "
                + "; ".join(long_bits) + " (`docs/figures/accuracy_floor_long_schedule.png`).")
-    reg = [(t.name, r[t.name]["val"]) for t in plan if t.name not in ("cg-long", "best-long", "gru-full")]
+    reg = [(n, r[n]["val"]) for n in r if n not in ("cg-long", "best-long", "gru-full")]
     out.append("- **Regularization moves validation by hundredths of a degree**: "
                + ", ".join(f"`{n}` {v:.3f}" for n, v in reg)
                + f" (long-schedule references: `cg-long` {r['cg-long']['val']:.3f}, `best-long` "
                f"{r['best-long']['val']:.3f}). Differences this size are within the spread between seeds of one "
                "recipe (2.269 to 2.310 °C in `docs/archive/tuning.md`), so single-run rankings among them are weak "
                "evidence.")
-    gap = 100 * (ridge["val"] / r[winner.name]["val"] - 1)
+    gap = 100 * (ridge["val"] / r[winner]["val"] - 1)
     out.append(f"- **A linear model on hand-made lag features gets close**: ridge reaches {ridge['val']:.3f} °C "
-               f"validation, {gap:.1f} % above the best network (`{winner.name}`, {r[winner.name]['val']:.3f}). The "
+               f"validation, {gap:.1f} % above the best network (`{winner}`, {r[winner]['val']:.3f}). The "
                "six sensors of one station hold only so much about tomorrow's temperature; the networks add a few "
                "per cent over a linear reading of the same inputs.")
-    val_test = np.mean([r[t.name]["test"] / r[t.name]["val"] for t in plan])
+    val_test = np.mean([t["test"] / t["val"] for t in r.values()])
     out.append(f"- **Test is harder than validation** for every model, by {100 * (val_test - 1):.1f} % on average "
                f"(persistence: {100 * (pers[1] / pers[0] - 1):.1f} %). A test MAE of 2.25 °C needs about "
                f"{2.25 / val_test:.2f} °C on validation and 2.30 °C needs about {2.30 / val_test:.2f} °C.")
-    combo, ens_val, ens_test = ensembles[0]
     out.append(f"- **Ensembles** of different models: the best on validation ({' + '.join(combo)}) reaches "
                f"{ens_val:.3f} / {ens_test:.3f} °C (val / test) against the best single model's "
-               f"{r[winner.name]['val']:.3f} / {r[winner.name]['test']:.3f}.")
-    out.append(f"- **Refit on training + validation** ({winner.name}, {refit['epochs_run']} passes, the count its "
-               f"validation run chose): test {refit['test']:.3f} °C against {r[winner.name]['test']:.3f} trained on "
+               f"{r[winner]['val']:.3f} / {r[winner]['test']:.3f}.")
+    refit = d["refit"]
+    out.append(f"- **Refit on training + validation** ({refit['trial']}, {refit['passes']} passes, the count its "
+               f"validation run chose): test {refit['test']:.3f} °C against {r[refit['trial']]['test']:.3f} trained on "
                "the training span alone; the service's retraining likewise trains on all the history it has.")
-    if any(t.arch["kind"] == "gru" for t in plan):
-        g = next(t.name for t in plan if t.arch["kind"] == "gru")
-        best_cg = min((t for t in plan if t.arch["kind"] == "conv_gru"), key=lambda t: r[t.name]["val"])
-        costs = r[g]["val"] < r[best_cg.name]["val"]
+    if any(t["kind"] == "gru" for t in r.values()):
+        g = next(n for n, t in r.items() if t["kind"] == "gru")
+        best_cg = min((n for n, t in r.items() if t["kind"] == "conv_gru"), key=lambda n: r[n]["val"])
+        costs = r[g]["val"] < r[best_cg]["val"]
         head = "The front-end's pooling costs some accuracy here" if costs else "The front-end costs no accuracy here"
         out.append(f"- **{head}**: `{g}` (GRU on all 240 hourly steps) "
-                   f"{r[g]['val']:.3f} / {r[g]['test']:.3f} °C against the best Conv1D+GRU, `{best_cg.name}`, "
-                   f"{r[best_cg.name]['val']:.3f} / {r[best_cg.name]['test']:.3f} (val / test), at "
-                   f"{r[g]['seconds_per_epoch'] / r[best_cg.name]['seconds_per_epoch']:.1f}x its training time per "
+                   f"{r[g]['val']:.3f} / {r[g]['test']:.3f} °C against the best Conv1D+GRU, `{best_cg}`, "
+                   f"{r[best_cg]['val']:.3f} / {r[best_cg]['test']:.3f} (val / test), at "
+                   f"{r[g]['seconds_per_epoch'] / r[best_cg]['seconds_per_epoch']:.1f}x its training time per "
                    "pass. On hourly data 240 steps are short enough for a GRU; the front-end earns its place on "
                    "long sequences (docs/long_sequence.md) and in batched serving (docs/forecast_batch.md).")
     return "\n".join(out)
 
 
-def render(plan: list[Trial], results: dict[str, dict], refit: dict, wall: float, quick: bool, workers: int) -> None:
-    ridge = results["ridge"]
-    by_group = {g: min((t for t in plan if t.group == g), key=lambda t: results[t.name]["val"])
+def render(d: dict) -> str:
+    results, ridge, refit = d["trials"], d["ridge"], d["refit"]
+    by_group = {g: min((n for n, t in results.items() if t["group"] == g), key=lambda n: results[n]["val"])
                 for g in ("conv_gru", "best")}
-    winner = min(plan, key=lambda t: results[t.name]["val"])
-    pool_names = sorted(results, key=lambda n: results[n]["val"])[:6]
-    if "ridge" not in pool_names:
-        pool_names.append("ridge")
-    ensembles = ensemble_search(results, pool_names)
-    cg_names = [t.name for t in plan if t.group == "conv_gru"]
-    cg_ensembles = ensemble_search(results, cg_names, max_size=len(cg_names))
-
-    pers = (results[plan[0].name]["val_persistence"], results[plan[0].name]["test_persistence"])
-    plot_long(results, FIGURES / "accuracy_floor_long_schedule.png")
+    winner = min(results, key=lambda n: results[n]["val"])
+    ensembles = [(tuple(e["members"]), e["val"], e["test"]) for e in d["ensembles"]]
+    cg_ensembles = [(tuple(e["members"]), e["val"], e["test"]) for e in d["conv_gru_ensembles"]]
+    pers = (d["persistence"]["val"], d["persistence"]["test"])
+    plot_long(results, pers[0], FIGURES / "accuracy_floor_long_schedule.png")
     best_ens, best_cg_ens = ensembles[0], cg_ensembles[0]
-    chart = [(t.name, results[t.name]["val"], results[t.name]["test"]) for t in plan]
+    chart = [(n, t["val"], t["test"]) for n, t in results.items()]
     chart += [("ridge (lag features)", ridge["val"], ridge["test"]),
               ("ensemble: " + " + ".join(best_ens[0]), best_ens[1], best_ens[2]),
               ("Conv1D+GRU ensemble: " + " + ".join(best_cg_ens[0]), best_cg_ens[1], best_cg_ens[2]),
-              (f"refit {winner.name} (train+val)", float("nan"), refit["test"])]
+              (f"refit {winner} (train+val)", float("nan"), refit["test"])]
     plot_rows(chart, pers, FIGURES / "accuracy_floor_trials.png")
 
     trial_rows = []
-    for t in plan:
-        r = results[t.name]
-        trial_rows.append([t.name, t.group, t.note, r["val"], r["test"], r["test"] / pers[1],
+    for name, r in results.items():
+        trial_rows.append([name, r["group"], r["note"], r["val"], r["test"], r["test"] / pers[1],
                            f"{r['best_epoch']}/{r['epochs_run']}", r["parameters"], f"{r['seconds_per_epoch']:.1f}"])
     trial_rows.append(["ridge", "reference", f"linear on lag features, penalty {ridge['penalty']:g}", ridge["val"],
                        ridge["test"], ridge["test"] / pers[1], "-", ridge["parameters"], "-"])
     ens_rows = [[" + ".join(c), v, te, te / pers[1]] for c, v, te in ensembles[:5]]
     cg_rows = [[" + ".join(c), v, te, te / pers[1]] for c, v, te in cg_ensembles[:3]]
     selected = [
-        ["Conv1D+GRU, single model", by_group["conv_gru"].name, results[by_group["conv_gru"].name]["val"],
-         results[by_group["conv_gru"].name]["test"], TARGETS["conv_gru"]],
+        ["Conv1D+GRU, single model", by_group["conv_gru"], results[by_group["conv_gru"]]["val"],
+         results[by_group["conv_gru"]]["test"], TARGETS["conv_gru"]],
         ["Conv1D+GRU, ensemble of Conv1D+GRU trials", " + ".join(best_cg_ens[0]), best_cg_ens[1], best_cg_ens[2],
          TARGETS["conv_gru"]],
-        ["best, single model", winner.name, results[winner.name]["val"], results[winner.name]["test"],
-         TARGETS["best"]],
+        ["best, single model", winner, results[winner]["val"], results[winner]["test"], TARGETS["best"]],
         ["best, ensemble", " + ".join(best_ens[0]), best_ens[1], best_ens[2], TARGETS["best"]],
-        [f"best, single model refit on training + validation ({refit['epochs_run']} passes)", winner.name,
+        [f"best, single model refit on training + validation ({refit['passes']} passes)", refit["trial"],
          "- (in-sample)", refit["test"], TARGETS["best"]],
     ]
     sel_rows = [[*r[:4], r[4], "met" if r[3] <= r[4] else "not met"] for r in selected]
     body = f"""Jena hourly, Chollet's split, 240 h lookback, temperature 24 h ahead, as in `docs/seed_table.md`.
 Persistence: {pers[0]:.3f} °C validation, {pers[1]:.3f} °C test. Every trial trains full passes over the
-{results[plan[0].name]['train_windows']:,} training windows (AdamW 1e-3, batch 128, gradient clip 1), early-stopped
+{d['train_windows']:,} training windows (AdamW 1e-3, batch 128, gradient clip 1), early-stopped
 on validation with patience 4 unless it says otherwise, seed 0. Selection uses validation MAE only; test is shown
 for every row because this page is a study.
 
@@ -367,27 +337,33 @@ Conv1D+GRU trials only (the seed table's row, as an ensemble):
 
 ## What this says
 
-{findings(plan, results, refit, ridge, ensembles, pers)}
+{findings(d)}
 
-Whole study: {wall / 60:.1f} min wall ({workers} worker processes, one thread each).
+Whole study: {d['wall_seconds'] / 60:.1f} min wall ({d['workers']} worker processes, one thread each).
 
 Figures: `docs/figures/accuracy_floor_trials.png` (every row, validation and test, with the targets) and
 `docs/figures/accuracy_floor_long_schedule.png` (the long schedules' learning curves).
 """
-    if quick:
+    if d["quick"]:
         body = "**Quick plumbing run (one 5-batch epoch per trial): not a result.**\n\n" + body
-    keep = ("val", "test", "best_epoch", "epochs_run", "history", "parameters", "seconds_per_epoch", "wall_seconds")
-    write_results("accuracy_floor", "Accuracy floor on Jena hourly: why the seed table's targets are not met", body, {
-        "trials": {t.name: {**{k: results[t.name][k] for k in keep}, "group": t.group, "note": t.note,
-                            "data": t.data.to_dict(), "train": t.train.to_dict()} for t in plan},
-        "ridge": {k: ridge[k] for k in ("val", "test", "penalty", "parameters")},
-        "ensembles": [{"members": list(c), "val": v, "test": te} for c, v, te in ensembles[:10]],
-        "conv_gru_ensembles": [{"members": list(c), "val": v, "test": te} for c, v, te in cg_ensembles[:5]],
-        "refit": {"trial": winner.name, "passes": refit["epochs_run"], "test": refit["test"]},
-        "persistence": {"val": pers[0], "test": pers[1]}, "quick": quick, "wall_seconds": wall,
-    })
-    print((DOCS / "accuracy_floor.md").read_text())
+    return body
 
+
+def headline(d: dict) -> str:
+    return (f"best ensemble val {min(e['val'] for e in d['ensembles']):.3f} °C; ridge on lag features val "
+            f"{d['ridge']['val']:.3f} / test {d['ridge']['test']:.3f}; refit {d['refit']['trial']} test "
+            f"{d['refit']['test']:.3f} (persistence test {d['persistence']['test']:.3f})")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    return ap
+
+
+BENCH = Benchmark("accuracy_floor", "Accuracy floor on Jena hourly: why the seed table's targets are not met", measure,
+                  render, parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

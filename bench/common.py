@@ -1,6 +1,6 @@
 """What every benchmark shares: where the data is, and one way to turn a measurement into a page.
 
-The pattern (every benchmark but transfer, lifecycle_transfer and seed_table follows it; convert those the same way):
+The pattern (every benchmark follows it; :data:`bench.__main__.BENCHMARKS` lists them):
 
 * ``measure(args) -> dict`` runs the product's code path and returns JSON-able results, nothing else (no prose);
 * ``render(results) -> str`` builds the markdown body (and any figure) from those results alone;

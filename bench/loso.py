@@ -21,11 +21,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 from tqdm.auto import tqdm
 
-from bench.common import DOCS, ROOT, markdown_table, write_results
+from bench.common import DOCS, ROOT, Benchmark, load_results, markdown_table
 from bench.stations import ALL, NY, station
 from forecaster.adapt import AdaptConfig, adapt_station
 from forecaster.artifact import ModelCard, load_artifact, save_artifact
@@ -110,7 +109,7 @@ def fine_tuned(model, card: ModelCard, name: str, days: float = FINETUNE_DAYS) -
     return {**a.to_dict(), "fine_tuned": tuned, "served": served}
 
 
-def measure(finetune: bool) -> dict:
+def measure_all(finetune: bool) -> dict:
     shipped_model, shipped = load_artifact(shipped_artifact("global"))
     ref_model, ref_card = reference_model()
     out: dict[str, dict] = {}
@@ -351,23 +350,29 @@ get: the fine-tuned model if accepted, else the base model (zero-shot), scored o
 """
 
 
-def main() -> None:
+def measure(args: argparse.Namespace) -> dict:
+    if args.diagnose:  # the saved results plus the clock-shift diagnostic for Jena
+        data = load_results("loso")
+        data["diagnostics"] = {"jena_clock_shift": shifted_clock(HOLDOUT_GROUPS[0], "jena")}
+        return {k: v for k, v in data.items() if k not in ("measured_at", "machine")}
+    return measure_all(not args.zero_shot_only)
+
+
+def headline(d: dict) -> str:
+    return "zero-shot skill vs the better baseline, mean over +1..+24 h: " + ", ".join(
+        f"{name} {s['zero_shot']['skill']:+.1%}" for name, s in d["stations"].items())
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--render", action="store_true", help="only rewrite docs/loso.md from docs/results/loso.json")
     ap.add_argument("--zero-shot-only", action="store_true", help="skip the fine-tuning phase")
     ap.add_argument("--diagnose", action="store_true",
                     help="add the clock-shift diagnostic for Jena to docs/results/loso.json")
-    args = ap.parse_args()
-    path = DOCS / "results" / "loso.json"
-    if args.diagnose:
-        data = orjson.loads(path.read_bytes())
-        data["diagnostics"] = {"jena_clock_shift": shifted_clock(HOLDOUT_GROUPS[0], "jena")}
-    else:
-        data = orjson.loads(path.read_bytes()) if args.render else measure(not args.zero_shot_only)
-    data = {k: v for k, v in data.items() if k not in ("measured_at", "machine")}
-    md = write_results("loso", "Leave one station out: unseen stations against both baselines", render(data), data)
-    print(f"wrote {md}")
+    return ap
 
+
+BENCH = Benchmark("loso", "Leave one station out: unseen stations against both baselines", measure, render, parser(),
+                  headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

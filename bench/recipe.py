@@ -4,7 +4,8 @@ Each candidate trains with the product's ``fit`` on Jena, Chicago and Great Fall
 span), then is scored zero-shot on Denver, Rapid City and EWR, on their rows BEFORE the default test span (the last
 20 % stays untouched for bench/loso.py). Per horizon against persistence and diurnal persistence on the same windows.
 
-    python -m bench.recipe [--epochs 8]
+    python -m bench.recipe [--epochs 8]     # measure, write docs/results/recipe.json and docs/recipe.md
+    python -m bench.recipe --render         # rewrite docs/recipe.md from the saved JSON only
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from bench.common import ROOT, markdown_table, write_results
+from bench.common import ROOT, Benchmark, markdown_table
 from bench.stations import station
 from forecaster.dataset import DataConfig
 from forecaster.experiment import fit, model_config
@@ -51,10 +52,7 @@ def train_ranges(name: str):
     return rows(s, sp.data_start, split), val, val
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(optimizer="adam", lr=1e-3, epochs=args.epochs, steps_per_epoch=400, patience=3)
     series = [station(n) for n in TRAIN]
     ranges = [train_ranges(n) for n in TRAIN]
@@ -72,22 +70,40 @@ def main() -> None:
         cached.write_bytes(orjson.dumps(results[label]))
         print(label, {n: (round(c["mae"], 3), round(c["skill"], 4), min(h["skill"] for h in c["horizons"]),
                           round(c["coverage"] or 0, 3)) for n, c in per.items()}, flush=True)
+    return {"train": list(TRAIN), "validate": list(VALIDATE), "epochs": args.epochs, "results": results}
+
+
+def render(d: dict) -> str:
     rows_md = []
-    for label, r in results.items():
+    for label, r in d["results"].items():
         for n, c in r["stations"].items():
             worst = min(c["horizons"], key=lambda h: h["skill"])
             cov = [h["coverage"] for h in c["horizons"]]
             rows_md.append([label, n, c["mae"], f"{c['skill']:+.1%}", f"{worst['skill']:+.1%} (+{worst['horizon']} h)",
                             f"{np.min(cov):.0%}-{np.max(cov):.0%}"])
-    body = (
-        "Candidates trained on " + ", ".join(TRAIN) + " (rows before their default test span), scored zero-shot on "
-        + ", ".join(VALIDATE) + " before their test span: the test spans are never looked at here.\n\n"
+    return (
+        "Candidates trained on " + ", ".join(d["train"]) + " (rows before their default test span), scored zero-shot "
+        "on " + ", ".join(d["validate"]) + " before their test span: the test spans are never looked at here.\n\n"
         + markdown_table(["recipe", "validation station", "MAE °C", "mean skill", "worst horizon skill",
                           "P10-P90 coverage per horizon"], rows_md)
     )
-    write_results("recipe", "Recipe selection on validation stations", body,
-                  {"train": list(TRAIN), "validate": list(VALIDATE), "epochs": args.epochs, "results": results})
 
+
+def headline(d: dict) -> str:
+    def maes(r: dict) -> str:
+        return " / ".join(f"{r['stations'][n]['mae']:.3f}" for n in d["validate"])
+
+    return f"zero-shot MAE °C on {' / '.join(d['validate'])} (validation stations): " + ", ".join(
+        f"{name} {maes(r)}" for name, r in d["results"].items())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=8)
+    return p
+
+
+BENCH = Benchmark("recipe", "Recipe selection on validation stations", measure, render, parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -1,10 +1,10 @@
-"""Data and training recipes the accuracy benchmarks share (Jena hourly, Chollet's split, T +24 h), and how an
-ensemble of trained members is scored. Constants only and one pure function: no benchmark imports another one's
-script for them."""
+"""Data and training recipes the accuracy benchmarks share (Jena hourly, Chollet's split, T +24 h), the accuracy-floor
+study's trials (which the seed table reuses by name), and how an ensemble of trained members is scored. Constants and
+pure functions only: no benchmark imports another one's script for them."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -57,3 +57,39 @@ def ensemble_mae(members: list[Trained], split: str) -> float:
     cols = [column24(t, split) for t in members]
     point = np.mean([c[0] for c in cols], axis=0)
     return float(np.abs(point - cols[0][1]).mean())
+
+
+# The accuracy-floor study (bench/accuracy_floor.py): full passes, AdamW, early stopping on validation.
+FULL = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=12, patience=4, ema=0.998)
+LONG = replace(FULL, weight_decay=1e-3, ema=None, epochs=20, patience=20, schedule="cosine")
+CG = {"kind": "conv_gru", "conv": FRONT_POOL2, "gru_hidden": 32, "dropout": 0.3, "residual": True}
+BEST = {"kind": "conv_gru", "conv": FRONT_BOOK, "gru_hidden": 64, "dropout": 0.2, "residual": True}
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    group: str  # conv_gru: the seed table's Conv1D+GRU row (book inputs); best: anything
+    note: str
+    data: DataConfig
+    arch: dict
+    train: TrainConfig
+
+
+def trials() -> list[Trial]:
+    wd = replace(FULL, weight_decay=0.05)
+    return [
+        Trial("cg-long", "conv_gru", "wd 1e-3, 20 passes, cosine schedule, no weight average", BOOK, CG, LONG),
+        Trial("cg-ema", "conv_gru", "weight average (EMA 0.998), wd 1e-4", BOOK, CG, FULL),
+        Trial("cg-wd", "conv_gru", "EMA, weight decay 0.05", BOOK, CG, wd),
+        Trial("cg-wd-noise", "conv_gru", "EMA, weight decay 0.05, input noise 0.2", BOOK, CG,
+              replace(wd, input_noise=0.2)),
+        Trial("best-long", "best", "wd 1e-3, 20 passes, cosine schedule, no weight average", TF, BEST, LONG),
+        Trial("best-ema", "best", "weight average (EMA 0.998), wd 1e-4", TF, BEST, FULL),
+        Trial("best-noise", "best", "EMA, wd 1e-4, input noise 0.2", TF, BEST, replace(FULL, input_noise=0.2)),
+        Trial("best-wd", "best", "EMA, weight decay 0.05", TF, BEST, wd),
+        Trial("best-wd-noise", "best", "EMA, weight decay 0.05, input noise 0.2", TF, BEST,
+              replace(wd, input_noise=0.2)),
+        Trial("gru-full", "best", "GRU(32) on all 240 steps, time features, residual, EMA, wd 0.05, up to 24 passes",
+              TF, {"kind": "gru", "gru_hidden": 32, "dropout": 0.2, "residual": True}, replace(wd, epochs=24)),
+    ]

@@ -10,6 +10,7 @@ docs/results/seed_table.json and marked with the date they were measured.
 
     python -m bench.seed_table            # full run (about 40 min on 2 CPU cores)
     python -m bench.seed_table --only "Conv1D+GRU(64), anchored" "Darts-style"   # rerun some rows
+    python -m bench.seed_table --render   # rewrite docs/seed_table.md from docs/results/seed_table.json only
     python -m bench.seed_table --quick    # 2 epochs each, to check the plumbing
 """
 
@@ -20,9 +21,8 @@ from dataclasses import replace
 
 import orjson
 
-from bench.accuracy_floor import trials
-from bench.common import DOCS, ROOT, machine, markdown_table, shared_file, write_results
-from bench.tune import ensemble_mae
+from bench.common import DOCS, ROOT, Benchmark, markdown_table, shared_file
+from bench.recipes import ensemble_mae, trials
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
@@ -94,14 +94,14 @@ def verdicts(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _carried(only: list[str] | None) -> tuple[dict, str | None]:
-    """Rows of the last run that this one does not retrain (``--only``), with when they were measured."""
+def _carried(only: list[str] | None) -> dict:
+    """Rows of the last run that this one does not retrain (``--only``), each marked with when it was measured."""
     path = DOCS / "results" / "seed_table.json"
     if not only or not path.exists():
-        return {}, None
+        return {}
     old = orjson.loads(path.read_bytes())
-    keep = {k: v for k, v in old["rows"].items() if not any(k.startswith(o) for o in only)}
-    return keep, old.get("measured_at", "?")[:10]
+    when = old.get("measured_at", "?")[:10]
+    return {k: {"measured": when, **v} for k, v in old["rows"].items() if not any(k.startswith(o) for o in only)}
 
 
 def _best_epoch(r: dict) -> int | str:
@@ -109,21 +109,12 @@ def _best_epoch(r: dict) -> int | str:
     return min(hist, key=lambda h: h["val_loss"])["epoch"] if hist else "-"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 epochs of 50 steps per model")
-    ap.add_argument("--registry", default=str(ROOT / "runs" / "registry"))
-    ap.add_argument("--only", nargs="*", help="run only the rows whose label starts with one of these")
-    args = ap.parse_args()
-
+def measure(args: argparse.Namespace) -> dict:
     path = shared_file("jena_2009_2016_hourly.csv.gz")
     series = clean_station(load_records(path))
     data_hash = file_sha256(path)
     figures = DOCS / "figures"
-    results, carried_on = _carried(args.only)
-    rows = [[k + f" ({carried_on} run)", r["val_mae"], r["test_mae"], r["test_mae"] / r.get("test_persistence", 2.597),
-             r.get("seconds_per_epoch") or "-", r.get("parameters", "-"), _best_epoch(r)]
-            for k, r in results.items()]
+    results = _carried(args.only)
     trained, best = {}, None
     for label, data, arch, train_cfg in configurations():
         if args.only and not any(label.startswith(o) for o in args.only):
@@ -132,12 +123,10 @@ def main() -> None:
             train_cfg = replace(train_cfg, epochs=2, steps_per_epoch=50)
         t = fit([series], data, model_config(data, **arch), train_cfg, label=label.split(":")[0],
                 plot_dir=figures if arch["kind"] not in ("persistence", "seasonal") else None, data_hash=data_hash)
-        pers_val, pers_test = t.val["persistence_mae"], t.test["persistence_mae"]
-        rows.append([label, t.val["mae"], t.test["mae"], t.test["mae"] / pers_test,
-                     t.result.seconds_per_epoch or "-", t.n_parameters, t.result.best_epoch or "-"])
-        results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"], "val_persistence": pers_val,
-                          "test_persistence": pers_test, "seconds_per_epoch": t.result.seconds_per_epoch,
-                          "parameters": t.n_parameters, "history": t.result.history}
+        results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"],
+                          "val_persistence": t.val["persistence_mae"], "test_persistence": t.test["persistence_mae"],
+                          "seconds_per_epoch": t.result.seconds_per_epoch, "parameters": t.n_parameters,
+                          "best_epoch": t.result.best_epoch, "history": t.result.history}
         trained[label] = t
         if (label in STUDY_ROWS or label.startswith(ANCHORED)) and (best is None or t.val["mae"] < best.val["mae"]):
             best = t  # the best single model on validation goes into the registry
@@ -146,17 +135,30 @@ def main() -> None:
     members = [m for m in ENSEMBLE if m in trained]
     if len(members) == len(ENSEMBLE):
         ens = {split: ensemble_mae([trained[m] for m in members], split) for split in ("val", "test")}
-        label = ENSEMBLE_LABEL
-        rows.append([label, ens["val"], ens["test"], ens["test"] / results[members[0]]["test_persistence"], "-",
-                     sum(results[m]["parameters"] for m in members), "-"])
-        results[label] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": members}
+        results[ENSEMBLE_LABEL] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": members,
+                                   "parameters": sum(results[m]["parameters"] for m in members)}
+    if best is not None and not args.quick:
+        reg = Registry(args.registry)
+        info = reg.register(GLOBAL, best.model, best.card, note="bench.seed_table best configuration")
+        print(f"registered {info.tag} in {args.registry}")
+    return {"quick": args.quick, "rows": results}
 
+
+def render(d: dict) -> str:
+    results = d["rows"]
+    rows, carried = [], sorted({r["measured"] for r in results.values() if "measured" in r})
+    for k, r in results.items():
+        pers = r.get("test_persistence") or results[r["members"][0]]["test_persistence"]
+        rows.append([k + (f" ({r['measured']} run)" if "measured" in r else ""), r["val_mae"], r["test_mae"],
+                     r["test_mae"] / pers, r.get("seconds_per_epoch") or "-", r.get("parameters", "-"),
+                     r.get("best_epoch") or _best_epoch(r)])
     body = markdown_table(
         ["model", "val MAE °C", "test MAE °C", "test / persistence", "s / epoch", "parameters", "best epoch"], rows
     )
+    marks = " and ".join(f"({c} run)" for c in carried)
     body += "\n\n" + verdicts(results) + (
-        (f"\n\nRows marked ({carried_on} run) were not retrained in this run: their figures are carried over from "
-         "that run's docs/results/seed_table.json." if carried_on else "") + (
+        (f"\n\nRows marked {marks} were not retrained in this run: their figures are carried over from "
+         "that run's docs/results/seed_table.json." if carried else "") + (
         "\n\nPersistence reference: 2.46 °C validation, 2.59 °C test; the book's best model reaches 2.45 °C test. "
         "The book rows train with RMSprop 1e-3 as in the book. The last three trained rows use the recipes "
         "bench/accuracy_floor.py selected on validation (docs/accuracy_floor.md; trials "
@@ -167,8 +169,7 @@ def main() -> None:
         "row runs full passes (259 batches of 128), early-stopped on validation (patience 4), best weights "
         "restored; s / epoch is the training time of one pass. The ensemble row averages two rows' 24 h forecasts. "
         "\"Our best configuration\" is whichever of the last four rows has the lowest validation MAE; the best "
-        "single model is registered. "
-        f"Machine: {machine()}.\n\n"
+        f"single model is registered. Machine: {d['machine']}.\n\n"
         "Figures: `docs/figures/*_learning_curve.png` (training vs validation MAE per epoch) and "
         "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts). Why the targets are out of reach "
         "of these data: docs/accuracy_floor.md.\n"
@@ -178,15 +179,27 @@ def main() -> None:
         f"{DARTS}: a plain GRU(32) over the 240 normalized steps, last hidden state to a linear head, Adam 1e-3, "
         "no time features, no residual, as Darts' BlockRNNModel(GRU, 32) (early-stopped on validation, patience 4).\n"
     ))
-    if args.quick:
+    if d.get("quick"):
         body = "**Quick plumbing run (2 short epochs per model): not a result.**\n\n" + body
-    write_results("seed_table", "Seed table: Jena hourly, 10-day lookback, 24 h ahead", body, {"rows": results})
-    if best is not None and not args.quick:
-        reg = Registry(args.registry)
-        info = reg.register(GLOBAL, best.model, best.card, note="bench.seed_table best configuration")
-        print(f"registered {info.tag} in {args.registry}")
-    print((DOCS / "seed_table.md").read_text())
+    return body
 
+
+def headline(d: dict) -> str:
+    return "test MAE °C: " + ", ".join(
+        f"{name} {row['test_mae']:.3f}" for name, row in d["rows"].items()
+        if name in ("persistence", "GRU(32)", "Conv1D+GRU (6.49)") or name.startswith("ensemble"))
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 epochs of 50 steps per model")
+    ap.add_argument("--registry", default=str(ROOT / "runs" / "registry"))
+    ap.add_argument("--only", nargs="*", help="run only the rows whose label starts with one of these")
+    return ap
+
+
+BENCH = Benchmark("seed_table", "Seed table: Jena hourly, 10-day lookback, 24 h ahead", measure, render, parser(),
+                  headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

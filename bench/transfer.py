@@ -11,6 +11,7 @@ accepted, else the base), persistence and diurnal persistence, per horizon, on t
 Writes docs/transfer.md and docs/results/transfer.json.
 
     python -m bench.transfer                 # every station (about 17 minutes on 2 shared CPU cores)
+    python -m bench.transfer --render        # rewrite docs/transfer.md from docs/results/transfer.json only
     python -m bench.transfer --quick         # plumbing only (1 epoch, Jena and LGA), prints, writes nothing
 """
 
@@ -20,11 +21,12 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 import tempfile
 
 import numpy as np
 
-from bench.common import DOCS, markdown_table, shared_file, write_results
+from bench.common import Benchmark, markdown_table, shared_file
 from forecaster.adapt import AdaptConfig
 from forecaster.data import nycflights_weather_path
 from pipeline import cli
@@ -82,7 +84,10 @@ def summarize(name: str, f: dict) -> dict:
             "finetuned_vs_base": mean["finetuned"] / mean["base"] - 1}
 
 
-def render(results: list[dict], model: str, seen: list[str]) -> str:
+def render(d: dict) -> str:
+    results, model = d["stations"], d["model"]
+    seen = [r["station"] for r in results if r["file_station"] in d["model_stations"]]
+    days, adapt = d["days"], AdaptConfig(**d["config"])
     head = ["station", "model saw it", "accepted", "norm.", "horizon", "base (zero-shot)", "fine-tuned", "served",
             "persistence", "diurnal", "served skill"]
     rows = []
@@ -111,9 +116,9 @@ picked between the station's and a benchmark-only `jena+p` normalization, on row
 finetune` did not use. Now the benchmark is the command: same spans, same code (`forecaster.adapt.adapt_station`,
 also what the service's station job runs), same defaults, the shipped model as the base.
 
-Base model: the shipped `{model}`. Each station: `stationcast finetune --data FILE --days {DAYS} --json
---no-register` (the CLI's code path and defaults: `{AdaptConfig()}`), test span = the last 20 % of the file's time
-span, history = the {DAYS} days right before it (the last {AdaptConfig().holdout_days:g} held out).
+Base model: the shipped `{model}`. Each station: `stationcast finetune --data FILE --days {days} --json
+--no-register` (the CLI's code path and defaults: `{adapt}`), test span = the last 20 % of the file's time
+span, history = the {days} days right before it (the last {adapt.holdout_days:g} held out).
 MAE in °C on the test windows; "served" is the fine-tuned model when the holdout accepted it, else the base model;
 skill is against the better of persistence and diurnal persistence at each horizon.
 
@@ -132,18 +137,13 @@ Decisions on the holdout:
 """
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="plumbing only: 1 epoch, two stations")
-    p.add_argument("--render", action="store_true", help="rewrite docs/transfer.md from docs/results/transfer.json")
-    args = p.parse_args()
-    if args.render:
-        stored = json.loads((DOCS / "results" / "transfer.json").read_text())
-        md = DOCS / "transfer.md"
-        head = md.read_text().split("\n\n", 2)[:2]  # the title and the "Measured ... on ..." line of that run
-        seen = [r["station"] for r in stored["stations"] if r["file_station"] in stored["model_stations"]]
-        md.write_text("\n\n".join(head) + "\n\n" + render(stored["stations"], stored["model"], seen).strip() + "\n")
-        return
+def headline(d: dict) -> str:
+    return "served after `finetune --days 30` vs zero-shot, mean MAE °C: " + ", ".join(
+        f"{s['station']} {s['mean']['served']:.2f} vs {s['mean']['base']:.2f}"
+        f" ({'accepted' if s['accepted'] else 'rejected'})" for s in d["stations"])
+
+
+def measure(args: argparse.Namespace) -> dict:
     todo = stations()
     todo = [todo[0], todo[-1]] if args.quick else todo
     extra = ["--epochs", "1"] if args.quick else []
@@ -157,16 +157,22 @@ def main() -> None:
             print(f"{r['station']}: base {r['mean']['base']:.3f}, fine-tuned {r['mean']['finetuned']:.3f}, served "
                   f"{r['mean']['served']:.3f} ({'accepted' if r['accepted'] else 'rejected'})", flush=True)
         model = f["base"]["model"]
-    seen = [r["station"] for r in results if r["file_station"] in card.get("stations", [])]
-    body = render(results, model, seen)
-    if args.quick:
-        print(body)
-        return
-    write_results("transfer", "Transfer learning: stationcast finetune on the shared stations and the NY airports",
-                  body,
-                  {"model": model, "model_stations": card.get("stations", []), "days": DAYS,
-                   "config": AdaptConfig().to_dict(), "stations": results})
+    data = {"model": model, "model_stations": card.get("stations", []), "days": DAYS,
+            "config": AdaptConfig().to_dict(), "stations": results}
+    if args.quick:  # plumbing only: show the page, save nothing
+        print(render(data))
+        sys.exit(0)
+    return data
 
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="plumbing only: 1 epoch, two stations, writes nothing")
+    return p
+
+
+BENCH = Benchmark("transfer", "Transfer learning: stationcast finetune on the shared stations and the NY airports",
+                  measure, render, parser(), headline=headline)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()
