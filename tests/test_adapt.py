@@ -155,9 +155,11 @@ def test_normalization_decision_matches_its_evidence_on_a_real_station(denver_sl
     station = clean_station(load_records(path))
     ranges = finetune_ranges(station, resolve([station]), 30, 7)
     torch.set_num_threads(1)
+    # norm_min_days=0: the station's own normalization is a candidate even on 30 days (the default needs a year).
     a = adapt.adapt_station(model, card, station, slice(ranges[0].start, ranges[1].stop),
-                            AdaptConfig(epochs=3), progress=False)
+                            AdaptConfig(epochs=3, norm_min_days=0), progress=False)
     ev = a.normalization_evidence
+    assert ev["candidate"]
     wins = ev["station_wins"] >= ev["needed"] and ev["station_mae"] < ev["base_mae"]
     assert a.normalization == ("station" if wins else "base")
     station_norm = fit_normalizer([station], card.data, [ranges])
