@@ -149,9 +149,14 @@ def test_restarts_with_partitions_caught_up_unevenly_lose_nothing(kafka_broker, 
     for table, want in control.items():
         have = got[table]
         assert len(have) == len(want), f"{table}: {len(have)} rows, {len(want)} without restarts"
-        if table == "forecasts":  # the band: exact once a station has its own calibration (see own_band)
-            assert np.allclose(have.loc[own, BAND].to_numpy(float), want.loc[own, BAND].to_numpy(float),
-                               rtol=0, atol=FLOAT_TOLERANCE)
+        if table == "forecasts":  # the band: the same (within float noise) once the station calibrates it (own_band)
+            gap = np.abs(have[BAND].to_numpy(float) - want[BAND].to_numpy(float)).max(axis=1)
+            bad = own & ~(gap <= BAND_TOLERANCE)
+            assert not bad.any(), (f"{int(bad.sum()):,} of {int(own.sum()):,} own-band forecasts differ, by up to "
+                                   f"{gap[bad].max():.3g}:\n"
+                                   + have[bad].head(8).to_string() + "\n" + want[bad].head(8).to_string()
+                                   + "\nstations " + str(sorted(set(have.loc[bad, 'station'])))[:300]
+                                   + "\nhorizons " + str(sorted(set(have.loc[bad, 'horizon']))))
             assert (have["lo"] <= have["hi"]).all()
         if table == "errors":
             flags = control["forecasts"].assign(own=own)[["station", "issue_ts", "horizon", "own"]]
@@ -169,5 +174,8 @@ def test_restarts_with_partitions_caught_up_unevenly_lose_nothing(kafka_broker, 
 # the polls fall, which differs between any two runs: the same window can come out a few float32 ulps apart
 # (measured: at most 4.3e-6 °C over 226,000 forecast values, 2 ulps at 30 °C). Everything else is exact.
 FLOAT_TOLERANCE = 1e-5
+# A band edge is a model quantile (float32 noise as above) moved by an offset that is itself a quantile of scores
+# carrying that noise: twice the noise, and a little more where a score's rank changes by a few ulps.
+BAND_TOLERANCE = 4 * FLOAT_TOLERANCE
 # Model outputs and what derives from them. The conformity score is against the model's own band, so the same.
 COMPUTED = {"value", "abs_error", "persistence_abs_error", "diurnal_abs_error", "band_score"}
