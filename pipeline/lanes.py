@@ -15,15 +15,12 @@ so the hourly and the 10-minute stations never share a pass or a grid.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 
 import numpy as np
 
 from pipeline.cadence import DETECT_READINGS, CadenceDetector, describe, matching
-from pipeline.readings import parse_readings
-from pipeline.step import T_INDEX, Step, StepConfig, StepResult
+from pipeline.step import T_INDEX, Step, StepConfig, StepResult, parse_batch
 
 log = logging.getLogger("stationcast.lanes")
 _BUFFER = 4 * DETECT_READINGS  # readings held per undetected station (repeats of one time stamp included)
@@ -56,11 +53,7 @@ class CadenceRouter:
 
     def __call__(self, values: Sequence, keys: Sequence, partitions: np.ndarray, offsets: np.ndarray,
                  arrived: float | None = None, now=None) -> StepResult:
-        out = StepResult(arrived=time.time() if arrived is None else arrived, consumed=len(values))
-        started = time.perf_counter()
-        out.readings, out.dead = parse_readings(values, keys, partitions, offsets, now=now,
-                                                max_future=timedelta(seconds=self.cfg.max_future_s))
-        out.stages["parse"] += time.perf_counter() - started
+        out = parse_batch(values, keys, partitions, offsets, self.cfg.max_future_s, arrived, now)
         batch = out.readings
         if len(batch):
             self.feed(batch.station, batch.time.astype("datetime64[s]").astype(np.int64), batch.values, out)
@@ -69,7 +62,8 @@ class CadenceRouter:
     def feed(self, station: np.ndarray, ts: np.ndarray, values: np.ndarray, out: StepResult) -> None:
         """Readings (``values`` in SENSORS order) to their stations' lanes; those of undetected stations wait."""
         station = np.asarray(station, dtype=object)
-        lane = np.array([self.lane_of.get(s, 0) for s in station.tolist()], dtype=np.int64)
+        names, inverse = np.unique(station, return_inverse=True)  # a lookup per station, not per reading
+        lane = np.array([self.lane_of.get(s, 0) for s in names.tolist()], dtype=np.int64)[inverse]
         waiting = np.flatnonzero(lane == 0)
         if len(waiting):
             self._hold(station[waiting], ts[waiting], values[waiting], out)

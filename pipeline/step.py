@@ -105,6 +105,18 @@ class StepResult:
         return pd.DataFrame({"station": st, "ts": ts, "T": t})
 
 
+
+def parse_batch(values: Sequence, keys: Sequence, partitions: np.ndarray, offsets: np.ndarray, max_future_s: float,
+                arrived: float | None = None, now=None) -> StepResult:
+    """The parse stage every step starts with: readings and dead letters of one polled batch, timed."""
+    out = StepResult(arrived=time.time() if arrived is None else arrived, consumed=len(values))
+    started = time.perf_counter()
+    out.readings, out.dead = parse_readings(values, keys, partitions, offsets, now=now,
+                                            max_future=timedelta(seconds=max_future_s))
+    out.stages["parse"] += time.perf_counter() - started
+    return out
+
+
 class Step:
     """The rolling state of the data path and the function that advances it by one batch."""
 
@@ -147,11 +159,7 @@ class Step:
                  arrived: float | None = None, now=None) -> StepResult:
         """One polled batch: message values, keys, partitions and offsets (in poll order). ``now``: the wall clock
         that readings from the future are judged by (default: the real one)."""
-        out = StepResult(arrived=time.time() if arrived is None else arrived, consumed=len(values))
-        started = time.perf_counter()
-        out.readings, out.dead = parse_readings(values, keys, partitions, offsets, now=now,
-                                                max_future=timedelta(seconds=self.cfg.max_future_s))
-        out.stages["parse"] += time.perf_counter() - started
+        out = parse_batch(values, keys, partitions, offsets, self.cfg.max_future_s, arrived, now)
         batch = out.readings
         if len(batch):
             self._rounds(batch.station, batch.time.astype("datetime64[s]").astype(np.int64), batch.values, out)

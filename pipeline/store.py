@@ -114,6 +114,15 @@ APPLICATION_NAME = "stationcast"  # PostgreSQL's pg_stat_activity.application_na
 _CHUNK = 5000  # stations per statement when each brings parameters (SQLite allows 32,766; PostgreSQL 65,535)
 
 
+
+_DTYPES = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
+
+
+def _frame(spec: Sequence[tuple[str, str, bool]], rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Query rows as a frame with one typed column per ``spec`` entry (empty columns when there are no rows)."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+    return pd.DataFrame({c: np.array(v, dtype=_DTYPES[k]) for (c, k, _), v in zip(spec, cols, strict=True)})
+
 class StoreUnavailable(RuntimeError):
     """The database stayed unreachable for longer than the store's ``retry_s`` (or the caller gave up)."""
 
@@ -497,9 +506,7 @@ class Store:
         rows = self._query(
             f"SELECT {', '.join(c for c, _, _ in spec)} FROM {self._p}{table} WHERE {where} ORDER BY {order}", params
         )
-        cols = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
-        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
-        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, cols, strict=True)})
+        return _frame(spec, rows)
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -705,9 +712,7 @@ class Store:
                 "ON f.station = s.station AND f.issue_ts >= s.since - ? AND f.target_ts >= s.since "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {p}errors e WHERE e.station = f.station "
                 "AND e.issue_ts = f.issue_ts AND e.horizon = f.horizon)", [*params, int(max_lead_s)])
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
-        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
-        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, columns, strict=True)})
+        return _frame(spec, rows)
 
     def errors(self, station: str | None = None, since_ts: int | None = None) -> pd.DataFrame:
         """Realized errors, optionally of one station and with target_ts >= since_ts, by target_ts."""
@@ -734,9 +739,7 @@ class Store:
                 "(PARTITION BY e.station, e.horizon ORDER BY e.target_ts DESC) AS newest FROM s JOIN "
                 f"{p}errors e ON e.station = s.station AND e.issue_ts >= s.since - ? AND e.target_ts >= s.since) x "
                 "WHERE newest <= ? ORDER BY target_ts, station, horizon", [*params, int(max_lead_s), int(per_horizon)])
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
-        dtypes = {"text": object, "int": np.int64, "bigint": np.int64, "float": np.float64}
-        return pd.DataFrame({c: np.array(v, dtype=dtypes[k]) for (c, k, _), v in zip(spec, columns, strict=True)})
+        return _frame(spec, rows)
 
     def count(self, table: str) -> int:
         """Rows in one of :data:`TABLES`."""
