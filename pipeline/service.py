@@ -594,19 +594,26 @@ class Service:
     def _rebuild_calibration(self, step: Step, stations: list[str], newest: np.ndarray, cut: np.ndarray,
                              tail_station: np.ndarray, tail_ts: np.ndarray,
                              tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
-        """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores (the newest
-        ``band_window`` per horizon within four windows of each one's newest reading), so that after a restart or
-        rebalance every band is what it would have been without one. Scores up to each station's cut are learnt now;
-        those of targets among the readings still to be replayed (stored before a crash, with their forecasts lost)
-        are returned by replay round (-1: after the last), to be learnt just before that round forecasts, as they
-        were."""
+        """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores: per horizon
+        the newest ``band_window`` up to each one's cut (within four windows of it) and all after it, so that after
+        a restart or rebalance every band is what it would have been without one. Scores up to each station's cut
+        are learnt now; those of targets among the readings still to be replayed (stored before a crash, with their
+        forecasts lost) are returned by replay round (-1: after the last), to be learnt just before that round
+        forecasts, as they were."""
         window = self.cfg.band_window
         if not window:
             return {}
         cad, half = step.card.cadence_s, step.card.cadence_s - step.card.cadence_s // 2
-        since = dict(zip(stations, (newest - 4 * window * cad).tolist(), strict=True))
-        scored = self.store.recent_errors(since, max(step.card.data.horizons) * cad, window)
+        # The newest ``window`` up to the cut, and every score after it: a crash between storing a batch's errors and
+        # its forecasts leaves up to a catch-up of scores past the cut, which must not crowd out those before it.
+        since = dict(zip(stations, (cut - 4 * window * cad).tolist(), strict=True))
+        after_cut = int(((newest - cut) // cad).max(initial=0)) + 1
+        scored = self.store.recent_errors(since, max(step.card.data.horizons) * cad, window + after_cut)
         code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
+        # Forecasts issued after the cut are issued again by the replay, and scored again there: learning their stored
+        # scores too would count them twice.
+        reissued = scored["issue_ts"].to_numpy() >= cut[code] + half
+        scored, code = scored[~reissued], code[~reissued]
         target = scored["target_ts"].to_numpy()
         now = target < cut[code] + half
         step.learn_band(scored[now])
