@@ -8,9 +8,10 @@
   the stations that have gathered ``finetune_min_history_days`` of history and have no model of their own yet
   (transfer learning from the global champion); a promoted station model is hot-swapped in like a champion.
 * ``drift``: every ``drift_check_s`` seconds compare the fleet's live rolling MAE with the champion card's
-  validation MAE (times ``1 + drift_tolerance``) and with persistence; drift that lasts ``drift_for_s``
-  seconds moves the next retraining to now. A single station whose rolling MAE falls behind persistence (or
-  behind its own model's holdout MAE) that long is queued for fine-tuning, and the fine-tuning runs now.
+  validation MAE (times ``1 + drift_tolerance``) and with the better of its two baselines (persistence, diurnal
+  persistence); drift that lasts ``drift_for_s`` seconds moves the next retraining to now. A single station whose
+  rolling MAE falls behind its better baseline (or behind its own model's holdout MAE) that long is queued for
+  fine-tuning, and the fine-tuning runs now.
 
 The scheduler sees the service only through :class:`ServingView` (rolling skill, the champion's and stations'
 cards, a swap request), composed in :mod:`pipeline.run`. Training jobs take turns (one training subprocess at a
@@ -388,8 +389,8 @@ class LifecycleScheduler:
         self.check_station_drift()
 
     def check_station_drift(self) -> list[str]:
-        """Stations whose rolling MAE has fallen behind persistence (or behind their own model's holdout MAE)
-        for ``drift_for_s``; they are queued for fine-tuning."""
+        """Stations whose rolling MAE has fallen behind the better of their baselines (or behind their own model's
+        holdout MAE) for ``drift_for_s``; they are queued for fine-tuning."""
         c = self.cfg
         min_errors = int(c.drift_station_min_errors)
         tolerance = float(c.drift_tolerance)
@@ -400,10 +401,11 @@ class LifecycleScheduler:
         for station, mae in list(skill.station_model.items()):
             if skill.station_count.get(station, 0) < min_errors:
                 continue
-            pers = skill.station_persistence.get(station, math.nan)
+            best = better_baseline(skill.station_persistence.get(station, math.nan),
+                                   skill.station_diurnal.get(station, math.nan))
             own = self.view.station_card(station)
             reference = (own.metrics or {}).get("holdout_mae") if own is not None else None
-            drifting = (math.isfinite(pers) and mae > pers) or (
+            drifting = (math.isfinite(best) and mae > best) or (
                 reference is not None and mae > float(reference) * (1 + tolerance))
             if not drifting:
                 self._station_drift_since.pop(station, None)
@@ -414,21 +416,22 @@ class LifecycleScheduler:
                 self._station_drift_since.pop(station, None)
         if due:
             self.state.record("station_drift", datetime.now(UTC), stations=due)
-            self.finetune_now(due, "rolling MAE behind persistence or the station model's holdout MAE")
+            self.finetune_now(due, "rolling MAE behind the better baseline or the station model's holdout MAE")
         return due
 
     def check_drift(self) -> bool:
         """True when drift has lasted ``drift_for_s`` and an early retraining was requested."""
         c, skill = self.cfg, self.view.skill
-        live, pers = skill.fleet_model, skill.fleet_persistence  # plain float reads
+        live, pers, diurnal = skill.fleet_model, skill.fleet_persistence, skill.fleet_diurnal  # plain float reads
+        best = better_baseline(pers, diurnal)
         reference = (self.view.champion_card().metrics or {}).get("val_mae")
         tolerance = float(c.drift_tolerance)
         min_errors = int(c.drift_min_errors)
         if not math.isfinite(live) or skill.count < min_errors:
             return False
         worse_than_card = reference is not None and live > float(reference) * (1 + tolerance)
-        worse_than_persistence = math.isfinite(pers) and live > pers
-        drifting = worse_than_card or worse_than_persistence
+        worse_than_baseline = math.isfinite(best) and live > best
+        drifting = worse_than_card or worse_than_baseline
         self.drift.set(1.0 if drifting else 0.0)
         now = time.monotonic()
         if not drifting:
@@ -439,9 +442,15 @@ class LifecycleScheduler:
             return False
         self._drift_since = None
         reason = (f"live MAE {live:.3f} vs card val MAE {_fmt(reference)} (+{tolerance:.0%}) "
-                  f"and persistence {pers:.3f}")
+                  f"and the better baseline {best:.3f} (persistence {pers:.3f}, diurnal {diurnal:.3f})")
         self.state.record("drift", datetime.now(UTC), reason=reason)
         return self.retrain_now(reason)
+
+
+def better_baseline(persistence: float, diurnal: float) -> float:
+    """The lower of the two baseline MAEs (the one a forecast must beat); NaN when neither is known."""
+    known = [x for x in (persistence, diurnal) if math.isfinite(x)]
+    return min(known) if known else math.nan
 
 
 def _fmt(x) -> str:

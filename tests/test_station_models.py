@@ -221,6 +221,27 @@ def _errors(station: str, model: float, persistence: float, n: int) -> pd.DataFr
                          "persistence_abs_error": np.full(n, persistence)})
 
 
+def test_drift_is_measured_against_the_better_baseline(tmp_path):
+    """A model that beats persistence but loses to diurnal persistence (the value a day before the target) is
+    drifting: a forecast must beat the better of the two."""
+    service = _drift_service(tmp_path, drift_for_s=0.0, drift_min_errors=100, drift_station_min_errors=50,
+                             drift_tolerance=10.0)
+    sched = LifecycleScheduler(service.cfg, service.metrics, service.view, runner=lambda cmd, timeout: (0, "", ""))
+    behind_diurnal = _errors("day", 1.5, 2.0, 200).assign(diurnal_abs_error=1.2)
+    service.view.skill.update(behind_diurnal)
+    assert sched.check_station_drift() == ["day"]
+    sched.check_drift()
+    assert service.metrics.registry.get_sample_value("stationcast_drift_detected") == 1
+    # The same errors without the diurnal baseline: ahead of persistence, no drift.
+    service = _drift_service(tmp_path, drift_for_s=0.0, drift_min_errors=100, drift_station_min_errors=50,
+                             drift_tolerance=10.0)
+    sched = LifecycleScheduler(service.cfg, service.metrics, service.view, runner=lambda cmd, timeout: (0, "", ""))
+    service.view.skill.update(behind_diurnal.drop(columns="diurnal_abs_error"))
+    assert sched.check_station_drift() == []
+    sched.check_drift()
+    assert service.metrics.registry.get_sample_value("stationcast_drift_detected") == 0
+
+
 def test_drift_triggers_early_retraining_and_station_fine_tuning(tmp_path):
     calls: list[list[str]] = []
 
