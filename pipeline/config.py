@@ -109,7 +109,7 @@ class ServiceConfig:
     retrain_misfire_grace_s: int = 3600  # a run missed by less than this still runs (once, coalesced)
     promote_margin: float = 0.02  # relative holdout-MAE gain a challenger needs to be promoted
     drift_check_s: float = 0  # drift check every N seconds; 0 = disabled
-    drift_tolerance: float = 0.25  # live MAE above the card's val MAE by this much (or above the better baseline) is drift
+    drift_tolerance: float = 0.25  # live MAE over the card's val MAE by this much (or over the better baseline): drift
     drift_for_s: float = 3600.0  # drift lasting this long triggers an early retraining
     drift_min_errors: int = 500  # scored errors needed before drift is judged
     drift_station_min_errors: int = 200  # scored errors of one station before its own drift is judged

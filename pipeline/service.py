@@ -604,16 +604,14 @@ class Service:
         if not window:
             return {}
         cad, half = step.card.cadence_s, step.card.cadence_s - step.card.cadence_s // 2
-        # The newest ``window`` up to the cut, and every score after it: a crash between storing a batch's errors and
-        # its forecasts leaves up to a catch-up of scores past the cut, which must not crowd out those before it.
+        # Forecasts issued after the cut (stored scores of forecasts lost in a crash between storing a batch's errors
+        # and its forecasts) are issued and scored again by the replay: learning their stored scores too would count
+        # them twice. Of the rest, per horizon: the newest ``window`` up to the cut and the few after it.
         since = dict(zip(stations, (cut - 4 * window * cad).tolist(), strict=True))
-        after_cut = int(((newest - cut) // cad).max(initial=0)) + 1
-        scored = self.store.recent_errors(since, max(step.card.data.horizons) * cad, window + after_cut)
+        max_h = max(step.card.data.horizons)
+        scored = self.store.recent_errors(since, max_h * cad, window + max_h,
+                                          issued_until=dict(zip(stations, cut.tolist(), strict=True)))
         code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
-        # Forecasts issued after the cut are issued again by the replay, and scored again there: learning their stored
-        # scores too would count them twice.
-        reissued = scored["issue_ts"].to_numpy() >= cut[code] + half
-        scored, code = scored[~reissued], code[~reissued]
         target = scored["target_ts"].to_numpy()
         now = target < cut[code] + half
         step.learn_band(scored[now])

@@ -236,6 +236,9 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
         yield items[i:i + _CHUNK]
 
 
+_NO_END = 2**62  # an issue time later than any (BIGINT)
+
+
 def _since_values(stations: list[str], since: Mapping[str, int]) -> tuple[str, list[Any]]:
     """A ``VALUES`` list of (station, time) rows and its parameters, typed for both engines."""
     values = ", ".join(["(CAST(? AS TEXT), CAST(? AS BIGINT))"] * len(stations))
@@ -725,20 +728,25 @@ class Store:
             params.append(int(since_ts))
         return self._table_frame("errors", " AND ".join(where), params, order="target_ts, station, horizon")
 
-    def recent_errors(self, since_target_ts: Mapping[str, int], max_lead_s: int, per_horizon: int) -> pd.DataFrame:
+    def recent_errors(self, since_target_ts: Mapping[str, int], max_lead_s: int, per_horizon: int,
+                      issued_until: Mapping[str, int] | None = None) -> pd.DataFrame:
         """Per station, its newest ``per_horizon`` errors at each horizon with target_ts >= its time, by target_ts
-        (rebuild rolling state after a restart). ``max_lead_s`` (the longest horizon) bounds the issue times
-        scanned, so the primary key's range serves the scan."""
+        (rebuild rolling state after a restart); ``issued_until``: only forecasts issued up to the station's time.
+        ``max_lead_s`` (the longest horizon) bounds the issue times scanned, so the primary key's range serves the
+        scan."""
         p, spec = self._p, _COLUMNS["errors"]
         cols = ", ".join(c for c, _, _ in spec)
         rows: list[tuple[Any, ...]] = []
         for chunk in _chunks(list(since_target_ts)):
-            values, params = _since_values(chunk, since_target_ts)
+            values = ", ".join(["(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT))"] * len(chunk))
+            params = [x for st in chunk for x in (st, int(since_target_ts[st]),
+                                                   int(issued_until[st]) if issued_until else _NO_END)]
             rows += self._query(
-                f"WITH s (station, since) AS (VALUES {values}) SELECT {cols} FROM (SELECT e.*, ROW_NUMBER() OVER "
-                "(PARTITION BY e.station, e.horizon ORDER BY e.target_ts DESC) AS newest FROM s JOIN "
-                f"{p}errors e ON e.station = s.station AND e.issue_ts >= s.since - ? AND e.target_ts >= s.since) x "
-                "WHERE newest <= ? ORDER BY target_ts, station, horizon", [*params, int(max_lead_s), int(per_horizon)])
+                f"WITH s (station, since, until) AS (VALUES {values}) SELECT {cols} FROM (SELECT e.*, ROW_NUMBER() "
+                "OVER (PARTITION BY e.station, e.horizon ORDER BY e.target_ts DESC) AS newest FROM s JOIN "
+                f"{p}errors e ON e.station = s.station AND e.issue_ts >= s.since - ? AND e.issue_ts <= s.until "
+                "AND e.target_ts >= s.since) x WHERE newest <= ? ORDER BY target_ts, station, horizon",
+                [*params, int(max_lead_s), int(per_horizon)])
         return _frame(spec, rows)
 
     def count(self, table: str) -> int:
