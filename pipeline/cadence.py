@@ -47,6 +47,22 @@ def parse_label(label: str) -> int | None:
     return int(m.group(1)) * dict(_UNITS)[m.group(2)]
 
 
+def parse_declared(text: str | None) -> dict[str, int]:
+    """Declared cadences, ``station=cadence`` comma-separated (``EWR=1h,jena=10min,KDEN=3600``): the stations whose
+    cadence is known up front. A bad entry raises ValueError naming it."""
+    out: dict[str, int] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        station, sep, value = (x.strip() for x in entry.partition("="))
+        cadence = (int(value) if value.isdigit() and int(value) > 0 else parse_label(value)) if sep else None
+        if not station or cadence is None:
+            raise ValueError(f"{entry.strip()!r} is not station=cadence (a cadence is seconds or a label such as "
+                             "10min or 1h)")
+        out[station] = cadence
+    return out
+
+
 def describe(cadence_s: float) -> str:
     """A cadence or horizon for people: ``10 min``, ``1 h``, ``24 h``, ``37 s``."""
     c = int(round(cadence_s))
@@ -135,14 +151,23 @@ def resample(records: pd.DataFrame, cadence_s: int, agg: str) -> pd.DataFrame:
 class CadenceDetector:
     """Per station, its first readings' times until :data:`DETECT_READINGS` distinct ones are known, then its cadence.
 
-    ``declared`` fixes a station's cadence up front (a per-station setting), skipping detection."""
+    ``declared`` fixes a station's cadence up front (the ``station_cadences`` setting), skipping detection."""
 
     def __init__(self, n: int = DETECT_READINGS, declared: dict[str, int] | None = None):
         if n < 2:
             raise ValueError("cadence detection needs at least 2 readings")
         self.n = n
-        self.cadence: dict[str, float] = {k: float(v) for k, v in (declared or {}).items()}
+        self.declared: dict[str, int] = dict(declared or {})
+        self.cadence: dict[str, float] = {k: float(v) for k, v in self.declared.items()}
         self._seen: dict[str, set[int]] = {}
+
+    def forget(self, station: str) -> None:
+        """Detection starts again for a station that moved away; a declared cadence stays."""
+        self._seen.pop(station, None)
+        if station in self.declared:
+            self.cadence[station] = float(self.declared[station])
+        else:
+            self.cadence.pop(station, None)
 
     def observe(self, station: np.ndarray, ts: np.ndarray) -> list[str]:
         """Note the times of readings of stations not detected yet; the stations detected by this call."""

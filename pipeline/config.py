@@ -86,6 +86,7 @@ class ServiceConfig:
     lateness_steps: int = 3  # a reading up to this many steps late still lands in its window slot
     max_fill_steps: int = 3  # gaps up to this many steps are interpolated; longer ones make the window not ready
     max_future_s: int = 3600  # readings further ahead of the wall clock are dead-lettered
+    station_cadences: str | None = None  # declared cadences, "KDEN=1h,jena=10min": no detection for those stations
     http_host: str = "127.0.0.1"  # address of /metrics, /healthz, /readyz, /status, /api/status
     http_port: int = 8000  # 0: any free port
     max_station_labels: int = 50  # per-station metric labels; 0 disables them

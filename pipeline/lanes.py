@@ -81,7 +81,8 @@ class CadenceRouter:
         station, ts, values = station[keep], ts[keep], values[keep]
         if len(station):  # the status page shows a station from its first reading, before its lane is known
             out.actual_parts.append((station, ts, values[:, T_INDEX]))
-        detected = set(self.detector.observe(station, ts))
+        # Declared stations (a cadence known before any reading) are routed at their first reading.
+        detected = set(self.detector.observe(station, ts)) | (set(self.detector.declared) & set(station.tolist()))
         now = np.fromiter((s in detected for s in station.tolist()), dtype=bool, count=len(station))
         for i in np.flatnonzero(~now).tolist():
             held = self._held.setdefault(station[i], [])
@@ -127,7 +128,7 @@ class CadenceRouter:
             self.lane_of.pop(s, None)
             self._held.pop(s, None)
             self.unserved.pop(s, None)
-            self.detector.cadence.pop(s, None)
+            self.detector.forget(s)
 
     def release(self, stations: list[str]) -> None:
         for cadence, step in self.lanes.items():

@@ -31,7 +31,7 @@ from forecaster.artifact import ModelCard
 from forecaster.predict import Predictor
 from forecaster.registry import Registry, VersionInfo
 from pipeline.broker import EmbeddedBroker, make_producer
-from pipeline.cadence import describe, horizon_label, matching, spacing
+from pipeline.cadence import CadenceDetector, describe, horizon_label, matching, parse_declared, spacing
 from pipeline.calibration import BandCalibrator
 from pipeline.config import ServiceConfig
 from pipeline.lanes import CadenceRouter
@@ -175,7 +175,8 @@ class Service:
             log.info("serving %s for stations every %s (lookback %d steps, horizons %s .. %s)", info.tag,
                      describe(cadence), card.data.lookback, horizon_label(min(card.data.horizons), cadence),
                      horizon_label(max(card.data.horizons), cadence))
-        self.router = CadenceRouter(lanes, StepConfig.of(self.cfg))
+        self.router = CadenceRouter(lanes, StepConfig.of(self.cfg),
+                                    CadenceDetector(declared=parse_declared(self.cfg.station_cadences)))
 
     def _swap_lanes(self) -> int:
         """New champions of the other cadences, between batches."""
@@ -539,9 +540,11 @@ class Service:
         return done
 
     def _stations_by_cadence(self, stations: list[str]) -> dict[int, list[str]]:
-        """The lane of each stored station, from the spacing of its newest stored readings (as the live stream would
-        detect it); a station with too few readings, or at a cadence no champion has, is detected again live."""
+        """The lane of each stored station: its declared cadence, else the spacing of its newest stored readings (as
+        the live stream would detect it); a station with too few readings, or at a cadence no champion has, is
+        detected again live."""
         router = self.router
+        declared = router.detector.declared
         newest_of = self.store.newest_by_station(stations)
         reach = (router.detector.n + 1) * max(router.cadences)
         recent = self.store.latest_readings(stations, {s: newest_of[s] - reach for s in stations})
@@ -549,9 +552,12 @@ class Service:
         out: dict[int, list[str]] = {}
         for s, idx in pd.Series(np.arange(len(recent))).groupby(recent["station"].to_numpy()).groups.items():
             tail = np.unique(ts[np.asarray(idx)])[-router.detector.n:]
-            if len(tail) < router.detector.n:
+            if s in declared:
+                cadence = matching(declared[s], router.lanes)
+            elif len(tail) < router.detector.n:
                 continue
-            cadence = matching(spacing(tail), router.lanes)
+            else:
+                cadence = matching(spacing(tail), router.lanes)
             if cadence is not None:
                 router.assign(s, cadence)
                 out.setdefault(cadence, []).append(s)

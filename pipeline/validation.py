@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
+from pipeline.cadence import parse_declared
 from pipeline.redact import redact_url
 from pipeline.store_url import ALLOWED, parse_store_url
 
@@ -98,6 +99,14 @@ def _margin(v: float) -> str | None:
     return None if v < 1 else "must be below 1 (a relative MAE gain)"
 
 
+def _declared_cadences(value: str) -> str | None:
+    try:
+        parse_declared(value)
+    except ValueError as exc:
+        return f"must be station=cadence entries, comma-separated: {exc}"
+    return None
+
+
 RULES: dict[str, Rule] = {
     "bootstrap_servers": _bootstrap,
     "security_protocol": _choice(SECURITY_PROTOCOLS),
@@ -131,6 +140,7 @@ RULES: dict[str, Rule] = {
     "finetune_timeout_s": _positive,
     "band_window": _between(0, 10_000, "must be 0 (no calibration) or a number of scores up to 10000"),
     "band_min_scores": _between(1, 10_000),
+    "station_cadences": _declared_cadences,
 }
 RULES["forecasts_topic"] = RULES["deadletter_topic"] = RULES["readings_topic"]
 for _name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):

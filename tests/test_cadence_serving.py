@@ -28,6 +28,7 @@ from tests.pipeline_harness import (
     ROOT,
     ServiceThread,
     expected_origins,
+    fast_cfg,
     make_setup,
     metric,
     publish,
@@ -265,3 +266,34 @@ def test_a_fresh_registry_serves_the_shipped_models_of_both_cadences(kafka_broke
         models = service.status()["service"]["models"]
         assert [(m["cadence"], m["model"], m["horizons"][0], m["horizons"][-1]) for m in models] == [
             ("10 min", "global-10min@v1", "+10 min", "+24 h"), ("1 h", "global@v1", "+1 h", "+24 h")]
+
+
+def test_a_declared_cadence_routes_a_station_at_its_first_reading(kafka_broker, tmp_path, denver, jena10):  # noqa: F811
+    """``station_cadences`` (declared, not detected): a station goes to its cadence's champion with its first reading;
+    an undeclared one waits for detection; a declaration that names no served cadence leaves the station unserved."""
+    setup = fast_cfg(make_setup(kafka_broker.bootstrap, tmp_path), station_cadences="JENA10=10min, DEN=3600,ODD=20min")
+    first = pd.concat([denver.iloc[:1], jena10.iloc[:1].assign(station="JENA10"),
+                       jena10.iloc[:1].assign(station="ODD"), jena10.iloc[:1].assign(station="UNDECLARED")])
+    stats = publish(setup, first)
+    with ServiceThread(setup) as service:
+        wait_until(lambda: service.totals.consumed >= stats.sent, 120, "the first readings consumed")
+        assert service.model_of("JENA10") == ("global-10min@v1", TEN_MIN)
+        assert service.model_of("DEN") == ("global@v1", 3600)
+        assert service.model_of("ODD") == (None, None) and service.model_of("UNDECLARED") == (None, None)
+        unserved = {u["station"]: u for u in service.status()["service"]["unserved"]}
+        assert set(unserved) == {"ODD"} and unserved["ODD"]["cadence_s"] == 1200
+    # A restart rebuilds the declared stations into their lanes from one stored reading each (too few to detect).
+    with ServiceThread(setup) as service:
+        wait_until(lambda: service.model_of("JENA10") == ("global-10min@v1", TEN_MIN), 60, "JENA10 rebuilt")
+        assert service.model_of("DEN") == ("global@v1", 3600) and service.model_of("UNDECLARED") == (None, None)
+
+
+def test_declared_cadences_are_checked_in_one_line():
+    from pipeline.cadence import parse_declared
+    from pipeline.config import load_config
+    from pipeline.validation import SettingError
+
+    assert parse_declared("a=10min, b=3600,c=1h,") == {"a": 600, "b": 3600, "c": 3600}
+    for bad in ("a", "a=fast", "=600", "a=0"):
+        with pytest.raises(SettingError, match="STATIONCAST_STATION_CADENCES.*station=cadence"):
+            load_config(env={"STATIONCAST_STATION_CADENCES": bad})

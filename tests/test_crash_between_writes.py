@@ -27,8 +27,8 @@ from tests.pipeline_harness import (
 from tests.test_restart_recovery import BAND_TOLERANCE
 
 DAYS, COPIES = 16, 2  # 6 stations x 384 h: a week of lookback, then 9 days of forecasts (own bands from day 10)
-BATCH = 150  # small polls: the crash lands in one of many batches, well after the bands became the stations' own
-CRASH_AT = 6  # the sixth batch that stores forecasts
+BATCH = 150  # small polls: the crash lands in one of many batches, after some bands became the stations' own
+CRASH_AFTER = 0.3  # the crash hits the first batch after this share of the forecast rows is stored
 
 
 class Crash(Exception):
@@ -57,13 +57,13 @@ def test_a_crash_between_errors_and_forecasts_leaves_every_band_as_without_it(ka
     crashed = fast_cfg(make_setup(kafka_broker.bootstrap, tmp_path / "crashed"), max_batch=BATCH)
     publish(crashed, records)
     service = build_service(crashed.cfg, crashed.bootstrap)
-    add_forecasts, calls = service.store.add_forecasts, []
+    add_forecasts, stored = service.store.add_forecasts, []
 
     def add_forecasts_then_crash(frame: pd.DataFrame) -> None:
-        calls.append(len(frame))
-        if len(calls) == CRASH_AT:
+        if sum(stored) >= CRASH_AFTER * expected:
             raise Crash
         add_forecasts(frame)
+        stored.append(len(frame))
 
     service.store.add_forecasts = add_forecasts_then_crash
     with pytest.raises(Crash):
