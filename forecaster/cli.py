@@ -105,7 +105,7 @@ def _span_args(p: argparse.ArgumentParser, train_until_help: str) -> None:
                    help="end of the test span, inclusive (default: the end of the data)")
 
 
-def add_commands(sub: argparse._SubParsersAction, seed: Callable[[Registry], object] | None = None) -> None:
+def add_commands(sub: argparse._SubParsersAction, seed: Callable[..., object] | None = None) -> None:
     """The model commands; ``seed`` (the shipped-model seeding, injected by :mod:`pipeline.cli`) runs on every
     registry a command reads a champion from, so a fresh install works at once."""
     t = sub.add_parser("train", help="train a model on station files and register it",
@@ -298,13 +298,23 @@ def _open_registry(args) -> Registry:
     seed = getattr(args, "registry_seed", None)
     if seed is not None:
         seed(registry)
+        for named in {getattr(args, "name", None), getattr(args, "base", None)} - {None}:
+            seed(registry, named)
     return registry
 
 
-def _check_cadence(series: list[StationSeries], cadence_s: int, tag: str, agg: str | None) -> list[StationSeries]:
-    """The series at the model's cadence: refused with both cadences named unless ``--resample`` was given, and
-    then aggregated, saying how (on stderr, so --json output stays one object)."""
-    out = conform(series, tag, cadence_s, agg)
+def _check_cadence(series: list[StationSeries], cadence_s: int, tag: str, agg: str | None,
+                   registry: Registry | None = None) -> list[StationSeries]:
+    """The series at the model's cadence: refused with both cadences named (and the registry's models of the
+    data's cadence, if any) unless ``--resample`` was given, and then aggregated, saying how (on stderr, so
+    --json output stays one object)."""
+    try:
+        out = conform(series, tag, cadence_s, agg)
+    except CadenceMismatch as exc:
+        others = _champions_at(registry, int(series[0].cadence.total_seconds())) if registry else []
+        if not others:
+            raise
+        raise CadenceMismatch(f"{exc}; or use the model of the data's cadence: --name {others[0]}") from None
     for before, after in zip(series, out, strict=True):
         if after is not before:
             print(f"{before.station}: resampled from {describe(before.cadence.total_seconds())} to "
@@ -324,13 +334,19 @@ def _json_mode(args):
 
 
 def _print_scores(name: str, val: dict, test: dict, cadence_s: int) -> None:
-    print(f"{name}: validation MAE {val['mae']:.3f} °C (persistence {val['persistence_mae']:.3f}), "
-          f"test MAE {test['mae']:.3f} °C (persistence {test['persistence_mae']:.3f}), skill {test['skill']:+.1%}")
+    """Validation and test MAE beside both baselines (diurnal persistence where the lookback holds a day)."""
+    def baselines(d: dict) -> str:
+        day = f", diurnal persistence {d['diurnal_mae']:.3f}" if "diurnal_mae" in d else ""
+        return f"persistence {d['persistence_mae']:.3f}{day}"
+
+    print(f"{name}: validation MAE {val['mae']:.3f} °C ({baselines(val)}), test MAE {test['mae']:.3f} °C "
+          f"({baselines(test)}), skill vs persistence {test['skill']:+.1%}")
     if len(test["by_horizon"]) > 1:
-        rows = [["horizon", "steps", "test MAE", "persistence"]]
-        rows += [[horizon_label(h * cadence_s / 60), str(h), f"{v['mae']:.3f}", f"{v['persistence_mae']:.3f}"]
-                 for h, v in test["by_horizon"].items()]
-        print(format_table(rows, right=[False, True, True, True], indent="  "))
+        day = "diurnal_mae" in test
+        rows = [["horizon", "steps", "test MAE", "persistence", *(["diurnal"] if day else [])]]
+        rows += [[horizon_label(h * cadence_s / 60), str(h), f"{v['mae']:.3f}", f"{v['persistence_mae']:.3f}",
+                  *([f"{v['diurnal_mae']:.3f}"] if day else [])] for h, v in test["by_horizon"].items()]
+        print(format_table(rows, right=[False, *[True] * (len(rows[0]) - 1)], indent="  "))
 
 
 def _span_line(series: list[StationSeries], ranges: list) -> str:
@@ -396,6 +412,16 @@ def _register_trained(args, registry: Registry, name: str, trained, note: str) -
     return 0
 
 
+def _champions_at(registry: Registry, cadence_s: int) -> list[str]:
+    """The registry's names whose champion reads steps of ``cadence_s``."""
+    out = []
+    for name in registry.names():
+        champion = registry.champion(name)
+        if champion is not None and registry.card(name, champion.version).cadence_s == cadence_s:
+            out.append(name)
+    return sorted(out, key=lambda n: (n.startswith("station-"), n))
+
+
 def _extend_cadence(series: list[StationSeries], registry: Registry, name: str, agg: str | None) -> list:
     """A new version of a name whose champion has another cadence would silently change what the name serves:
     refused (both cadences named) unless ``--resample`` aggregates the data to the champion's cadence."""
@@ -458,7 +484,7 @@ def cmd_evaluate(args) -> int:
     registry = _open_registry(args)
     model, card, info = registry.load(args.name, args.version)
     series = _load(args, (*card.data.features, card.data.target), f"model {info.tag}")
-    series = _check_cadence(series, card.cadence_s, info.tag, args.resample)
+    series = _check_cadence(series, card.cadence_s, info.tag, args.resample, registry)
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)
     with _json_mode(args):
@@ -496,7 +522,7 @@ def cmd_finetune(args) -> int:
     if len(series) != 1:
         raise DataError(f"finetune takes one station, the data has {len(series)}: pass --station "
                         f"({', '.join(s.station for s in series)})")
-    series = _check_cadence(series, card.cadence_s, info.tag, args.resample)
+    series = _check_cadence(series, card.cadence_s, info.tag, args.resample, registry)
     s = series[0]
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)

@@ -13,7 +13,7 @@ from forecaster.artifact import ModelCard
 from forecaster.calibration import calibrate
 from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
-from forecaster.evaluate import Predictions, predict_windows, score
+from forecaster.evaluate import Predictions, predict_windows, score, steps_per_day
 from forecaster.models import ModelConfig, build_model, n_parameters
 from forecaster.train import TrainConfig, TrainResult, seed_everything, train
 from forecaster.windows import Normalizer
@@ -66,12 +66,14 @@ def fit(
         seed_everything(train_cfg.seed)  # the initial weights too, not only the batch order, follow the seed
         model = build_model(arch)
     result = train(model, splits.train, splits.val, train_cfg, label=label)
-    val_p = predict_windows(model, splits.val, splits.normalizer, data.target)
+    season = steps_per_day(series[0].cadence.total_seconds())
+    season = season if season and data.lookback >= season else None  # the diurnal baseline, where windows hold it
+    val_p = predict_windows(model, splits.val, splits.normalizer, data.target, season=season)
     band = calibrate(val_p.pred, val_p.actual, arch.quantiles)  # fine-tuned models get their own too
     raw_val_coverage = score(val_p, data.horizons).get("band_coverage")
     if band is not None:
         val_p.pred = band.apply(val_p.pred, arch.median_index)
-    test_p = predict_windows(model, splits.test, splits.normalizer, data.target, band=band)
+    test_p = predict_windows(model, splits.test, splits.normalizer, data.target, band=band, season=season)
     val, test = score(val_p, data.horizons), score(test_p, data.horizons)
     coverage = {"val_coverage_uncalibrated": raw_val_coverage, "test_coverage": test.get("band_coverage")} \
         if raw_val_coverage is not None else {}

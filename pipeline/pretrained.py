@@ -67,7 +67,10 @@ def ensure_champion(registry: Registry, name: str) -> VersionInfo:
 
 def seed_registry(registry: Registry, name: str = GLOBAL) -> VersionInfo | None:
     """What the command line does on first use of a registry: the shipped model becomes the champion of a
-    registry that has none (as the service does at start); without a shipped model, nothing happens."""
-    if registry.champion(name) is None and shipped_artifact(name) is not None:
-        return ensure_champion(registry, name)
+    name that has none, as the service does at start; for the global name, every shipped cadence's champion
+    too (``global-10min``), so a 10-minute file finds its model. Without a shipped model, nothing happens."""
+    names = [name, *(n for n in cadence_champions(registry, name).values() if n != name)] if name == GLOBAL else [name]
+    for n in names:
+        if registry.champion(n) is None and shipped_artifact(n) is not None:
+            ensure_champion(registry, n)
     return registry.champion(name)

@@ -55,8 +55,21 @@ def test_a_10_minute_file_is_refused_by_the_hourly_model_naming_both_cadences(co
     res = stationcast(command, "--data", str(jena_slice), "--registry", str(tmp_path / "reg"), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     assert MISMATCH in res.stderr, res.stderr[-2000:]
+    assert "or use the model of the data's cadence: --name global-10min" in res.stderr  # the seeded shipped one
     assert "Traceback" not in res.stderr
     assert len([ln for ln in res.stderr.splitlines() if "error" in ln]) == 1, res.stderr
+
+
+def test_a_fresh_registry_scores_a_10_minute_file_with_the_shipped_10_minute_model(jena_slice, tmp_path):
+    """The command line seeds every shipped champion, as the service does: the name the refusal suggests works."""
+    res = stationcast("evaluate", "--data", str(jena_slice), "--registry", str(tmp_path / "reg"), "--name",
+                      "global-10min", "--json", "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert (out["model"], out["cadence_s"]) == ("global-10min@v1", 600)
+    card = load_artifact(SHIPPED_10MIN)[1]
+    assert [h["minutes"] for h in out["horizons"]] == [10 * h for h in card.data.horizons]
+    assert out["windows"] > 0 and all(h["mae"] > 0 and h["diurnal_mae"] > 0 for h in out["horizons"])
 
 
 def test_train_refuses_to_give_an_hourly_name_a_10_minute_version(jena_slice, tmp_path):
