@@ -4,7 +4,8 @@ Everything here runs in the service's loop thread (:meth:`Lifecycle.on_loop`, :m
 the service's collaborators handed in (registry, metrics, rolling skill, the serving model and a swap function), not
 the service itself; other threads (the scheduler) only set a flag through :meth:`request_swap`.
 
-Automatic rollback: when a *promoted* model starts serving, the predecessor's live rolling MAE is recorded.
+Automatic rollback, per cadence's champion (``global``, ``global-10min``, ...): when a *promoted* model starts
+serving, the predecessor's live rolling MAE over that cadence's stations is recorded.
 Once the new model's own forecasts have ``rollback_min_errors`` scored errors, their MAE is compared with it;
 if it is worse by more than ``rollback_margin`` (relative), the registry is rolled back and the service swaps
 back to the predecessor. ``rollback_min_errors = 0`` disables the check.
@@ -45,18 +46,18 @@ class Probation:
 
 
 class Lifecycle:
-    def __init__(self, cfg: ServiceConfig, registry: Registry, metrics: Metrics, skill: RollingSkill,
-                 serving: Callable[[], VersionInfo], swap: Callable[[], bool]):
-        """``serving``: the version the service serves now; ``swap``: make the service load the registry's
-        champions now (True when something changed)."""
-        self.cfg, self.registry, self.metrics, self.skill = cfg, registry, metrics, skill
-        self._serving, self._swap = serving, swap
+    def __init__(self, cfg: ServiceConfig, registry: Registry, metrics: Metrics,
+                 champions: Callable[[], dict[str, tuple[VersionInfo, RollingSkill]]], swap: Callable[[], bool]):
+        """``champions``: per cadence served, the champion name, the version serving it now and the lane's
+        rolling skill (the hourly one first); ``swap``: make the service load the registry's champions now (True
+        when something changed)."""
+        self.cfg, self.registry, self.metrics = cfg, registry, metrics
+        self._champions, self._swap = champions, swap
         self.rollback_margin = float(cfg.rollback_margin)
         self.rollback_min_errors = int(cfg.rollback_min_errors)
         self._swap_requested = threading.Event()
-        info = serving()
-        self._version, self._tag = info.version, info.tag
-        self.probation: Probation | None = None
+        self._serving = {name: (info.version, info.tag) for name, (info, _) in champions().items()}
+        self.probations: dict[str, Probation] = {}  # champion name -> its newly promoted version under watch
         self.decisions: list[dict] = []  # what the lifecycle decided, newest last (tests and status read it)
         self.scheduler = None  # the scheduled jobs, when pipeline.run attached them; stopped with the lifecycle
 
@@ -76,64 +77,67 @@ class Lifecycle:
         if self._swap_requested.is_set():
             self._swap_requested.clear()
             self._swap()
-        self._note_swap()
-        self._check_probation()
+        self._note_swaps()
+        for name in list(self.probations):
+            self._check_probation(name)
 
-    def _note_swap(self) -> None:
-        info = self._serving()
-        if info.version != self._version:
-            self._swapped(self._tag, info.version, info.tag)
+    def _note_swaps(self) -> None:
+        for name, (info, skill) in self._champions().items():
+            version, tag = self._serving.get(name, (None, None))
+            if info.version != version:
+                self._swapped(name, skill, tag, info.version, info.tag)
 
     def on_errors(self, errors: pd.DataFrame) -> None:
-        p = self.probation
-        if p is None or errors.empty:
+        if not self.probations or errors.empty:
             return
-        mine = errors["abs_error"].to_numpy()[errors["model_version"].to_numpy() == p.tag]
-        p.n += len(mine)
-        p.total += float(mine.sum())
+        versions = errors["model_version"].to_numpy()
+        abs_error = errors["abs_error"].to_numpy()
+        for p in self.probations.values():
+            mine = abs_error[versions == p.tag]
+            p.n += len(mine)
+            p.total += float(mine.sum())
 
-    def _swapped(self, old_tag: str, version: int, tag: str) -> None:
-        last = _last_event(self.registry, self.cfg.model_name, version)
+    def _swapped(self, name: str, skill: RollingSkill, old_tag: str | None, version: int, tag: str) -> None:
+        last = _last_event(self.registry, name, version)
         action = last.get("action") if last else None
-        self._version, self._tag = version, tag
+        self._serving[name] = (version, tag)
+        self.probations.pop(name, None)
         if action == "rollback":
             self.metrics.rollbacks.inc()
-            self.probation = None
             self._decide("rolled_back", f"now serving {tag} again (was {old_tag}): {last.get('note', '')}")
             return
-        predecessor_mae = self.skill.fleet_model
-        if self.rollback_min_errors > 0 and math.isfinite(predecessor_mae):
-            self.probation = Probation(tag, version, old_tag, predecessor_mae)
+        predecessor_mae = skill.fleet_model
+        if old_tag is not None and self.rollback_min_errors > 0 and math.isfinite(predecessor_mae):
+            self.probations[name] = Probation(tag, version, old_tag, predecessor_mae)
             self._decide("probation", f"{tag} replaces {old_tag}; predecessor live MAE {predecessor_mae:.4f}, "
                                       f"rollback if worse by {self.rollback_margin:.0%} over "
                                       f"{self.rollback_min_errors} errors")
         else:
-            self.probation = None
             self._decide("swapped", f"now serving {tag} (was {old_tag})")
 
-    def _check_probation(self) -> None:
-        p = self.probation
-        if p is None or p.n < self.rollback_min_errors:
+    def _check_probation(self, name: str) -> None:
+        p = self.probations[name]
+        if p.n < self.rollback_min_errors:
             return
-        self.probation = None
+        del self.probations[name]
         if p.mae <= p.predecessor_mae * (1 + self.rollback_margin):
             self._decide("kept", f"{p.tag} live MAE {p.mae:.4f} over {p.n} errors vs predecessor {p.predecessor} "
                                  f"{p.predecessor_mae:.4f}: kept")
             return
-        champion = self.registry.champion(self.cfg.model_name)
+        champion = self.registry.champion(name)
         if champion is None or champion.version != p.version:
             self._decide("kept", f"{p.tag} is no longer the champion; no rollback")
             return
         note = (f"auto rollback: {p.tag} live MAE {p.mae:.4f} over {p.n} errors worse than {p.predecessor} "
                 f"{p.predecessor_mae:.4f} by more than {self.rollback_margin:.0%}")
         try:
-            self.registry.rollback(self.cfg.model_name, note=note)
+            self.registry.rollback(name, note=note)
         except RegistryError as exc:
             self._decide("rollback_failed", f"{note}; {exc}")
             return
         log.warning(note)
         self._swap()
-        self._note_swap()  # counted as a rollback: the registry's last event for the version is the rollback
+        self._note_swaps()  # counted as a rollback: the registry's last event for the version is the rollback
 
     def _decide(self, decision: str, detail: str) -> None:
         log.info("lifecycle: %s: %s", decision, detail)

@@ -69,7 +69,8 @@ class Metrics:
                            "(see stationcast_skill_vs_best_baseline)", ["station"], registry=r)
         self.skill_best = Gauge(
             f"{NS}_skill_vs_best_baseline", "1 - MAE(model)/MAE(better of persistence and diurnal persistence), "
-            "rolling, by station (station=all: the fleet)", ["station"], registry=r)
+            "rolling, by station (station=all: the hourly fleet; all@10min: the fleet of another cadence)", ["station"],
+            registry=r)
         self.horizon_mae = Gauge(
             f"{NS}_horizon_rolling_mae_celsius", "Rolling MAE over all stations by horizon (hours) and forecaster",
             ["horizon", "forecaster"], registry=r)

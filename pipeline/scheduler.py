@@ -65,9 +65,10 @@ Runner = Callable[[list[str], float], tuple[int, str, str]]
 class ServingView(Protocol):
     """What the scheduler may see of the service, from its own thread: plain reads and one request."""
 
-    skill: RollingSkill  # live rolling MAEs (floats and dicts read without a lock, as a snapshot)
-
-    def champion_card(self) -> ModelCard: ...
+    def lanes(self) -> dict[str, tuple[RollingSkill, ModelCard]]:
+        """Per cadence served, its champion's name (the hourly one first), the lane's live rolling MAEs (floats
+        and dicts read without a lock, as a snapshot) and the champion's card."""
+        ...
 
     def station_card(self, station: str) -> ModelCard | None: ...
 
@@ -155,7 +156,7 @@ class LifecycleScheduler:
         self.runner: Runner = runner or (
             lambda cmd, timeout: run_subprocess(cmd, timeout, self._proc, job_env(self.cfg)))
         self.outcomes: list[Outcome] = []
-        self._drift_since: float | None = None
+        self._drift_since: dict[str, float] = {}  # champion name -> when its fleet began to drift
         self._station_drift_since: dict[str, float] = {}
         self._finetune_queue: set[str] = set()
         self._training = threading.Lock()  # one training subprocess at a time
@@ -396,9 +397,10 @@ class LifecycleScheduler:
         tolerance = float(c.drift_tolerance)
         hold = float(c.drift_for_s)
         now = time.monotonic()
-        skill = self.view.skill
         due = []
-        for station, mae in list(skill.station_model.items()):
+        scored = [(st, mae, lane) for lane, _ in list(self.view.lanes().values())
+                  for st, mae in list(lane.station_model.items())]
+        for station, mae, skill in scored:
             if skill.station_count.get(station, 0) < min_errors:
                 continue
             best = better_baseline(skill.station_persistence.get(station, math.nan),
@@ -420,29 +422,34 @@ class LifecycleScheduler:
         return due
 
     def check_drift(self) -> bool:
-        """True when drift has lasted ``drift_for_s`` and an early retraining was requested."""
-        c, skill = self.cfg, self.view.skill
-        live, pers, diurnal = skill.fleet_model, skill.fleet_persistence, skill.fleet_diurnal  # plain float reads
-        best = better_baseline(pers, diurnal)
-        reference = (self.view.champion_card().metrics or {}).get("val_mae")
-        tolerance = float(c.drift_tolerance)
-        min_errors = int(c.drift_min_errors)
-        if not math.isfinite(live) or skill.count < min_errors:
+        """True when drift in the fleet of a cadence served (its champion's stations) has lasted ``drift_for_s``
+        and an early retraining was requested (a retraining runs a round for every cadence's champion)."""
+        c, now = self.cfg, time.monotonic()
+        tolerance, min_errors = float(c.drift_tolerance), int(c.drift_min_errors)
+        checked = drifting = False
+        due: list[str] = []
+        for name, (skill, card) in list(self.view.lanes().items()):
+            live, pers, diurnal = skill.fleet_model, skill.fleet_persistence, skill.fleet_diurnal  # plain reads
+            if not math.isfinite(live) or skill.count < min_errors:
+                continue
+            checked = True
+            best = better_baseline(pers, diurnal)
+            reference = (card.metrics or {}).get("val_mae")
+            worse_than_card = reference is not None and live > float(reference) * (1 + tolerance)
+            worse_than_baseline = math.isfinite(best) and live > best
+            if not (worse_than_card or worse_than_baseline):
+                self._drift_since.pop(name, None)
+                continue
+            drifting = True
+            if now - self._drift_since.setdefault(name, now) >= float(c.drift_for_s):
+                self._drift_since.pop(name)
+                due.append(f"{name}: live MAE {live:.3f} vs card val MAE {_fmt(reference)} (+{tolerance:.0%}) "
+                           f"and the better baseline {best:.3f} (persistence {pers:.3f}, diurnal {diurnal:.3f})")
+        if checked:
+            self.drift.set(1.0 if drifting else 0.0)
+        if not due:
             return False
-        worse_than_card = reference is not None and live > float(reference) * (1 + tolerance)
-        worse_than_baseline = math.isfinite(best) and live > best
-        drifting = worse_than_card or worse_than_baseline
-        self.drift.set(1.0 if drifting else 0.0)
-        now = time.monotonic()
-        if not drifting:
-            self._drift_since = None
-            return False
-        self._drift_since = self._drift_since or now
-        if now - self._drift_since < float(c.drift_for_s):
-            return False
-        self._drift_since = None
-        reason = (f"live MAE {live:.3f} vs card val MAE {_fmt(reference)} (+{tolerance:.0%}) "
-                  f"and the better baseline {best:.3f} (persistence {pers:.3f}, diurnal {diurnal:.3f})")
+        reason = "; ".join(due)
         self.state.record("drift", datetime.now(UTC), reason=reason)
         return self.retrain_now(reason)
 

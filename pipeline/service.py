@@ -127,7 +127,7 @@ class Service:
         if broker is not None:
             broker.on_restart(self._broker_restarted)
         # Model lifecycle: swap requests and rollbacks (the scheduled jobs are attached by pipeline.run).
-        self.lifecycle = Lifecycle(cfg, self.registry, self.metrics, self.skill, serving=lambda: self.model_info,
+        self.lifecycle = Lifecycle(cfg, self.registry, self.metrics, self.lane_champions,
                                    swap=lambda: self.maybe_swap_model(force=True))
 
     # ------------------------------------------------------------------ model
@@ -258,8 +258,16 @@ class Service:
 
     # ------------------------------------------------------------------ what the scheduler sees (ServingView)
 
-    def champion_card(self) -> ModelCard:
-        return self.card
+    def lanes(self) -> dict[str, tuple[RollingSkill, ModelCard]]:
+        """Per cadence served: its champion's name, its lane's rolling skill and card (the hourly one first)."""
+        steps = [self.step, *(st for st in self.router.lanes.values() if st is not self.step)]
+        return {st.models.fleet.info.name: (st.skill, st.card) for st in steps}
+
+    def lane_champions(self) -> dict[str, tuple[VersionInfo, RollingSkill]]:
+        """Per cadence served: the champion version serving its stations and its lane's rolling skill (the
+        lifecycle's view: a promotion in any lane goes on probation against that lane's live MAE)."""
+        steps = [self.step, *(st for st in self.router.lanes.values() if st is not self.step)]
+        return {st.models.fleet.info.name: (st.models.fleet.info, st.skill) for st in steps}
 
     def station_card(self, station: str) -> ModelCard | None:
         step = (self.router.step_of(station) if self.router is not None else None) or self.step
@@ -665,7 +673,7 @@ class Service:
             service = {
                 "started_at": t.started_at, "ready": self.ready, "model": self.model_info.tag, "lag": t.lag,
                 "readings": t.consumed, "accepted": t.accepted, "rejected": t.rejected, "forecasts": t.forecasts,
-                "errors_scored": t.errors_scored, "store_up": self.store.up, **self._skill_status(),
+                "errors_scored": t.errors_scored, "store_up": self.store.up, **self._skill_status(self._main_lane()),
                 "models": self._models_status(),
                 "unserved": [{"station": st, "cadence_s": round(c), "reason": self._unserved_reason(c)}
                              for st, c in sorted(self.router.unserved.items())],
@@ -732,6 +740,7 @@ class Service:
                 "horizons": [horizon_label(int(h), cadence) for h in step.card.model.horizons],
                 "stations": sum(1 for s in stations if s not in own),
                 "station_models": sum(1 for s in stations if s in own),
+                "scores": self._skill_status(step),
             })
         return out
 
@@ -739,22 +748,34 @@ class Service:
         have = ", ".join(describe(c) for c in self.router.cadences)
         return f"reports every {describe(seconds)}; no champion at that cadence (served: {have})"
 
-    def _skill_status(self) -> dict:
+    def _main_lane(self) -> Step:
+        """The lane whose scores head the status page: the hourly one, unless it serves no station and another
+        lane does (a replay of 10-minute stations only)."""
+        served = self.router.served()
+        if served.get(self.card.cadence_s) or not any(served.values()):
+            return self.step
+        return self.router.lanes[max(served, key=lambda c: len(served[c]))]
+
+    def _skill_status(self, step: Step | None = None) -> dict:
         """Fleet rolling MAE of the model and both baselines, skill against the better one, and per horizon the
-        same with the band's coverage (the status page's scores table)."""
-        sk, hs = self.skill, self.horizon_skill
+        same with the band's coverage (the status page's scores table), of one lane (default: the hourly one;
+        each lane's are under ``models``: horizons of different cadences are different forecasts). The top of the
+        status is :meth:`_main_lane`'s."""
+        step = step or self.step
+        sk, hs, cadence = step.skill, step.horizon_skill, step.card.cadence_s
         m, p, d = sk.maes()
         horizons = []
         for h in hs.horizons():
             hm, hp, hd = (hs.mae[n].get(h, np.nan) for n in TRACKED)
-            horizons.append({"horizon": h, "mae": _num(hm), "persistence_mae": _num(hp), "diurnal_mae": _num(hd),
+            horizons.append({"horizon": h, "minutes": h * cadence // 60, "label": horizon_label(h, cadence),
+                             "mae": _num(hm), "persistence_mae": _num(hp), "diurnal_mae": _num(hd),
                              "skill": _num(skill_vs_best(hm, hp, hd)), "coverage": _num(hs.coverage.get(h))})
         return {
             "rolling_mae": _num(m), "rolling_persistence_mae": _num(p), "rolling_diurnal_mae": _num(d),
             "best_baseline": None if np.isnan(np.fmin(p, d)) else ("diurnal" if d < p else "persistence"),
             "skill": _num(sk.skill()), "skill_vs_persistence": _num(sk.skill_vs_persistence()),
-            "band_coverage": _num(hs.coverage_all), "band_nominal": self.calibrator.config.coverage,
-            "band_calibrated_stations": self.calibrator.stations_calibrated, "horizons": horizons,
+            "band_coverage": _num(hs.coverage_all), "band_nominal": step.calibrator.config.coverage,
+            "band_calibrated_stations": step.calibrator.stations_calibrated, "horizons": horizons,
         }
 
     def _release_idle(self) -> None:

@@ -21,8 +21,8 @@ def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True,
     """``batch``: a polled batch (False: a replay of stored readings, which counts no new messages). The consumed
     count moves last, so whoever waits for it (tests, the main job's end) sees every other count of the batch.
     ``lanes``: the other cadences' steps; their stations' scores go to their own lane's rolling skill, their fleet
-    (``station="all"``) series stay the hourly lane's, and their horizons are labelled ``<steps>@<cadence>``
-    (``6@10min``) so no series mixes cadences."""
+    series are ``station="all@<cadence>"`` (``station="all"`` stays the hourly lane's) and their horizons are
+    labelled ``<steps>@<cadence>`` (``6@10min``), so no series mixes cadences."""
     for outcome, n in out.ring.items():
         m.readings_outcome.labels(outcome=outcome).inc(n)
     m.windows_not_ready.inc(out.not_ready)
@@ -37,7 +37,7 @@ def export_step(m: Metrics, out: StepResult, step: Step, batch: bool = True,
         for c, lane in lanes.lanes.items():
             part = errors[cadence == c]
             if not part.empty:
-                _export_errors(m, part, lane, fleet=lane is step, suffix=_suffix(c))
+                _export_errors(m, part, lane, hourly=lane is step, suffix=_suffix(c))
     elif not errors.empty:
         _export_errors(m, errors, step)
     for p in out.passes:
@@ -55,11 +55,13 @@ def _suffix(cadence_s: int) -> str:
     return "" if cadence_s == HOURLY else f"@{cadence_label(cadence_s)}"
 
 
-def _export_errors(m: Metrics, errors, step: Step, fleet: bool = True, suffix: str = "") -> None:
+def _export_errors(m: Metrics, errors, step: Step, hourly: bool = True, suffix: str = "") -> None:
     """Rolling MAE of the model and both baselines, skill (vs persistence, and vs the better baseline), per station
-    and fleet; per horizon over the fleet, with band coverage and the fleet's band offsets."""
+    and over the lane's fleet (``station="all<suffix>"``); per horizon over the fleet, with band coverage and the
+    fleet's band offsets."""
     m.errors_scored.inc(len(errors))
-    if fleet:  # the per-horizon error histograms are the hourly lane's
+    fleet = f"all{suffix}"
+    if hourly:  # the per-horizon error histograms are the hourly lane's (their horizon label is in hours)
         m.observe_errors(errors["horizon"].to_numpy(), errors["abs_error"].to_numpy(),
                          errors["persistence_abs_error"].to_numpy(), errors["diurnal_abs_error"].to_numpy())
     stations = errors["station"].unique()
@@ -68,8 +70,7 @@ def _export_errors(m: Metrics, errors, step: Step, fleet: bool = True, suffix: s
         table = getattr(sk, f"station_{name}")
         have = [s for s in stations if s in table]
         m.set_station_gauges(have, m.rolling_mae, [table[s] for s in have], forecaster=name)
-        if fleet:
-            m.rolling_mae.labels(station="all", forecaster=name).set(getattr(sk, f"fleet_{name}"))
+        m.rolling_mae.labels(station=fleet, forecaster=name).set(getattr(sk, f"fleet_{name}"))
     m.set_station_gauges(stations, m.skill, [sk.skill_vs_persistence(s) for s in stations])
     m.set_station_gauges(stations, m.skill_best, [sk.skill(s) for s in stations])
     hs = step.horizon_skill
@@ -81,10 +82,9 @@ def _export_errors(m: Metrics, errors, step: Step, fleet: bool = True, suffix: s
         m.band_coverage.labels(horizon=label).set(hs.coverage.get(h, np.nan))
     for h, q in step.calibrator.summary().items():
         m.band_offset.labels(horizon=f"{h}{suffix}").set(q)
-    if fleet:
-        m.skill.labels(station="all").set(sk.skill_vs_persistence())
-        m.skill_best.labels(station="all").set(sk.skill())
-        m.band_coverage.labels(horizon="all").set(hs.coverage_all)
+    m.skill.labels(station=fleet).set(sk.skill_vs_persistence())
+    m.skill_best.labels(station=fleet).set(sk.skill())
+    m.band_coverage.labels(horizon=fleet).set(hs.coverage_all)
 
 
 def _export_pass(m: Metrics, p: ForwardPass, arrived: float) -> None:

@@ -87,13 +87,16 @@ class FakeView:
     """What the scheduler sees of a service (:class:`pipeline.scheduler.ServingView`), for unit tests of its jobs:
     a real rolling skill the test feeds, a champion card's validation MAE and no station models."""
 
-    def __init__(self, skill, val_mae: float):
+    def __init__(self, skill, val_mae: float, other_lanes: dict | None = None):
+        """``other_lanes``: other cadences' champions, ``{name: (rolling skill, val_mae)}``."""
         self.skill = skill
-        self._card = SimpleNamespace(metrics={"val_mae": val_mae})
+        self._lanes = {"global": (skill, SimpleNamespace(metrics={"val_mae": val_mae}))}
+        for name, (lane_skill, lane_val) in (other_lanes or {}).items():
+            self._lanes[name] = (lane_skill, SimpleNamespace(metrics={"val_mae": lane_val}))
         self.swaps_requested = 0
 
-    def champion_card(self):
-        return self._card
+    def lanes(self):
+        return dict(self._lanes)
 
     def station_card(self, station: str):
         return None

@@ -78,7 +78,8 @@ def test_the_required_conditions_are_covered():
     for needle in (
         'stationcast_rolling_mae_celsius{forecaster="model"',  # model worse than the better baseline, per station
         'forecaster=~"persistence|diurnal"',
-        'stationcast_band_coverage{horizon="all"}',
+        'stationcast_band_coverage{horizon=~"all(@.+)?"}',  # every cadence's fleet
+        'station=~"all@.+"',  # the fleet of another cadence than hourly
         "stationcast_consumer_lag",
         "stationcast_seconds_since_reading",
         "stationcast_max_seconds_since_reading",

@@ -119,6 +119,26 @@ def test_mixed_cadences_are_each_served_by_their_own_champion(kafka_broker, tmp_
         assert metric(service, "stationcast_stations_served", {"model": hourly_tag, "cadence": "3600"}) == 1
         assert metric(service, "stationcast_stations_unserved", {"cadence": "1200"}) == 1
         assert metric(service, "stationcast_readings_unserved_total") == len(slow)
+        # Each cadence's fleet has its own scores: the hourly one under station="all" and the top of the status
+        # page, the 10-minute one under station="all@10min" and its lane's entry; horizons in its own time.
+        wait_until(lambda: _lane_scored(service, TEN_MIN) and _lane_scored(service, 3600), 60, "both lanes scored")
+        status = service.status({"limit": "10"})
+        scores = {m["cadence_s"]: m["scores"] for m in status["service"]["models"]}
+        fleet = {"all": scores[3600], "all@10min": scores[TEN_MIN]}
+        for label, sc in fleet.items():
+            for forecaster, key in (("model", "rolling_mae"), ("persistence", "rolling_persistence_mae"),
+                                    ("diurnal", "rolling_diurnal_mae")):
+                exposed = metric(service, "stationcast_rolling_mae_celsius", {"station": label,
+                                                                               "forecaster": forecaster})
+                assert exposed == pytest.approx(sc[key], abs=1e-3), (label, forecaster)
+            assert metric(service, "stationcast_skill_vs_best_baseline", {"station": label}) == \
+                pytest.approx(sc["skill"], abs=1e-3)
+        assert status["service"]["rolling_mae"] == scores[3600]["rolling_mae"]
+        assert scores[TEN_MIN]["rolling_mae"] != scores[3600]["rolling_mae"]
+        assert [h["label"] for h in scores[TEN_MIN]["horizons"]][:2] == ["+10 min", "+20 min"]
+        assert [h["horizon"] for h in scores[3600]["horizons"]] == list(setup.card.data.horizons)
+        assert metric(service, "stationcast_band_coverage", {"horizon": "all@10min"}) == \
+            pytest.approx(scores[TEN_MIN]["band_coverage"], abs=1e-3)
     fc = stored_forecasts(setup.cfg.store_url)
     assert set(fc["station"]) == {"DEN", "JENA10"}, "the 20-minute station must not be forecast by any model"
     for station, tag, card in (("DEN", hourly_tag, setup.card), ("JENA10", ten_tag, ten_card)):
@@ -139,6 +159,45 @@ def test_mixed_cadences_are_each_served_by_their_own_champion(kafka_broker, tmp_
     ten = errors[errors["station"] == "JENA10"]
     assert len(ten) and np.isin(ten["target_ts"], jena_ts).all()
     assert len(ten[ten["horizon"] == 1]) >= len(jena) - ten_card.data.lookback - DETECT_READINGS
+
+
+def _lane_scored(service, cadence: int) -> bool:
+    models = service.status({"limit": "1"})["service"]["models"]
+    return any(m["cadence_s"] == cadence and m["scores"]["rolling_mae"] is not None for m in models)
+
+
+def test_a_worse_10_minute_champion_is_rolled_back_in_its_own_lane(kafka_broker, tmp_path, jena10,  # noqa: F811
+                                                                   ten_minute_model):
+    """Automatic rollback watches every cadence's champion: a worse global-10min promoted while the 10-minute
+    station is served goes on probation against that lane's live MAE and is rolled back; the hourly champion is
+    not touched."""
+    setup = fast_cfg(make_setup(kafka_broker.bootstrap, tmp_path), model_check_s=0.3, rollback_min_errors=300,
+                     rollback_margin=0.2)
+    good = _register(setup, ten_minute_model)
+    registry = Registry(setup.cfg.registry)
+    name = champion_name(setup.cfg.model_name, TEN_MIN)
+    hourly = registry.champion(setup.cfg.model_name).tag
+    model, card, _ = registry.load(name)
+    with torch.no_grad():  # a deliberately broken copy: every output shifted by the head's bias
+        dict(model.named_parameters())["head.bias"].add_(1.0)
+    bad = registry.register(name, model, card, note="deliberately worse")
+    jena = jena10.assign(station="JENA10")
+    day = jena["time"].min() + pd.Timedelta(days=2)
+    with ServiceThread(setup) as service:
+        s1 = publish(setup, jena[jena["time"] < day])
+        wait_until(lambda: service.totals.consumed >= s1.sent and _lane_scored(service, TEN_MIN), 120, "live errors")
+        assert service.model_of("JENA10") == (good, TEN_MIN)
+        registry.promote(name, bad.version, note="a bad promotion")
+        wait_until(lambda: service.model_of("JENA10")[0] == bad.tag, 20, "the swap to the bad model")
+        s2 = publish(setup, jena[(jena["time"] >= day) & (jena["time"] < day + pd.Timedelta(days=2))])
+        wait_until(lambda: service.model_of("JENA10")[0] == good, 90, "the automatic rollback")
+        assert metric(service, "stationcast_rollbacks_total") == 1
+        decisions = [d["decision"] for d in service.lifecycle.decisions]
+        assert "probation" in decisions and "rolled_back" in decisions
+        wait_until(lambda: service.totals.consumed >= s1.sent + s2.sent, 60, "all consumed")
+    assert registry.champion(name).tag == good
+    assert "auto rollback" in registry.events(name)[-1]["note"]
+    assert registry.champion(setup.cfg.model_name).tag == hourly
 
 
 def _slice_file(tmp_path, source, every: int) -> str:

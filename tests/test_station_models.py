@@ -32,7 +32,7 @@ from pipeline.finetune import FinetuneSettings, eligible_stations, finetune_stat
 from pipeline.metrics import Metrics
 from pipeline.pretrained import ensure_champion, shipped_artifact
 from pipeline.replay import records_for_replay
-from pipeline.scheduler import LifecycleScheduler
+from pipeline.scheduler import LifecycleScheduler, ScheduleState, state_path
 from pipeline.scoring import RollingSkill
 from pipeline.serving import Served, ServingModels
 from pipeline.shadow import shadow_errors
@@ -240,6 +240,28 @@ def test_drift_is_measured_against_the_better_baseline(tmp_path):
     assert sched.check_station_drift() == []
     sched.check_drift()
     assert service.metrics.registry.get_sample_value("stationcast_drift_detected") == 0
+
+
+def test_drift_is_checked_in_every_cadences_lane(tmp_path):
+    """The 10-minute stations have their own champion and rolling skill: their fleet and stations falling behind
+    the better baseline is drift even while the hourly lane is fine."""
+    c = ServiceConfig(store_url=f"sqlite:///{tmp_path}/store.db", registry=str(tmp_path / "registry"),
+                      drift_for_s=0.0, drift_min_errors=100, drift_station_min_errors=50, drift_tolerance=10.0)
+    hourly, ten = RollingSkill(), RollingSkill()
+    hourly.update(_errors("DEN", 1.0, 2.0, 300).assign(diurnal_abs_error=1.8))
+    ten.update(_errors("JENA10", 1.5, 2.0, 300).assign(diurnal_abs_error=1.2))
+    metrics = Metrics()
+    sched = LifecycleScheduler(c, metrics, FakeView(hourly, 2.0, {"global-10min": (ten, 2.0)}),
+                               runner=lambda cmd, timeout: (0, "", ""))
+    assert sched.check_station_drift() == ["JENA10"]
+    sched.check_drift()
+    assert metrics.registry.get_sample_value("stationcast_drift_detected") == 1
+    reason = ScheduleState(state_path(c)).read()["drift"]["reason"]
+    assert reason.startswith("global-10min: live MAE 1.500") and "global:" not in reason
+    # Only the hourly lane: no drift.
+    sched = LifecycleScheduler(c, Metrics(), FakeView(hourly, 2.0), runner=lambda cmd, timeout: (0, "", ""))
+    assert sched.check_station_drift() == [] and sched.check_drift() is False
+    assert sched.metrics.registry.get_sample_value("stationcast_drift_detected") == 0
 
 
 def test_drift_triggers_early_retraining_and_station_fine_tuning(tmp_path):
