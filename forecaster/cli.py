@@ -127,6 +127,9 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[..., object] | 
                    help=f"24 | 1-24 | 6,12,24 (steps ahead; default {','.join(map(str, D.horizons))})")
     t.add_argument("--quantiles", type=_floats, default=(), help="e.g. 0.1,0.5,0.9 for an uncertainty band")
     t.add_argument("--time-features", action="store_true", help="add time-of-day and day-of-year encodings")
+    t.add_argument("--phase-relative", action="store_true",
+                   help="with --time-features: read the time of day relative to each window's warmest hour, so "
+                        "stations on local time and on UTC (or in other time zones) look alike")
     t.add_argument("--residual", action="store_true", help="predict the change from the last observation")
     t.add_argument("--anchor", choices=list(ANCHORS),
                    help="what forecasts are relative to: none, last (= --residual), or both: a learned per-horizon "
@@ -381,10 +384,20 @@ def cmd_train(args) -> int:
                         dropout=args.dropout, residual=args.residual, season=season,
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
-                        band_offsets=args.band_offsets)
+                        band_offsets=args.band_offsets, phase=_phase_columns(args, data))
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))
     return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
+
+
+def _phase_columns(args, data: DataConfig) -> tuple[int, ...]:
+    """The (sin, cos) time-of-day input columns for ``--phase-relative``."""
+    if not args.phase_relative:
+        return ()
+    if not args.time_features:
+        raise DataError("--phase-relative needs --time-features (it reads the time of day relative to the window)")
+    names = data.input_names
+    return names.index("tod_sin"), names.index("tod_cos")
 
 
 def _train_spans(args, series: list[StationSeries], data: DataConfig) -> list:
@@ -433,8 +446,8 @@ def _extend_cadence(series: list[StationSeries], registry: Registry, name: str, 
     return _check_cadence(series, registry.card(name, champion.version).cadence_s, champion.tag, agg)
 
 
-TRANSFER_FIXED = ("model", "features", "target", "quantiles", "time_features", "residual", "anchor", "relative",
-                  "band_offsets", "conv", "hidden", "dropout", "step")
+TRANSFER_FIXED = ("model", "features", "target", "quantiles", "time_features", "phase_relative", "residual", "anchor",
+                  "relative", "band_offsets", "conv", "hidden", "dropout", "step")
 
 
 def _train_transfer(args) -> int:

@@ -49,6 +49,9 @@ class ModelConfig:
     # the recurrent features: the fine detail (the last minutes' trend) that the front-end's pooling blurs and that
     # the shortest horizons live on. 0: none.
     recent: int = 0
+    # Input columns (sin, cos) of the time of day to read relative to the window's own diurnal cycle of the target
+    # (:func:`phase_relative`): the same encoding for a station on local time and one on UTC. (): as they are.
+    phase: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -60,6 +63,8 @@ class ModelConfig:
         object.__setattr__(self, "residual", self.anchor != "none")
         if any(not 0 <= i < self.n_features for i in self.relative):
             raise ValueError(f"relative input columns {self.relative} outside the {self.n_features} inputs")
+        if self.phase and (len(self.phase) != 2 or any(not 0 <= i < self.n_features for i in self.phase)):
+            raise ValueError(f"phase must name the (sin, cos) time-of-day input columns, got {self.phase}")
         if self.recent < 0:
             raise ValueError(f"recent must be >= 0 readings, got {self.recent}")
         if self.adapter < 1:
@@ -102,6 +107,7 @@ class ModelConfig:
         d["horizons"] = list(self.horizons)
         d["quantiles"] = list(self.quantiles)
         d["relative"] = list(self.relative)
+        d["phase"] = list(self.phase)
         return d
 
     @classmethod
@@ -111,6 +117,7 @@ class ModelConfig:
         d["horizons"] = tuple(d["horizons"])
         d["quantiles"] = tuple(d.get("quantiles", ()))
         d["relative"] = tuple(d.get("relative", ()))
+        d["phase"] = tuple(d.get("phase", ()))
         return cls(**d)
 
 
@@ -209,7 +216,8 @@ class _Forecaster(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         last = x[:, -1, cfg.target_index, None]
-        z = x - x.mean(dim=1, keepdim=True) * self.rel_mask if cfg.relative else x
+        z = phase_relative(x, cfg.target_index, *cfg.phase) if cfg.phase else x
+        z = z - z.mean(dim=1, keepdim=True) * self.rel_mask if cfg.relative else z
         feats = self.features(z)
         if cfg.recent:
             feats = torch.cat([feats, x[:, -cfg.recent - 1 : -1, cfg.target_index] - last], dim=1)
@@ -223,6 +231,22 @@ class _Forecaster(nn.Module):
         elif cfg.anchor == "last":
             out = out + last[:, :, None]
         return out
+
+
+def phase_relative(x: torch.Tensor, target: int, sin: int, cos: int) -> torch.Tensor:
+    """``x`` [B, L, F] with its time-of-day columns rotated so that angle 0 is the warmest hour of the window's
+    mean day (the phase of the target's first diurnal harmonic over the window). A clock's time of day means a
+    different solar hour at every longitude and time zone (NOAA's records are in UTC, Jena's in local time); the
+    hour since the window's own warmest one means the same everywhere."""
+    t = x[..., target] - x[..., target].mean(dim=1, keepdim=True)
+    s, c = x[..., sin], x[..., cos]
+    a, b = (t * c).mean(dim=1, keepdim=True), (t * s).mean(dim=1, keepdim=True)  # t ~ cos(wt - p): (a, b) ~ p
+    r = torch.sqrt(a * a + b * b).clamp_min(1e-6)
+    cp, sp = a / r, b / r
+    out = x.clone()
+    out[..., sin] = s * cp - c * sp
+    out[..., cos] = c * cp + s * sp
+    return out
 
 
 def _offsets_to_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:

@@ -123,3 +123,36 @@ def test_cadence_adapter_starts_as_the_hourly_model_fed_hourly_means():
         out = fine(x)
     assert out.shape == (4, 4, 3)
     assert fine_cfg.min_input_length() == max(144, 6 * hourly._stack_length())  # a day, and the stack's 6-fold
+
+
+def _clock_window(peak_hour: float, clock_offset_h: float, hours: int = 168) -> torch.Tensor:
+    """A week of hourly rows: [T, tod_sin, tod_cos], T peaking at ``peak_hour`` solar time, the time-of-day
+    encoding read on a clock ``clock_offset_h`` hours ahead of solar time (UTC for a station west of Greenwich)."""
+    import math
+
+    t = torch.arange(hours, dtype=torch.float64)
+    temp = 5 * torch.cos(2 * math.pi * (t - peak_hour) / 24) + 0.3 * torch.sin(2 * math.pi * t / 168)
+    clock = 2 * math.pi * (t + clock_offset_h) / 24
+    return torch.stack([temp, torch.sin(clock), torch.cos(clock)], dim=-1)[None].float()
+
+
+def test_phase_relative_time_of_day_is_the_same_on_any_clock():
+    """The same weather read on local time and on UTC (7 h apart, like Denver) gives the same inputs once the
+    time of day is phase-relative, and angle 0 is the window's warmest hour."""
+    from forecaster.models import phase_relative
+
+    local, utc = _clock_window(15, 0), _clock_window(15, 7)
+    assert not torch.allclose(local[..., 1:], utc[..., 1:], atol=0.1)  # the clocks differ ...
+    a, b = phase_relative(local, 0, 1, 2), phase_relative(utc, 0, 1, 2)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # ... what the model reads does not
+    warmest = local[0, :, 0].argmax()
+    assert a[0, warmest, 2] == pytest.approx(1.0, abs=0.01) and a[0, warmest, 1] == pytest.approx(0.0, abs=0.05)
+    torch.testing.assert_close(a[..., 0], local[..., 0])  # the sensors themselves are untouched
+
+
+def test_phase_relative_config_round_trips_and_checks_its_columns():
+    cfg = ModelConfig("conv_gru", 6, 0, horizons=(1, 2), phase=(4, 5), anchor="both")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert build_model(cfg)(torch.randn(2, 168, 6)).shape == (2, 2, 1)
+    with pytest.raises(ValueError, match="phase"):
+        ModelConfig("gru", 6, 0, phase=(4,))
