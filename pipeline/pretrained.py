@@ -44,8 +44,9 @@ def cadence_champions(registry: Registry, base: str = GLOBAL) -> dict[int, str]:
     return {HOURLY: base, **dict(sorted(out.items()))}
 
 
-def ensure_champion(registry: Registry, name: str) -> VersionInfo:
-    """The registry's champion for ``name``; a fresh registry is seeded with the shipped model first."""
+def ensure_champion(registry: Registry, name: str, level: int = logging.INFO) -> VersionInfo:
+    """The registry's champion for ``name``; a fresh registry is seeded with the shipped model first (logged at
+    ``level``: the service says so, a command keeps its stderr for its own result or its one-line error)."""
     champion = registry.champion(name)
     if champion is not None:
         return champion
@@ -61,16 +62,17 @@ def ensure_champion(registry: Registry, name: str) -> VersionInfo:
         raise RegistryError(f"the shipped model is unusable: {exc}") from exc
     info = registry.register(name, model, card, note=f"shipped pretrained model ({shipped.name})")
     registry.promote(name, info.version, note="seeded from the shipped model")
-    log.info("seeded %s with the shipped model as %s", registry.root, info.tag)
+    log.log(level, "seeded %s with the shipped model as %s", registry.root, info.tag)
     return registry.champion(name)
 
 
 def seed_registry(registry: Registry, name: str = GLOBAL) -> VersionInfo | None:
-    """What the command line does on first use of a registry: the shipped model becomes the champion of a
-    name that has none, as the service does at start; for the global name, every shipped cadence's champion
-    too (``global-10min``), so a 10-minute file finds its model. Without a shipped model, nothing happens."""
-    names = [name, *(n for n in cadence_champions(registry, name).values() if n != name)] if name == GLOBAL else [name]
+    """What the command line does on use of a registry: the shipped model becomes the champion of a name that
+    has none, as the service does at start; a brand-new registry gets every shipped cadence's champion too
+    (``global-10min``), so a 10-minute file finds its model. Without a shipped model, nothing happens."""
+    fresh = name == GLOBAL and not registry.names()
+    names = [name, *(n for n in cadence_champions(registry, name).values() if n != name)] if fresh else [name]
     for n in names:
         if registry.champion(n) is None and shipped_artifact(n) is not None:
-            ensure_champion(registry, n)
+            ensure_champion(registry, n, logging.DEBUG)
     return registry.champion(name)

@@ -335,6 +335,10 @@ class Service:
 
     @property
     def ready(self) -> bool:
+        """Serving: partitions assigned, a model, a broker and the store. False while still starting: the store
+        may report an outage (and its end) while the models load, before the consumer exists."""
+        if getattr(self, "consumer", None) is None:
+            return False
         return (bool(self.consumer.assignment()) and self.predictor is not None and self.broker_reachable
                 and self.store.up)
 

@@ -75,8 +75,7 @@ def test_models_tables_are_aligned_for_long_station_ids(registry_with_long_stati
     head, *rows = listing.splitlines()
     status_at = head.index("status")
     assert {r[status_at:].split()[0] for r in rows} == {"champion"}, listing
-    # seeded: every shipped champion, as the service seeds them
-    assert {r.split()[0] for r in rows} == {f"{station_model_name(LONG_ID)}@v1", "global@v1", "global-10min@v1"}
+    assert {r.split()[0] for r in rows} == {f"{station_model_name(LONG_ID)}@v1", "global@v1"}  # seeded
     head, *rows = serving.splitlines()
     by_at, own_end = head.index("served by"), columns_end(head, ["holdout MAE"])[0]
     assert [r[by_at:].split()[0] for r in rows] == [f"{station_model_name(LONG_ID)}@v1", "global@v1"], serving
