@@ -221,10 +221,13 @@ def build() -> dict[str, Any]:
         f" / sum(rate(stationcast_readings_consumed_total{{{JOB}}}[{RATE}]))", "rejected")),
         unit="percentunit", thresholds=_green_red(0.05), w=3)
     b.stat("Skill vs better baseline",
-           _targets((f'avg(stationcast_skill_vs_best_baseline{{station="all", {JOB}}})', "skill")),
+           _targets((f'avg by (station) (stationcast_skill_vs_best_baseline{{station=~"all(@.+)?", {JOB}}})',
+                     "{{station}}")),
            unit="percentunit", thresholds=_green_red(0, True), w=3,
-           description="1 - MAE(model) / MAE(better of persistence and diurnal persistence) over the fleet's "
-                       "rolling window (station=\"all\"); above 0 the model beats both.")
+           options={"textMode": "value_and_name", "graphMode": "none"},
+           description="1 - MAE(model) / MAE(better of persistence and diurnal persistence) over each cadence's "
+                       "fleet's rolling window (all: the hourly stations, all@10min: the 10-minute ones); above 0 "
+                       "the model beats both.")
     b.stat("Stations ready", _targets((f"sum(stationcast_stations_ready{{{JOB}}})", "ready"),
                                       (f"sum(stationcast_stations{{{JOB}}})", "held")), w=3,
            options={"textMode": "value_and_name", "graphMode": "none"})
