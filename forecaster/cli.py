@@ -307,17 +307,17 @@ def _open_registry(args) -> Registry:
 
 
 def _check_cadence(series: list[StationSeries], cadence_s: int, tag: str, agg: str | None,
-                   registry: Registry | None = None) -> list[StationSeries]:
+                   registry: Registry | None = None, flag: str = "--name") -> list[StationSeries]:
     """The series at the model's cadence: refused with both cadences named (and the registry's models of the
-    data's cadence, if any) unless ``--resample`` was given, and then aggregated, saying how (on stderr, so
-    --json output stays one object)."""
+    data's cadence, if any, as the command's ``flag`` that picks the model) unless ``--resample`` was given, and
+    then aggregated, saying how (on stderr, so --json output stays one object)."""
     try:
         out = conform(series, tag, cadence_s, agg)
     except CadenceMismatch as exc:
         others = _champions_at(registry, int(series[0].cadence.total_seconds())) if registry else []
         if not others:
             raise
-        raise CadenceMismatch(f"{exc}; or use the model of the data's cadence: --name {others[0]}") from None
+        raise CadenceMismatch(f"{exc}; or use the model of the data's cadence: {flag} {others[0]}") from None
     for before, after in zip(series, out, strict=True):
         if after is not before:
             print(f"{before.station}: resampled from {describe(before.cadence.total_seconds())} to "
@@ -375,6 +375,7 @@ def cmd_train(args) -> int:
         features=features, target=args.target, lookback=args.lookback, step=args.step, horizons=args.horizons,
         time_features=args.time_features, **({"split": tuple(args.split)} if args.split else {}),
     )
+    phase = _phase_columns(args, data)
     ranges = _train_spans(args, series, data)
     season = int(86400 // series[0].cadence.total_seconds())
     unknown = sorted(set(_names(args.relative)) - set(features))
@@ -384,7 +385,7 @@ def cmd_train(args) -> int:
                         dropout=args.dropout, residual=args.residual, season=season,
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
-                        band_offsets=args.band_offsets, phase=_phase_columns(args, data))
+                        band_offsets=args.band_offsets, phase=phase)
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))
     return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
@@ -535,7 +536,7 @@ def cmd_finetune(args) -> int:
     if len(series) != 1:
         raise DataError(f"finetune takes one station, the data has {len(series)}: pass --station "
                         f"({', '.join(s.station for s in series)})")
-    series = _check_cadence(series, card.cadence_s, info.tag, args.resample, registry)
+    series = _check_cadence(series, card.cadence_s, info.tag, args.resample, registry, flag="--base")
     s = series[0]
     check_long_enough(series, card.data)
     spans = resolve(series, args.train_until, args.test_from, args.test_until)

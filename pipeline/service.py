@@ -258,16 +258,18 @@ class Service:
 
     # ------------------------------------------------------------------ what the scheduler sees (ServingView)
 
+    def _steps(self) -> list[Step]:
+        """Every lane's step, the hourly one first."""
+        return [self.step, *(st for st in self.router.lanes.values() if st is not self.step)]
+
     def lanes(self) -> dict[str, tuple[RollingSkill, ModelCard]]:
         """Per cadence served: its champion's name, its lane's rolling skill and card (the hourly one first)."""
-        steps = [self.step, *(st for st in self.router.lanes.values() if st is not self.step)]
-        return {st.models.fleet.info.name: (st.skill, st.card) for st in steps}
+        return {st.models.fleet.info.name: (st.skill, st.card) for st in self._steps()}
 
     def lane_champions(self) -> dict[str, tuple[VersionInfo, RollingSkill]]:
         """Per cadence served: the champion version serving its stations and its lane's rolling skill (the
         lifecycle's view: a promotion in any lane goes on probation against that lane's live MAE)."""
-        steps = [self.step, *(st for st in self.router.lanes.values() if st is not self.step)]
-        return {st.models.fleet.info.name: (st.models.fleet.info, st.skill) for st in steps}
+        return {st.models.fleet.info.name: (st.models.fleet.info, st.skill) for st in self._steps()}
 
     def station_card(self, station: str) -> ModelCard | None:
         step = (self.router.step_of(station) if self.router is not None else None) or self.step
@@ -760,12 +762,10 @@ class Service:
             return self.step
         return self.router.lanes[max(served, key=lambda c: len(served[c]))]
 
-    def _skill_status(self, step: Step | None = None) -> dict:
+    def _skill_status(self, step: Step) -> dict:
         """Fleet rolling MAE of the model and both baselines, skill against the better one, and per horizon the
-        same with the band's coverage (the status page's scores table), of one lane (default: the hourly one;
-        each lane's are under ``models``: horizons of different cadences are different forecasts). The top of the
-        status is :meth:`_main_lane`'s."""
-        step = step or self.step
+        same with the band's coverage (the status page's scores table), of one lane (each lane's are under
+        ``models``: horizons of different cadences are different forecasts; the top is :meth:`_main_lane`'s)."""
         sk, hs, cadence = step.skill, step.horizon_skill, step.card.cadence_s
         m, p, d = sk.maes()
         horizons = []

@@ -55,7 +55,8 @@ def test_a_10_minute_file_is_refused_by_the_hourly_model_naming_both_cadences(co
     res = stationcast(command, "--data", str(jena_slice), "--registry", str(tmp_path / "reg"), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     assert MISMATCH in res.stderr, res.stderr[-2000:]
-    assert "or use the model of the data's cadence: --name global-10min" in res.stderr  # the seeded shipped one
+    flag = "--base" if command == "finetune" else "--name"  # the flag that picks the model to start from
+    assert f"or use the model of the data's cadence: {flag} global-10min" in res.stderr  # the seeded shipped one
     assert "Traceback" not in res.stderr
     assert len([ln for ln in res.stderr.splitlines() if "error" in ln]) == 1, res.stderr
 
