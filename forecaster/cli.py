@@ -254,6 +254,10 @@ def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int, name_help: s
     p.add_argument("--input-noise", type=float, default=T.input_noise,
                    help="std of Gaussian noise on the normalized inputs")
     p.add_argument("--schedule", choices=["constant", "cosine"], default=T.schedule, help="learning-rate schedule")
+    p.add_argument("--horizon-weighting", choices=["none", "baseline"], default=T.horizon_weighting,
+                   help="baseline: weigh each horizon's loss by 1 / the better naive baseline's MAE there (persistence "
+                        "or the value a day before), so short horizons count as much as the day ahead "
+                        "(default %(default)s)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="default %(default)s")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: a full pass)")
     p.add_argument("--device", default=T.device, help="auto | cpu | cuda (default %(default)s)")
@@ -267,6 +271,7 @@ def _train_cfg(args) -> TrainConfig:
     return TrainConfig(
         optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, patience=args.patience,
         weight_decay=args.weight_decay, ema=args.ema, input_noise=args.input_noise, schedule=args.schedule,
+        horizon_weighting=args.horizon_weighting,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, device=args.device, seed=args.seed,
     )
 
