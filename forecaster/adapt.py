@@ -141,7 +141,9 @@ def finetune(base: nn.Module, base_card: ModelCard, station: StationSeries, rang
              train_cfg: TrainConfig, normalizer: Normalizer, layers: str = "gru+head", label: str = "finetuned",
              parent: str | None = None) -> Trained:
     """A copy of ``base`` (``base`` is untouched) whose ``layers`` are trained on ``ranges[0]``, early-stopped on
-    ``ranges[1]``."""
+    ``ranges[1]``. It keeps the base's band calibration: recalibrated on a week of holdout, the P10-P90 band covered
+    51-78 % of the test span on the eight leave-out stations, with the base's 72-83 % (docs/loso.md); the service
+    then calibrates each station's band online from its own scores."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, not {layers!r}")
     model = copy.deepcopy(base).cpu()
@@ -154,7 +156,7 @@ def finetune(base: nn.Module, base_card: ModelCard, station: StationSeries, rang
         for p in frontend_parameters(model):
             p.requires_grad_(False)
     return fit([station], base_card.data, base_card.model, train_cfg, label=label, ranges=[ranges],
-               normalizer=normalizer, model=model, parent=parent)
+               normalizer=normalizer, model=model, parent=parent, band=base_card.calibration)
 
 
 def adapt_station(base: nn.Module, base_card: ModelCard, station: StationSeries, history: slice,

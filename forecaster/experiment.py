@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from forecaster.artifact import ModelCard
-from forecaster.calibration import calibrate
+from forecaster.calibration import BandCalibration, calibrate
 from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges, Splits, make_splits
 from forecaster.evaluate import Predictions, predict_windows, score, steps_per_day
@@ -54,8 +54,11 @@ def fit(
     model: nn.Module | None = None,
     data_hash: str | None = None,
     parent: str | None = None,
+    band: BandCalibration | None = None,
 ) -> Trained:
-    """Train ``arch`` (or continue ``model``) on ``series`` and score it on validation and test."""
+    """Train ``arch`` (or continue ``model``) on ``series`` and score it on validation and test. ``band``: keep this
+    band calibration instead of calibrating on the validation span (a fine-tune's, whose few days of holdout give
+    noisy tail quantiles)."""
     if data.spec.n_inputs < arch.min_input_length():
         raise ValueError(
             f"lookback of {data.spec.n_inputs} input steps is too short for this {arch.kind} model: "
@@ -69,7 +72,8 @@ def fit(
     season = steps_per_day(series[0].cadence.total_seconds())
     season = season if season and data.lookback >= season else None  # the diurnal baseline, where windows hold it
     val_p = predict_windows(model, splits.val, splits.normalizer, data.target, season=season)
-    band = calibrate(val_p.pred, val_p.actual, arch.quantiles)  # fine-tuned models get their own too
+    if band is None:
+        band = calibrate(val_p.pred, val_p.actual, arch.quantiles)
     raw_val_coverage = score(val_p, data.horizons).get("band_coverage")
     if band is not None:
         val_p.pred = band.apply(val_p.pred, arch.median_index)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from forecaster.adapt import finetune
 from forecaster.clean import clean_station, load_stations
@@ -62,6 +63,8 @@ def test_finetune_freezes_frontend_and_takes_the_given_normalization(jena, noaa_
     assert ft.test["samples"] == 100 - 24 and "band_coverage" in ft.test
     assert ft.model is not base.model and replace(ft.card.data) == base.card.data
     assert any((a != b).any() for a, b in zip(base.model.parameters(), ft.model.parameters(), strict=True))
+    # The band keeps the base's calibration (learned on years), not one recalibrated on the short holdout.
+    assert base.card.calibration is not None and ft.card.calibration == base.card.calibration
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -146,3 +149,37 @@ def test_fit_calibrates_the_band_on_validation_and_applies_it_to_test(jena):
     raw = predict_windows(t.model, t.splits.test, t.splits.normalizer, data.target)
     assert np.allclose(t.test_predictions.pred, band.apply(raw.pred, 1))
     assert not np.allclose(t.test_predictions.pred, raw.pred)
+
+
+def test_baseline_weights_equalize_horizons_by_the_better_naive_error():
+    from forecaster.train import baseline_weights, forecast_loss
+    from forecaster.windows import Windows, WindowSpec
+
+    # A pure daily cycle (period 8 steps) plus a linear drift: persistence errs by |step change|, growing with h;
+    # the value a day before errs by the drift over one period (0.8) whatever h.
+    t = np.arange(400, dtype=np.float32)
+    target = np.sin(2 * np.pi * t / 8).astype(np.float32) + 0.1 * t
+    spec = WindowSpec(lookback=8, horizons=(1, 4))
+    w = Windows(target[:, None], target, np.arange(8, 390), spec)
+    weights = baseline_weights(w, season=8)
+    persistence = [np.abs(target[9:391] - target[8:390]).mean(), np.abs(target[12:394] - target[8:390]).mean()]
+    expected = 1 / np.minimum(persistence, 0.8)
+    assert weights.numpy() == pytest.approx(expected / expected.mean(), rel=1e-4)
+    assert weights.mean().item() == pytest.approx(1.0)
+    # With the weights the loss is the mean over horizons of each one's error relative to its baseline scale.
+    pred, y = torch.zeros(2, 2, 1), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert forecast_loss(pred, y, (), weights).item() == pytest.approx(((y.abs() * weights).mean()).item())
+    assert forecast_loss(pred, y, ()).item() == pytest.approx(2.5)
+
+
+def test_unknown_horizon_weighting_is_refused(jena):
+    from forecaster.dataset import make_splits
+    from forecaster.models import build_model
+    from forecaster.train import train
+
+    data = DataConfig(lookback=48, horizons=(6,))
+    splits = make_splits([jena], data)
+    model = build_model(model_config(data, "gru", gru_hidden=8))
+    with pytest.raises(ValueError, match="unknown horizon weighting"):
+        train(model, splits.train, splits.val, TrainConfig(epochs=1, steps_per_epoch=1, horizon_weighting="skill",
+                                                          progress=False))
