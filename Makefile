@@ -54,7 +54,7 @@ pretrained: install  ## retrain the shipped default model (Jena + NOAA records, 
 	  --data ../shared/data/noaa_denver_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_great_falls_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_rapid_city_2010_2016_hourly.csv.gz \
-	  --features T,Tdew,rh,wv --time-features --anchor both --relative T,Tdew --band-offsets \
+	  --features T,Tdew,rh,wv --time-features --phase-relative --anchor both --relative T,Tdew --band-offsets \
 	  --horizons 1-24 --quantiles 0.1,0.5,0.9 --split 0.75,0.15 \
 	  --lookback 168 --hidden 64 --dropout 0.2 --optimizer adam --lr 1e-3 --epochs 12 --steps-per-epoch 400 \
 	  --patience 3 --conv 32x5/3,32x5/2 --registry var/pretrain --plots docs/figures/pretrained --promote
@@ -70,6 +70,7 @@ pretrained-10min: install  ## retrain the shipped 10-minute model from the hourl
 	  --data ../shared/data/jena_2020_10min.csv.gz --transfer-from pipeline/pretrained_models/global \
 	  --lookback 1440 --horizons 1-6,12-144/6 --split 0.6,0.2 \
 	  --transfer-layers adapter+head --optimizer adam --lr 1e-3 --epochs 3 --steps-per-epoch 100 --patience 2 \
+	  --horizon-weighting baseline \
 	  --registry var/pretrain-10min --name global_10min --plots docs/figures/pretrained_10min --promote
 	rm -rf pipeline/pretrained_models/global_10min
 	cp -r var/pretrain-10min/global_10min/v0001 pipeline/pretrained_models/global_10min
