@@ -38,6 +38,7 @@ from pipeline.broker import BrokerConfig, EmbeddedBroker, ensure_topics, make_pr
 from pipeline.config import ServiceConfig
 from pipeline.pretrained import ensure_champion
 from pipeline.replay import records_for_replay, replay
+from pipeline.run import build_service
 from pipeline.service import Service
 from pipeline.shadow import shadow_errors
 from pipeline.store import Store
@@ -57,7 +58,7 @@ def station_records(start: pd.Timestamp, days: int) -> pd.DataFrame:
 
 def stream(records: pd.DataFrame, cfg: ServiceConfig, bootstrap: str, seconds_per_day: float) -> Service:
     """Replay the records at a pace of ``seconds_per_day`` through a running service; return it stopped."""
-    service = Service(cfg, bootstrap)
+    service = build_service(cfg, bootstrap)  # with its scheduled jobs (the station fine-tunes), as `stationcast run`
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     producer = make_producer(cfg.broker, bootstrap)
