@@ -6,7 +6,7 @@ validation to mid-October, test the rest: the "2020 test span"), temperature at 
 batches per epoch; the same batches, epochs and early stopping on validation for all) and several seeds it trains
 
 * the recipe (what ``make pretrained-10min`` ships, through the same code, :func:`forecaster.cadence_transfer.
-  fit_transfer`): the shipped hourly Conv1D+GRU behind a cadence adapter, fine-tuned whole;
+  fit_transfer`): the shipped hourly Conv1D+GRU behind a cadence adapter, its adapter and head fine-tuned;
 * the same Conv1D+GRU from random weights (what transfer is worth);
 * a GRU reading all 1,440 steps, same head, inputs and normalization (what the front-end is worth);
 * the Conv1D front-end alone (global max-pool into the same head: what the GRU is worth);

@@ -103,12 +103,11 @@ def shifted_clock(held_out: tuple[str, ...], name: str, hours: tuple[int, ...] =
     return out
 
 
-def zero_shot(model, card: ModelCard, name: str, tag: str, online_band: bool = False) -> dict:
+def zero_shot(model, card: ModelCard, name: str, tag: str) -> dict:
+    """The --json scores on the station's test span, with the coverage of the band the service would publish."""
     s = station(name)
     scored = score_on_span(model, tag, card, [s], resolve([s]))
-    if online_band:
-        return {**scored.card, "service_band": service_band(scored.predictions, card.model.horizons)}
-    return scored.card
+    return {**scored.card, "service_band": service_band(scored.predictions, card.model.horizons)}
 
 
 def service_band(p: Predictions, horizons: tuple[int, ...]) -> dict:
@@ -151,7 +150,7 @@ def fine_tuned(model, card: ModelCard, name: str, days: float = FINETUNE_DAYS) -
                       progress=False)
     scored = score_on_span(a.model, f"{name} fine-tuned", a.card, [s], spans)
     tuned = {**scored.card, "service_band": service_band(scored.predictions, a.card.model.horizons)}
-    served = tuned if a.accepted else zero_shot(model, card, name, "base (fine-tune not accepted)", online_band=True)
+    served = tuned if a.accepted else zero_shot(model, card, name, "base (fine-tune not accepted)")
     return {**a.to_dict(), "fine_tuned": tuned, "served": served}
 
 
@@ -165,7 +164,7 @@ def measure_all(finetune: bool) -> dict:
         for name in group:
             out[name] = {
                 "trained_on": trained_on,
-                "zero_shot": zero_shot(model, card, name, "global without " + ", ".join(group), online_band=True),
+                "zero_shot": zero_shot(model, card, name, "global without " + ", ".join(group)),
                 "reference": zero_shot(ref_model, ref_card, name, "shipped before #11"),
             }
             if finetune:

@@ -46,11 +46,6 @@ DARTS = "Darts-style GRU(32)"
 TARGETS = {"conv_gru": 2.35, "best": 2.30}
 
 
-def _phase(data: DataConfig) -> tuple[int, int]:
-    """The time-of-day columns, read relative to each window's warmest hour as the shipped recipe does."""
-    return data.input_names.index("tod_sin"), data.input_names.index("tod_cos")
-
-
 def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
     book_train = TrainConfig(optimizer="rmsprop", lr=1e-3, batch_size=128, epochs=20, patience=4)
     study = {t.name: t for t in trials()}
@@ -70,7 +65,7 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
         # the target is the last value, so the anchor is persistence here and the mix has nothing to choose.
         (f"{ANCHORED}, seed {seed}", study["best-wd"].data,
          {**study["best-wd"].arch, "residual": False, "anchor": "both", "relative": (1, 2),
-          "phase": _phase(study["best-wd"].data)},
+          "phase": study["best-wd"].data.time_of_day_columns},  # read from the warmest hour, as shipped
          replace(study["best-wd"].train, seed=seed))
         for seed in ANCHORED_SEEDS
     ] + [

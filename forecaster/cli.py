@@ -402,8 +402,7 @@ def _phase_columns(args, data: DataConfig) -> tuple[int, ...]:
         return ()
     if not args.time_features:
         raise DataError("--phase-relative needs --time-features (it reads the time of day relative to the window)")
-    names = data.input_names
-    return names.index("tod_sin"), names.index("tod_cos")
+    return data.time_of_day_columns
 
 
 def _train_spans(args, series: list[StationSeries], data: DataConfig) -> list:

@@ -33,6 +33,11 @@ class DataConfig:
     def target_index(self) -> int:
         return self.features.index(self.target)
 
+    @property
+    def time_of_day_columns(self) -> tuple[int, int]:
+        """The (sin, cos) time-of-day input columns (``phase`` of a phase-relative model); needs time features."""
+        return self.input_names.index("tod_sin"), self.input_names.index("tod_cos")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from forecaster.device import autocast, resolve_device
+from forecaster.evaluate import diurnal_offsets
 from forecaster.models import is_trainable
 from forecaster.windows import Windows
 
@@ -90,7 +91,7 @@ def baseline_weights(windows: Windows, season: int | None, sample: int = 50_000)
     actual = target[origins[:, None] + horizons]
     err = (actual - target[origins][:, None]).abs().nanmean(0)
     if season:
-        back = horizons - torch.ceil(horizons / season).long() * season  # the value a day before the target
+        back = torch.from_numpy(diurnal_offsets(windows.spec.horizons, season)).to(origins.device)
         ok = origins[:, None] + back >= 0
         day_before = target[(origins[:, None] + back).clamp(min=0)]
         diurnal = torch.where(ok, (actual - day_before).abs(), torch.nan).nanmean(0)
