@@ -137,6 +137,9 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[..., object] | 
     t.add_argument("--relative", metavar="SENSORS",
                    help="comma-separated sensors fed as deviations from their window mean (e.g. T,Tdew): the "
                         "station's level is removed so an unseen climate looks familiar")
+    t.add_argument("--window-scale", action="store_true",
+                   help="with --relative: scale each window by its own temperature spread, so a calm station's "
+                        "corrections and bands shrink with its weather (a continental 2 °C is a maritime 1 °C)")
     t.add_argument("--band-offsets", action="store_true",
                    help="predict the outer quantiles as positive offsets around the median (bands never cross)")
     t.add_argument("--conv", type=_conv, default=LISTING_6_49,
@@ -390,7 +393,7 @@ def cmd_train(args) -> int:
                         dropout=args.dropout, residual=args.residual, season=season,
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
-                        band_offsets=args.band_offsets, phase=phase)
+                        band_offsets=args.band_offsets, phase=phase, scale=_window_scale(args))
     trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
                   data_hash=_data_hash(args.data))
     return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
@@ -403,6 +406,12 @@ def _phase_columns(args, data: DataConfig) -> tuple[int, ...]:
     if not args.time_features:
         raise DataError("--phase-relative needs --time-features (it reads the time of day relative to the window)")
     return data.time_of_day_columns
+
+
+def _window_scale(args) -> bool:
+    if args.window_scale and not args.relative:
+        raise DataError("--window-scale needs --relative (the window's level is removed before its spread is)")
+    return args.window_scale
 
 
 def _train_spans(args, series: list[StationSeries], data: DataConfig) -> list:
@@ -452,7 +461,7 @@ def _extend_cadence(series: list[StationSeries], registry: Registry, name: str, 
 
 
 TRANSFER_FIXED = ("model", "features", "target", "quantiles", "time_features", "phase_relative", "residual", "anchor",
-                  "relative", "band_offsets", "conv", "hidden", "dropout", "step")
+                  "relative", "window_scale", "band_offsets", "conv", "hidden", "dropout", "step")
 
 
 def _train_transfer(args) -> int:

@@ -52,6 +52,10 @@ class ModelConfig:
     # Input columns (sin, cos) of the time of day to read relative to the window's own diurnal cycle of the target
     # (:func:`phase_relative`): the same encoding for a station on local time and one on UTC. (): as they are.
     phase: tuple[int, ...] = ()
+    # Scale each window by its own spread (:func:`window_scale`): ``relative`` inputs and the recent readings are
+    # divided by it and the head's output (median correction and band widths) multiplied by it, so a calm, maritime
+    # station's corrections and bands are as much smaller as its weather varies less. False: one scale for all.
+    scale: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -65,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"relative input columns {self.relative} outside the {self.n_features} inputs")
         if self.phase and (len(self.phase) != 2 or any(not 0 <= i < self.n_features for i in self.phase)):
             raise ValueError(f"phase must name the (sin, cos) time-of-day input columns, got {self.phase}")
+        if self.scale and not self.relative:
+            raise ValueError("scale needs relative input columns (the level is removed before the spread is)")
         if self.recent < 0:
             raise ValueError(f"recent must be >= 0 readings, got {self.recent}")
         if self.adapter < 1:
@@ -218,12 +224,18 @@ class _Forecaster(nn.Module):
         last = x[:, -1, cfg.target_index, None]
         z = phase_relative(x, cfg.target_index, *cfg.phase) if cfg.phase else x
         z = z - z.mean(dim=1, keepdim=True) * self.rel_mask if cfg.relative else z
+        spread = window_scale(x, cfg.target_index) if cfg.scale else None
+        if spread is not None:
+            z = z / (1 + (spread[:, :, None] - 1) * self.rel_mask)
         feats = self.features(z)
         if cfg.recent:
-            feats = torch.cat([feats, x[:, -cfg.recent - 1 : -1, cfg.target_index] - last], dim=1)
+            recent = x[:, -cfg.recent - 1 : -1, cfg.target_index] - last
+            feats = torch.cat([feats, recent / spread if spread is not None else recent], dim=1)
         out = self.head(feats).view(x.shape[0], len(cfg.horizons), cfg.n_outputs)
         if cfg.band_offsets and cfg.n_outputs > 1:
             out = _offsets_to_quantiles(out, cfg.median_index)
+        if spread is not None:
+            out = out * spread[:, :, None]
         if cfg.anchor == "both":
             day = x[:, self.day_index + x.shape[1], cfg.target_index]
             anchor = last + torch.sigmoid(self.mix) * (day - last)
@@ -231,6 +243,13 @@ class _Forecaster(nn.Module):
         elif cfg.anchor == "last":
             out = out + last[:, :, None]
         return out
+
+
+def window_scale(x: torch.Tensor, target: int, floor: float = 0.05) -> torch.Tensor:
+    """[B, 1]: the standard deviation of the target over each window, in normalized units (``floor``: a stuck
+    sensor's flat window must not blow the corrections up). One global normalizer makes a 2 °C correction mean the
+    same everywhere; a continental station's 2 °C is a maritime one's 4 °C in how much the weather moves."""
+    return x[..., target].std(dim=1, keepdim=True).clamp_min(floor)
 
 
 def phase_relative(x: torch.Tensor, target: int, sin: int, cos: int) -> torch.Tensor:

@@ -156,3 +156,26 @@ def test_phase_relative_config_round_trips_and_checks_its_columns():
     assert build_model(cfg)(torch.randn(2, 168, 6)).shape == (2, 2, 1)
     with pytest.raises(ValueError, match="phase"):
         ModelConfig("gru", 6, 0, phase=(4,))
+
+
+def test_window_scale_makes_the_forecast_scale_with_the_weather():
+    """A window whose temperature and dew point swing k times as far around their mean gets a forecast k times as
+    far from that mean, band included: a calm station's corrections and bands shrink with its weather."""
+    cfg = ModelConfig("conv_gru", 4, 0, horizons=(1, 12, 24), quantiles=(0.1, 0.5, 0.9), anchor="both",
+                      relative=(0, 1), band_offsets=True, phase=(2, 3), scale=True, recent=3)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    x = _clock_window(15, 0).repeat(3, 1, 1)
+    x = torch.cat([x[..., :1], x[..., :1] - 2 + 0.3 * torch.randn_like(x[..., :1]), x[..., 1:]], dim=-1)
+    x[..., :2] += torch.randn(3, 1, 2)  # three levels
+    level = x[..., :1].mean(dim=1, keepdim=True)
+    calm = x.clone()
+    calm[..., :2] = x[..., :2].mean(dim=1, keepdim=True) + 0.4 * (x[..., :2] - x[..., :2].mean(dim=1, keepdim=True))
+    with torch.no_grad():
+        torch.testing.assert_close(m(calm) - level, 0.4 * (m(x) - level), atol=1e-4, rtol=1e-4)
+        plain = build_model(replace(cfg, scale=False)).eval()
+        plain.load_state_dict(m.state_dict())
+        assert not torch.allclose(plain(calm) - level, 0.4 * (plain(x) - level), atol=1e-2)  # without it: no
+    with pytest.raises(ValueError, match="relative"):
+        ModelConfig("conv_gru", 4, 0, scale=True)

@@ -183,3 +183,12 @@ def test_unknown_horizon_weighting_is_refused(jena):
     with pytest.raises(ValueError, match="unknown horizon weighting"):
         train(model, splits.train, splits.val, TrainConfig(epochs=1, steps_per_epoch=1, horizon_weighting="skill",
                                                           progress=False))
+
+
+def test_window_scale_without_relative_sensors_is_a_one_line_error(jena_hourly, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--data", str(jena_hourly), "--features", "T,Tdew", "--window-scale",
+                 "--registry", str(tmp_path / "registry")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--window-scale needs --relative" in err and "\n" not in err
