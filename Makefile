@@ -54,7 +54,8 @@ pretrained: install  ## retrain the shipped default model (Jena + NOAA records, 
 	  --data ../shared/data/noaa_denver_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_great_falls_2010_2016_hourly.csv.gz \
 	  --data ../shared/data/noaa_rapid_city_2010_2016_hourly.csv.gz \
-	  --features T,Tdew,rh,wv --time-features --phase-relative --anchor both --relative T,Tdew --band-offsets \
+	  --features T,Tdew,rh,wv --time-features --phase-relative --anchor both --relative T,Tdew,wv --window-scale \
+	  --band-offsets \
 	  --horizons 1-24 --quantiles 0.1,0.5,0.9 --split 0.75,0.15 \
 	  --lookback 168 --hidden 64 --dropout 0.2 --optimizer adam --lr 1e-3 --epochs 12 --steps-per-epoch 400 \
 	  --patience 3 --conv 32x5/3,32x5/2 --registry var/pretrain --plots docs/figures/pretrained --promote
