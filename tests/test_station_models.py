@@ -151,7 +151,7 @@ def test_routing_serves_station_models_and_falls_back(tmp_path):
     tuned = type(model)(card.model)
     tuned.load_state_dict(model.state_dict())
     with torch.no_grad():
-        tuned.head.bias.add_(1.5)  # a station model whose forecasts are 1.5 normalized units higher
+        tuned.head.bias.add_(1.5)  # a station model whose forecasts are higher than the fleet model's
     st_card = replace(card, stations=["A"], parent=info.tag)
     a = setup_registry.register(station_model_name("A"), tuned, st_card)
     setup_registry.promote(a.name, a.version)
