@@ -248,7 +248,7 @@ class _Forecaster(nn.Module):
 def window_scale(x: torch.Tensor, target: int, floor: float = 0.05) -> torch.Tensor:
     """[B, 1]: the standard deviation of the target over each window, in normalized units (``floor``: a stuck
     sensor's flat window must not blow the corrections up). One global normalizer makes a 2 °C correction mean the
-    same everywhere; a continental station's 2 °C is a maritime one's 4 °C in how much the weather moves."""
+    same everywhere; in how much the weather moves, a continental station's 2 °C is a maritime one's 1 °C."""
     return x[..., target].std(dim=1, keepdim=True).clamp_min(floor)
 
 
