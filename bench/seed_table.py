@@ -22,7 +22,7 @@ from dataclasses import replace
 import orjson
 
 from bench.common import DOCS, ROOT, Benchmark, markdown_table, shared_file
-from bench.recipes import ensemble_mae, trials
+from bench.recipes import HORIZON, ensemble_mae, trials
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
@@ -43,6 +43,9 @@ ENSEMBLE_LABEL = "ensemble: mean of " + " and ".join(ENSEMBLE)
 ANCHORED = "Conv1D+GRU(64), anchored"  # the shipped model's recipe (#11) on the book's task, one row per seed
 ANCHORED_SEEDS = (0, 1, 2)
 DARTS = "Darts-style GRU(32)"
+# The regularized Conv1D+GRU trained as the book and Darts train: squared error over all 24 hourly outputs.
+REG_MSE = "Conv1D+GRU, regularized, 24 outputs, squared error"
+H24 = tuple(range(1, 25))
 TARGETS = {"conv_gru": 2.35, "best": 2.30}
 
 
@@ -61,6 +64,9 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
             book_train,
         ),
     ] + [(label, study[name].data, study[name].arch, study[name].train) for label, name in STUDY_ROWS.items()] + [
+        (REG_MSE, replace(study["cg-ema"].data, horizons=H24), study["cg-ema"].arch,
+         replace(study["cg-ema"].train, loss="mse")),
+    ] + [
         # Anchored head and level-removed T/Tdew inputs as in the shipped model; at +24 h the value a day before
         # the target is the last value, so the anchor is persistence here and the mix has nothing to choose.
         (f"{ANCHORED}, seed {seed}", study["best-wd"].data,
@@ -69,8 +75,9 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
          replace(study["best-wd"].train, seed=seed))
         for seed in ANCHORED_SEEDS
     ] + [
-        (DARTS, BOOK, {"kind": "gru", "gru_hidden": 32, "dropout": 0.0},
-         TrainConfig(optimizer="adam", lr=1e-3, batch_size=128, epochs=20, patience=4)),
+        # BlockRNNModel's defaults: output_chunk_length 24 (all 24 hours out, scored at +24 h), MSE, batch 32.
+        (DARTS, replace(BOOK, horizons=H24), {"kind": "gru", "gru_hidden": 32, "dropout": 0.0},
+         TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, patience=4, loss="mse")),
     ]
 
 
@@ -116,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict:
     data_hash = file_sha256(path)
     figures = DOCS / "figures"
     results = _carried(args.only)
-    trained, best = {}, None
+    trained, best, best_val = {}, None, float("inf")
     for label, data, arch, train_cfg in configurations():
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
@@ -124,14 +131,15 @@ def measure(args: argparse.Namespace) -> dict:
             train_cfg = replace(train_cfg, epochs=2, steps_per_epoch=50)
         t = fit([series], data, model_config(data, **arch), train_cfg, label=label.split(":")[0],
                 plot_dir=figures if arch["kind"] not in ("persistence", "seasonal") else None, data_hash=data_hash)
-        results[label] = {"val_mae": t.val["mae"], "test_mae": t.test["mae"],
-                          "val_persistence": t.val["persistence_mae"], "test_persistence": t.test["persistence_mae"],
+        val, test = (t.val["by_horizon"][HORIZON], t.test["by_horizon"][HORIZON])  # the +24 h column
+        results[label] = {"val_mae": val["mae"], "test_mae": test["mae"],
+                          "val_persistence": val["persistence_mae"], "test_persistence": test["persistence_mae"],
                           "seconds_per_epoch": t.result.seconds_per_epoch, "parameters": t.n_parameters,
                           "best_epoch": t.result.best_epoch, "history": t.result.history}
         trained[label] = t
-        if (label in STUDY_ROWS or label.startswith(ANCHORED)) and (best is None or t.val["mae"] < best.val["mae"]):
-            best = t  # the best single model on validation goes into the registry
-        print(f"{label}: val {t.val['mae']:.3f}  test {t.test['mae']:.3f} °C", flush=True)
+        if (label in STUDY_ROWS or label.startswith(ANCHORED)) and (best is None or val["mae"] < best_val):
+            best, best_val = t, val["mae"]  # the best single model on validation goes into the registry
+        print(f"{label}: val {val['mae']:.3f}  test {test['mae']:.3f} °C (+24 h)", flush=True)
 
     members = [m for m in ENSEMBLE if m in trained]
     if len(members) == len(ENSEMBLE):
@@ -161,7 +169,7 @@ def render(d: dict) -> str:
         (f"\n\nRows marked {marks} were not retrained in this run: their figures are carried over from "
          "that run's docs/results/seed_table.json." if carried else "") + (
         "\n\nPersistence reference: 2.46 °C validation, 2.59 °C test; the book's best model reaches 2.45 °C test. "
-        "The book rows train with RMSprop 1e-3 as in the book. The last three trained rows use the recipes "
+        "The book rows train with RMSprop 1e-3 as in the book. The three rows after them use the recipes "
         "bench/accuracy_floor.py selected on validation (docs/accuracy_floor.md; trials "
         + ", ".join(f"`{n}`" for n in STUDY_ROWS.values()) + "): AdamW 1e-3, the exponential moving average of "
         "the weights validated and kept, residual head; the regularized Conv1D+GRU keeps the book's inputs "
@@ -169,8 +177,8 @@ def render(d: dict) -> str:
         "(weight decay 0.05; the Conv1D+GRU(64) front-end pools 3, the GRU reads all 240 steps). Every trained "
         "row runs full passes (259 batches of 128), early-stopped on validation (patience 4), best weights "
         "restored; s / epoch is the training time of one pass. The ensemble row averages two rows' 24 h forecasts. "
-        "\"Our best configuration\" is whichever of the last four rows has the lowest validation MAE; the best "
-        f"single model is registered. Machine: {d['machine']}.\n\n"
+        "\"Our best configuration\" is whichever trained row (ensembles included) has the lowest validation MAE; "
+        f"the best single model is registered. Machine: {d['machine']}.\n\n"
         "Figures: `docs/figures/*_learning_curve.png` (training vs validation MAE per epoch) and "
         "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts). Why the targets are out of reach "
         "of these data: docs/accuracy_floor.md.\n"
@@ -178,8 +186,16 @@ def render(d: dict) -> str:
         "the value a day before the target; at +24 h both are the last value) with T and Tdew fed as deviations "
         "from their window mean and the time of day read relative to each window's warmest hour (`--phase-relative`), "
         "on the `best-wd` recipe (time features, AdamW wd 0.05, EMA), one row per seed. "
-        f"{DARTS}: a plain GRU(32) over the 240 normalized steps, last hidden state to a linear head, Adam 1e-3, "
-        "no time features, no residual, as Darts' BlockRNNModel(GRU, 32) (early-stopped on validation, patience 4).\n"
+        f"{DARTS}: a plain GRU(32) over the 240 normalized steps, last hidden state to a linear head for all 24 "
+        "hours ahead (scored at +24 h), squared-error loss, Adam 1e-3, batch 32, no time features, no residual, as "
+        "Darts' BlockRNNModel(GRU, 32) with output_chunk_length 24 and its defaults (early-stopped on validation, "
+        "patience 4). Trained before as one +24 h output on MAE with batch 128, the same GRU reached 2.286 / 2.460 °C "
+        "(val / test, 2026-11-30); in single-seed trials the 24 outputs and the squared error took it to 2.257 / "
+        "2.389 °C at batch 128, batch 32 to the row above. What still separates it from the peers' 2.319-2.354 (a "
+        "different input scaling: Darts' Scaler defaults to min-max; seeds) was not measured. "
+        f"{REG_MSE}: the regularized Conv1D+GRU (`cg-ema`) with the same two changes (`stationcast train --horizons "
+        "1-24 --loss mse`), scored at +24 h. In single-seed trials the same two changes did not help the anchored "
+        "recipe (2.393 °C test against 2.386) or the Conv1D+GRU(64) with time features (2.391 against 2.370).\n"
     ))
     if d.get("quick"):
         body = "**Quick plumbing run (2 short epochs per model): not a result.**\n\n" + body

@@ -261,6 +261,11 @@ def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int, name_help: s
                    help="baseline: weigh each horizon's loss by 1 / the better naive baseline's MAE there (persistence "
                         "or the value a day before), so short horizons count as much as the day ahead "
                         "(default %(default)s)")
+    p.add_argument("--loss", choices=["mae", "mse"], default=T.loss,
+                   help="what a point forecast trains on: mae, or mse (squared error, as the book and Darts train; "
+                        "smoother gradients that helped multi-horizon models in docs/seed_table.md). Validation and "
+                        "early stopping always use MAE; a model with --quantiles trains on the pinball loss "
+                        "(default %(default)s)")
     p.add_argument("--batch-size", type=int, default=T.batch_size, help="default %(default)s")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: a full pass)")
     p.add_argument("--device", default=T.device, help="auto | cpu | cuda (default %(default)s)")
@@ -270,11 +275,14 @@ def _train_args(p: argparse.ArgumentParser, lr: float, epochs: int, name_help: s
     p.add_argument("--plots", default="runs/plots", help="folder for the PNG figures (default runs/plots)")
 
 
-def _train_cfg(args) -> TrainConfig:
+def _train_cfg(args, quantiles: tuple[float, ...] = ()) -> TrainConfig:
+    if args.loss != "mae" and quantiles:
+        raise DataError(f"--loss {args.loss} trains a point forecast; this model has quantiles "
+                        f"{list(quantiles)} and trains on the pinball loss (drop --loss or --quantiles)")
     return TrainConfig(
         optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, patience=args.patience,
         weight_decay=args.weight_decay, ema=args.ema, input_noise=args.input_noise, schedule=args.schedule,
-        horizon_weighting=args.horizon_weighting,
+        horizon_weighting=args.horizon_weighting, loss=args.loss,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, device=args.device, seed=args.seed,
     )
 
@@ -394,8 +402,8 @@ def cmd_train(args) -> int:
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
                         band_offsets=args.band_offsets, phase=phase, scale=_window_scale(args))
-    trained = fit(series, data, arch, _train_cfg(args), label=name, plot_dir=args.plots, ranges=ranges,
-                  data_hash=_data_hash(args.data))
+    trained = fit(series, data, arch, _train_cfg(args, arch.quantiles), label=name, plot_dir=args.plots,
+                  ranges=ranges, data_hash=_data_hash(args.data))
     return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
 
 
@@ -492,8 +500,9 @@ def _train_transfer(args) -> int:
           f"readings per {cadence_name(base_card.cadence_s)} step to start; horizons "
           f"{', '.join(horizon_label(h * cadences[0] / 60) for h in data.horizons)}")
     ranges = _train_spans(args, series, data)
-    trained = fit_transfer(base, base_card, base_tag, series, arch, data, _train_cfg(args), ranges, label=name,
-                           plot_dir=args.plots, data_hash=_data_hash(args.data), layers=args.transfer_layers)
+    trained = fit_transfer(base, base_card, base_tag, series, arch, data, _train_cfg(args, arch.quantiles), ranges,
+                           label=name, plot_dir=args.plots, data_hash=_data_hash(args.data),
+                           layers=args.transfer_layers)
     return _register_trained(args, registry, name, trained, f"transferred from {base_tag} to "
                              f"{describe(cadences[0])} on " + ", ".join(Path(p).name for p in args.data))
 

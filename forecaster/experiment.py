@@ -106,7 +106,7 @@ def fit(
     if plot_dir is not None and result.history:
         _, std = splits.normalizer.scale_of(data.target)
         path = Path(plot_dir) / f"{slug(label)}_learning_curve.png"
-        learning_curve(result.history, path, f"{label}: learning curve", std)
+        learning_curve(result.history, path, f"{label}: learning curve", std, loss=train_cfg.loss)
     if plot_dir is not None:
         h = data.horizons[-1]
         forecast_vs_actual(

@@ -25,13 +25,16 @@ def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "model"
 
 
-def learning_curve(history: Sequence[dict], path: str | Path, title: str, scale: float = 1.0, unit: str = "°C") -> Path:
-    """Training vs validation loss per epoch, like the figures in the book."""
+def learning_curve(history: Sequence[dict], path: str | Path, title: str, scale: float = 1.0, unit: str = "°C",
+                   loss: str = "mae") -> Path:
+    """Training vs validation loss per epoch, like the figures in the book. With ``loss="mse"`` the training curve
+    is its root (RMSE, in the unit), beside the validation MAE that early stopping reads."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(epochs, [h["train_loss"] * scale for h in history], "o-", label="training MAE")
+    train = [(h["train_loss"] ** 0.5 if loss == "mse" else h["train_loss"]) * scale for h in history]
+    ax.plot(epochs, train, "o-", label="training RMSE (its loss)" if loss == "mse" else "training MAE")
     ax.plot(epochs, [h["val_loss"] * scale for h in history], "s-", label="validation MAE")
-    ax.set(xlabel="epoch", ylabel=f"MAE ({unit})", title=title)
+    ax.set(xlabel="epoch", ylabel=f"{'RMSE / MAE' if loss == 'mse' else 'MAE'} ({unit})", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

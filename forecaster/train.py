@@ -39,6 +39,7 @@ class TrainConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept instead
     input_noise: float = 0.0  # std of Gaussian noise added to the normalized inputs while training
     horizon_weighting: str = "none"  # none | baseline: each horizon's loss over its better naive baseline's MAE
+    loss: str = "mae"  # mae | mse: what a point forecast trains on (validation and early stopping always use MAE)
     restore_best: bool = True  # False: no early stopping, keep the last weights (a refit whose validation is seen)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -68,11 +69,14 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def forecast_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, ...],
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
-    """MAE for a point forecast; pinball loss averaged over quantiles otherwise. ``pred``: [B, H, Q];
-    ``weights``: [H], mean 1, or None for equal horizons."""
+                  weights: torch.Tensor | None = None, point: str = "mae") -> torch.Tensor:
+    """MAE (or, with ``point="mse"``, squared error) for a point forecast; pinball loss averaged over quantiles
+    otherwise. ``pred``: [B, H, Q]; ``weights``: [H], mean 1, or None for equal horizons."""
     if not quantiles:
-        loss = (pred[..., 0] - y).abs()
+        err = pred[..., 0] - y
+        if point not in ("mae", "mse"):
+            raise ValueError(f"unknown loss {point!r}: use mae or mse")
+        loss = err.abs() if point == "mae" else err.square()
     else:
         q = torch.tensor(quantiles, device=pred.device, dtype=pred.dtype)
         diff = y[..., None] - pred
@@ -183,7 +187,7 @@ def train(
                 x = x + cfg.input_noise * torch.randn_like(x)
             with autocast(device):
                 pred = model(x)
-            loss = forecast_loss(pred.float(), y, quantiles, weights)
+            loss = forecast_loss(pred.float(), y, quantiles, weights, cfg.loss)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{label}: training loss became {float(loss)} at epoch {epoch}")
             opt.zero_grad(set_to_none=True)

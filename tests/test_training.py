@@ -170,6 +170,11 @@ def test_baseline_weights_equalize_horizons_by_the_better_naive_error():
     pred, y = torch.zeros(2, 2, 1), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     assert forecast_loss(pred, y, (), weights).item() == pytest.approx(((y.abs() * weights).mean()).item())
     assert forecast_loss(pred, y, ()).item() == pytest.approx(2.5)
+    assert forecast_loss(pred, y, (), point="mse").item() == pytest.approx((1 + 4 + 9 + 16) / 4)
+    assert forecast_loss(pred, y, (), weights, point="mse").item() == pytest.approx(
+        ((y.square() * weights).mean()).item())
+    with pytest.raises(ValueError, match="unknown loss"):
+        forecast_loss(pred, y, (), point="huber")
 
 
 def test_unknown_horizon_weighting_is_refused(jena):
@@ -185,6 +190,25 @@ def test_unknown_horizon_weighting_is_refused(jena):
                                                           progress=False))
 
 
+def test_squared_error_loss_is_what_training_minimizes(jena):
+    from forecaster.dataset import make_splits
+    from forecaster.models import build_model
+    from forecaster.train import train
+
+    data = DataConfig(lookback=48, horizons=(6, 12))
+    splits = make_splits([jena], data)
+    model = build_model(model_config(data, "gru", gru_hidden=8, dropout=0.0))
+    with torch.no_grad():
+        err = torch.cat([(model(x)[..., 0] - y).flatten() for x, y in splits.train.batches(4096)])
+        val_err = torch.cat([(model(x)[..., 0] - y).flatten() for x, y in splits.val.batches(4096)])
+    # lr 0: the weights stay put, so one full pass's running loss is the loss of the initial model on every window.
+    result = train(model, splits.train, splits.val, TrainConfig(optimizer="adam", lr=0.0, epochs=1, loss="mse",
+                                                                progress=False))
+    assert result.history[0]["train_loss"] == pytest.approx(err.square().mean().item(), rel=1e-4)
+    assert result.history[0]["train_loss"] != pytest.approx(err.abs().mean().item(), rel=1e-2)
+    assert result.best_val_loss == pytest.approx(val_err.abs().mean().item(), rel=1e-4)  # validation stays MAE
+
+
 def test_window_scale_without_relative_sensors_is_a_one_line_error(jena_hourly, tmp_path, capsys):
     from pipeline.cli import main
 
@@ -192,3 +216,12 @@ def test_window_scale_without_relative_sensors_is_a_one_line_error(jena_hourly, 
                  "--registry", str(tmp_path / "registry")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--window-scale needs --relative" in err and "\n" not in err
+
+
+def test_squared_error_loss_with_a_band_is_a_one_line_error(jena_hourly, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--data", str(jena_hourly), "--features", "T,Tdew", "--quantiles", "0.1,0.5,0.9",
+                 "--loss", "mse", "--registry", str(tmp_path / "registry")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--loss mse trains a point forecast" in err and "pinball" in err and "\n" not in err
