@@ -33,7 +33,7 @@ from forecaster.artifact import ModelCard, load_artifact, save_artifact
 from forecaster.evaluate import Predictions
 from forecaster.experiment import fit
 from forecaster.scorecard import score_on_span
-from forecaster.spans import finetune_ranges, resolve
+from forecaster.spans import Spans, finetune_ranges, resolve
 from forecaster.train import TrainConfig
 from pipeline.calibration import BandCalibrator, CalibrationConfig, conformity_scores
 from pipeline.config import ServiceConfig
@@ -43,6 +43,9 @@ from pipeline.step import StepConfig
 CACHE = ROOT / "var" / "bench" / "loso"
 OLD_SHIPPED = "2a6e7ff2b4e7b6595e39c48f3855b536f922625b"  # main before issue #11: the reference row's model
 OLD_DIR = "pipeline/pretrained_models/global"
+BAND_WINDOWS = (240, 480, 720)  # band_window values compared on the spans before the test spans
+BAND_MEMORY_WINDOW = 480  # the longest window chosen from: 10,000 stations' rings within about 440 MiB
+COLD_PIECE = 1334  # windows per cold-started piece: as many as a New York station's test span
 FINETUNE_DAYS = 30.0  # history before the test span, as `stationcast finetune --days 30`
 
 
@@ -110,13 +113,13 @@ def zero_shot(model, card: ModelCard, name: str, tag: str) -> dict:
     return {**scored.card, "service_band": service_band(scored.predictions, card.model.horizons)}
 
 
-def service_band(p: Predictions, horizons: tuple[int, ...]) -> dict:
+def service_band(p: Predictions, horizons: tuple[int, ...], calibration: CalibrationConfig | None = None) -> dict:
     """P10-P90 coverage of the band the service would publish on these windows: the card's band widened or
     narrowed per horizon by the service's own online calibration (:class:`pipeline.calibration.BandCalibrator`,
     the default settings), which at each origin has learned from exactly the scores realized by then (a forecast
     issued at row ``j`` for horizon ``h`` is scored at row ``j + h``), as a live station would."""
-    step = StepConfig.of(ServiceConfig())
-    cal = BandCalibrator(tuple(horizons), CalibrationConfig(window=step.band_window, min_scores=step.band_min_scores))
+    cfg = calibration or StepConfig.of(ServiceConfig()).calibration()
+    cal = BandCalibrator(tuple(horizons), cfg)
     h = np.asarray(horizons, dtype=np.int64)
     lo, hi = p.pred[..., 0].astype(np.float64), p.pred[..., -1].astype(np.float64)
     scores = conformity_scores(lo, hi, p.actual).reshape(-1)
@@ -135,7 +138,30 @@ def service_band(p: Predictions, horizons: tuple[int, ...]) -> dict:
         lo_adj[i], hi_adj[i] = a[0], b[0]
     hits = (p.actual >= lo_adj) & (p.actual <= hi_adj)
     return {"coverage": float(hits.mean()), "by_horizon": [float(c) for c in hits.mean(axis=0)],
-            "window": step.band_window, "min_scores": step.band_min_scores}
+            "window": cfg.window, "min_scores": cfg.min_scores}
+
+
+def band_windows(model, card: ModelCard, name: str) -> dict:
+    """The service band's coverage on the station's span BEFORE its test span (also never seen by this model) for
+    each of :data:`BAND_WINDOWS`, replayed over the whole span ("warm": a station long in service) and over
+    pieces of :data:`COLD_PIECE` windows each starting from an empty calibrator ("cold": a station that has just
+    joined, as the New York test spans are replayed above): how the service's default was chosen without
+    looking at any test span."""
+    s = station(name)
+    test = resolve([s])
+    before = Spans(test.data_start, test.data_start, test.data_start, test.test_start, True)
+    p = score_on_span(model, name, card, [s], before).predictions
+    step = StepConfig.of(ServiceConfig())
+    out = {}
+    for window in BAND_WINDOWS:
+        cfg = CalibrationConfig(window=window, min_scores=step.band_min_scores)
+        pieces = [dataclasses.replace(p, pred=p.pred[a:a + COLD_PIECE], actual=p.actual[a:a + COLD_PIECE],
+                                      origins=p.origins[a:a + COLD_PIECE])
+                  for a in range(0, len(p.origins) - COLD_PIECE + 1, COLD_PIECE)]
+        cold = np.mean([service_band(x, card.model.horizons, cfg)["by_horizon"] for x in pieces], axis=0)
+        out[str(window)] = {"warm": service_band(p, card.model.horizons, cfg)["by_horizon"],
+                                        "cold": cold.tolist()}
+    return out
 
 
 def fine_tuned(model, card: ModelCard, name: str, days: float = FINETUNE_DAYS) -> dict:
@@ -166,6 +192,7 @@ def measure_all(finetune: bool) -> dict:
                 "trained_on": trained_on,
                 "zero_shot": zero_shot(model, card, name, "global without " + ", ".join(group)),
                 "reference": zero_shot(ref_model, ref_card, name, "shipped before #11"),
+                "band_windows": band_windows(model, card, name),
             }
             if finetune:
                 out[name]["finetune"] = fine_tuned(model, card, name)
@@ -390,8 +417,45 @@ maritime one's 1 °C.
                  "coverage"], horizon_rows(stations))}
 
 {finetune_section(stations)}
+{band_window_section(stations)}
 {diagnostics_section(data.get("diagnostics"), stations)}
 Full per-horizon figures: `docs/results/loso.json`.
+"""
+
+
+def band_window_section(stations: dict) -> str:
+    """How the service's ``band_window`` was chosen: on the spans before the test spans only."""
+    if not all("band_windows" in r for r in stations.values()):
+        return ""
+    step = StepConfig.of(ServiceConfig())
+    rows, score = [], {}
+    for window in BAND_WINDOWS:
+        key = str(window)
+        cov = {m: np.array([r["band_windows"][key][m] for r in stations.values()]) for m in ("warm", "cold")}
+        dev = {m: float(np.abs(c - 0.8).mean() * 100) for m, c in cov.items()}
+        score[window] = (dev["warm"] + dev["cold"]) / 2
+        rows.append([f"{window}{' (default)' if window == step.band_window else ''}",
+                     f"{cov['warm'].mean():.1%}", f"{dev['warm']:.2f}", f"{cov['warm'].min():.1%}",
+                     f"{cov['cold'].mean():.1%}", f"{dev['cold']:.2f}", f"{cov['cold'].min():.1%}",
+                     f"{window * 24 * 4 / 1024:.0f} KiB"])
+    best = min((k for k in score if k <= BAND_MEMORY_WINDOW), key=score.get)
+    table = markdown_table(["band_window (scores)", "warm: coverage", "warm: distance from 80 %",
+                            "warm: lowest station-horizon", "cold: coverage", "cold: distance from 80 %",
+                            "cold: lowest station-horizon", "memory per station (24 horizons)"], rows)
+    chosen = "the default" if best == step.band_window else f"{best} (the default differs: {step.band_window})"
+    return f"""## How many scores the service's band keeps: `band_window`
+
+Chosen without the test spans: each station's span before its test span (the first 80 % of its rows, which its
+model above never saw either) is forecast by the same zero-shot model and the service's calibration replayed over
+it, as above: over the whole span ("warm", a station long in service) and over pieces of {COLD_PIECE:,} windows,
+each from an empty calibrator ("cold", a station that has just joined, as the test spans above are replayed).
+Coverage is the mean over stations and horizons, distance its mean absolute distance from 80 % in points.
+Conformity scores are autocorrelated (a cold spell is a run of misses), so a short window's quantile is noisy,
+and a noisy quantile covers less than its level on average: longer windows come closer to 80 %, but follow a
+change of season later. Lowest mean of the two distances among windows up to {BAND_MEMORY_WINDOW} scores (the
+rings of 10,000 stations within about 440 MiB; a longer window is shown for what it would add): {chosen}.
+
+{table}
 """
 
 

@@ -96,7 +96,7 @@ class ServiceConfig:
     max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
     status_history: int = 72  # recent actuals per station kept for the status page
     station_idle_s: float = 86400.0  # a station silent this long leaves the status page and frees its metric labels
-    band_window: int = 240  # recent scored forecasts per station and horizon the P10-P90 band is calibrated on; 0: off
+    band_window: int = 480  # recent scored forecasts per station and horizon the P10-P90 band is calibrated on; 0: off
     band_min_scores: int = 48  # a station's own scores needed before its band uses them (before: the fleet's)
     # --- model lifecycle (pipeline/scheduler.py, pipeline/lifecycle.py); the defaults keep the scheduler off ---
     retrain_interval_s: float = 0  # periodic retraining every N seconds; 0 = disabled

@@ -50,6 +50,10 @@ class StepConfig:
         """The step's part of a :class:`pipeline.config.ServiceConfig`."""
         return cls(cfg.lateness_steps, cfg.max_fill_steps, cfg.max_future_s, cfg.band_window, cfg.band_min_scores)
 
+    def calibration(self) -> CalibrationConfig:
+        """The band calibrator's settings (the service's and the benchmarks' replay of it)."""
+        return CalibrationConfig(window=self.band_window, min_scores=self.band_min_scores)
+
 
 @dataclass
 class ForwardPass:
@@ -150,8 +154,7 @@ class Step:
         self.season = season_of(card)
         horizons = tuple(int(h) for h in card.model.horizons)
         if self.calibrator is None or self.calibrator.horizons != horizons:  # a new champion keeps the scores
-            self.calibrator = BandCalibrator(horizons, CalibrationConfig(
-                window=self.cfg.band_window, min_scores=self.cfg.band_min_scores))
+            self.calibrator = BandCalibrator(horizons, self.cfg.calibration())
 
     # ------------------------------------------------------------------ the step
 
