@@ -182,12 +182,15 @@ def _aligned(x: torch.Tensor, adapter: int) -> torch.Tensor:
 
 
 def _conv_stack(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
+    """Conv1D -> max-pool -> ReLU per layer: the book's conv -> ReLU -> pool, with the same output (a max commutes
+    with a non-decreasing function) from a ReLU over the pooled third or half of the values (docs/forecast_batch.md)."""
     layers: list[nn.Module] = []
     c_in = cfg.n_features
     for layer in cfg.conv:
-        layers += [nn.Conv1d(c_in, layer.channels, layer.kernel, stride=layer.stride), nn.ReLU()]
+        layers.append(nn.Conv1d(c_in, layer.channels, layer.kernel, stride=layer.stride))
         if layer.pool > 1:
             layers.append(nn.MaxPool1d(layer.pool))
+        layers.append(nn.ReLU())
         c_in = layer.channels
     return nn.Sequential(*layers), c_in
 

@@ -28,7 +28,9 @@ class Forecast:
 class Predictor:
     """A loaded model ready for batched inference on the GPU when there is one."""
 
-    max_chunk = 256  # CPU: stations per forward pass; bigger batches spill the activations out of cache
+    # CPU: stations per forward pass. Bigger chunks spill the front-end's activations out of cache; smaller ones pay
+    # the GRU's per-step overhead more often (docs/forecast_batch.md measures 32 to 1,000).
+    max_chunk = 128
 
     def __init__(self, model: nn.Module, card: ModelCard, device: str = "auto"):
         self.card = card

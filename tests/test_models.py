@@ -33,6 +33,26 @@ def test_listing_6_47_and_6_49_layouts():
     assert len(frontend_parameters(cg)) == 4 and n_parameters(cg) > n_parameters(build_model(ModelConfig("gru", 14, 1)))
 
 
+def test_front_end_pools_before_its_relu_with_the_books_output():
+    """Pool -> ReLU is cheaper than the book's ReLU -> pool and must give the same values and gradients."""
+    torch.manual_seed(0)
+    cg = build_model(ModelConfig("conv_gru", 6, 1, conv=(ConvLayer(16, 5, 3), ConvLayer(16, 5, 2), ConvLayer(8, 3, 1))))
+    convs = [m for m in cg.frontend if isinstance(m, torch.nn.Conv1d)]
+    relu, pool = torch.nn.functional.relu, torch.nn.functional.max_pool1d
+    x = torch.randn(4, 6, 240, requires_grad=True)
+    z = pool(relu(convs[0](x)), 3)
+    book = relu(convs[2](pool(relu(convs[1](z)), 2)))
+    ours = cg.frontend(x)
+    assert torch.equal(ours, book)
+    (g_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    (g_book,) = torch.autograd.grad(book.square().sum(), x)
+    assert torch.allclose(g_ours, g_book, atol=1e-6)
+    # The parameters keep their names, so models saved before the reordering load unchanged.
+    assert [k for k in cg.state_dict() if k.startswith("frontend.")] == [
+        "frontend.0.weight", "frontend.0.bias", "frontend.3.weight", "frontend.3.bias", "frontend.6.weight",
+        "frontend.6.bias"]
+
+
 def test_persistence_and_seasonal_values():
     x = torch.arange(48, dtype=torch.float32).view(1, 48, 1).repeat(2, 1, 1)
     p = build_model(ModelConfig("persistence", 1, 0, horizons=(1, 24)))
