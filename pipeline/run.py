@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from forecaster.table import format_table
 from pipeline.broker import EmbeddedBroker, make_producer, open_broker
@@ -134,6 +135,7 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
     data = data or str(nycflights_weather_path())
     records = records_for_replay(data, schema, stations)
     records = enforce(records, data, served_cadences(str(cfg.registry), cfg.model_name), resample)
+    _make_room(cfg, records)
     stop = threading.Event()
     _on_signals(stop.set)
     with ExitStack() as stack:
@@ -192,6 +194,48 @@ def run_main_job(cfg: ServiceConfig, data: str | None, schema: str | None, stati
         print(f"stationcast run: error: the service stopped: {died[0]!r} (see the log above)", file=sys.stderr)
         return 1
     return 0
+
+
+def already_stored(store_url: str, records: pd.DataFrame) -> int:
+    """How many of ``records`` are no newer than their station's newest stored reading: the service skips those
+    (a restart must not forecast twice from the same readings), so replaying them again shows nothing."""
+    from pipeline.store import Store
+
+    file = parse_store_url(store_url).file
+    if file is not None and not file.exists():
+        return 0
+    with Store.open(store_url) as store:
+        newest = store.newest_by_station(records["station"].unique().tolist())
+    if not newest:
+        return 0
+    ts = records["time"].to_numpy("datetime64[s]").astype(np.int64)
+    last = records["station"].map(newest).to_numpy(dtype=np.float64)  # NaN: a station with nothing stored
+    return int((ts <= last).sum())
+
+
+def _make_room(cfg: ServiceConfig, records: pd.DataFrame) -> None:
+    """The main job run again on the same store would replay readings the store already holds and forecast
+    nothing: an SQLite file is moved aside (kept, under a dated name) for an empty one; another store is refused
+    (ValueError: exit 2). A partly stored replay goes ahead, said in one line."""
+    stored, where = already_stored(cfg.store_url, records), redact_url(cfg.store_url)
+    if not stored:
+        return
+    if stored < len(records):
+        print(f"stationcast: {stored:,} of the {len(records):,} readings are already in {where} (an earlier run); "
+              "the service skips them", file=sys.stderr)
+        return
+    file = parse_store_url(cfg.store_url).file
+    if file is None:
+        raise ValueError(f"{where} already holds every reading of this replay (an earlier run), so replaying it "
+                         "again would forecast nothing: point --store-url at an empty database")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = file.with_name(f"{file.stem}-{stamp}{file.suffix}")
+    for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite's side files travel with the database
+        part = Path(f"{file}{suffix}")
+        if part.exists():
+            part.rename(f"{kept}{suffix}")
+    print(f"stationcast: {file} already held every reading of this replay (an earlier run), so replaying it "
+          f"again would forecast nothing: moved it to {kept}; starting with an empty store", file=sys.stderr)
 
 
 def _summary(service: Service, cfg: ServiceConfig) -> None:
