@@ -379,6 +379,7 @@ def _span_line(series: list[StationSeries], ranges: list) -> str:
 def cmd_train(args) -> int:
     if args.transfer_from:
         return _train_transfer(args)
+    _train_cfg(args, args.quantiles)  # a contradictory loss is refused before minutes of loading, not after
     requested = tuple(dict.fromkeys((*args.features.split(","), args.target))) if args.features else ()
     series = _load(args, requested, "--features")
     registry = Registry(args.registry or default_registry())
@@ -488,6 +489,7 @@ def _train_transfer(args) -> int:
     else:
         base, base_card, info = registry.load(args.transfer_from)
         base_tag = info.tag
+    _train_cfg(args, base_card.model.quantiles)
     series = _load(args, (*base_card.data.features, base_card.data.target), f"model {base_tag}")
     cadences = sorted({int(s.cadence.total_seconds()) for s in series})
     if len(cadences) > 1:

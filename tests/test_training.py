@@ -225,3 +225,7 @@ def test_squared_error_loss_with_a_band_is_a_one_line_error(jena_hourly, tmp_pat
                  "--loss", "mse", "--registry", str(tmp_path / "registry")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--loss mse trains a point forecast" in err and "pinball" in err and "\n" not in err
+    # Said before the data is read: a file that does not exist is not reached.
+    assert main(["train", "--data", str(tmp_path / "nowhere.csv"), "--quantiles", "0.1,0.5,0.9", "--loss", "mse",
+                 "--registry", str(tmp_path / "registry")]) == 2
+    assert "--loss mse trains a point forecast" in capsys.readouterr().err
