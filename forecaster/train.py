@@ -179,7 +179,7 @@ def train(
         running, seen = 0.0, 0
         bar = tqdm(
             train_w.batches(cfg.batch_size, shuffle=True, generator=generator, limit=cfg.steps_per_epoch),
-            total=n_batches, desc=f"{label} epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
+            total=n_batches, desc=f"{label} epoch {epoch}/{cfg.epochs}", disable=None if cfg.progress else True,
             leave=False, dynamic_ncols=True,
         )
         for x, y in bar:
@@ -200,7 +200,7 @@ def train(
                 ema.update_parameters(model)
             running += float(loss.detach()) * len(x)
             seen += len(x)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
+            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)  # redrawn at tqdm's pace, not per batch
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - start
