@@ -22,7 +22,7 @@ from dataclasses import replace
 import orjson
 
 from bench.common import DOCS, ROOT, Benchmark, markdown_table, shared_file
-from bench.recipes import HORIZON, ensemble_mae, trials
+from bench.recipes import FRONT_POOL2, HORIZON, ensemble_mae, trials
 from forecaster.clean import clean_station
 from forecaster.data import file_sha256, load_records
 from forecaster.dataset import DataConfig
@@ -46,6 +46,11 @@ DARTS = "Darts-style GRU(32)"
 # The regularized Conv1D+GRU trained as the book and Darts train: squared error over all 24 hourly outputs.
 REG_MSE = "Conv1D+GRU, regularized, 24 outputs, squared error"
 H24 = tuple(range(1, 25))
+# The book's front-end pooled by 2 instead of 3 (120 steps to the GRU, not 80) on the `best-wd` recipe, one row per
+# seed, and the mean of the seeds' forecasts.
+POOL2 = "Conv1D+GRU(64), pool 2, time features"
+POOL2_SEEDS = (0, 1, 2)
+POOL2_ENSEMBLE = f"ensemble: mean of the {len(POOL2_SEEDS)} seeds of {POOL2}"
 TARGETS = {"conv_gru": 2.35, "best": 2.30}
 
 
@@ -75,30 +80,45 @@ def configurations() -> list[tuple[str, DataConfig, dict, TrainConfig]]:
          replace(study["best-wd"].train, seed=seed))
         for seed in ANCHORED_SEEDS
     ] + [
+        (f"{POOL2}, seed {seed}", study["best-wd"].data, {**study["best-wd"].arch, "conv": FRONT_POOL2},
+         replace(study["best-wd"].train, epochs=24, seed=seed))
+        for seed in POOL2_SEEDS
+    ] + [
         # BlockRNNModel's defaults: output_chunk_length 24 (all 24 hours out, scored at +24 h), MSE, batch 32.
         (DARTS, replace(BOOK, horizons=H24), {"kind": "gru", "gru_hidden": 32, "dropout": 0.0},
          TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, epochs=20, patience=4, loss="mse")),
     ]
 
 
-def verdicts(results: dict[str, dict]) -> str:
-    """The two targets, judged on test MAE; which row answers each is picked on validation."""
-    lines = ["| target | row (picked on validation) | test MAE °C | verdict |", "|---|---|---|---|"]
+def picks(results: dict[str, dict]) -> list[tuple[str, str, float, float]]:
+    """(target, row picked on validation, its test MAE, the limit) for the two targets, and for the best single
+    model (what the product can serve: it registers one model, not an ensemble) against the second."""
     cg = [k for k in results if k.startswith("Conv1D+GRU") and "test_mae" in results[k]]
     trained = [k for k in results if results[k].get("parameters") or k.startswith("ensemble")]
+    single = [k for k in trained if not k.startswith("ensemble")]
     goals = ((f"Conv1D+GRU at most {TARGETS['conv_gru']:.2f} °C test", cg, TARGETS["conv_gru"]),
-             (f"best configuration at most {TARGETS['best']:.2f} °C test", trained, TARGETS["best"]))
+             (f"best configuration at most {TARGETS['best']:.2f} °C test", trained, TARGETS["best"]),
+             (f"the same, best single model at most {TARGETS['best']:.2f} °C test", single, TARGETS["best"]))
+    out = []
     for target, pool, limit in goals:
         if pool:
             row = min(pool, key=lambda k: results[k]["val_mae"])
-            mae = results[row]["test_mae"]
-            lines.append(f"| {target} | {row} | {mae:.3f} | **{'met' if mae <= limit else 'not met'}** |")
-    seeds = [results[k]["test_mae"] for k in results if k.startswith(ANCHORED)]
-    if seeds:
-        lines.append(f"\n{ANCHORED} over {len(seeds)} seed(s): test MAE {min(seeds):.3f} to {max(seeds):.3f} °C "
-                     f"(mean {sum(seeds) / len(seeds):.3f}). Peers on exactly this split and windows (issue #11): "
-                     "Darts BlockRNNModel GRU(32) 2.319 / 2.348 / 2.354 over three seeds, LightGBM on lag features "
-                     "2.380 at best, Darts N-HiTS 2.55.")
+            out.append((target, row, results[row]["test_mae"], limit))
+    return out
+
+
+def verdicts(results: dict[str, dict]) -> str:
+    """The targets, judged on test MAE; which row answers each is picked on validation."""
+    lines = ["| target | row (picked on validation) | test MAE °C | verdict |", "|---|---|---|---|"]
+    for target, row, mae, limit in picks(results):
+        lines.append(f"| {target} | {row} | {mae:.3f} | **{'met' if mae <= limit else 'not met'}** |")
+    for name in (POOL2, ANCHORED):
+        seeds = [results[k]["test_mae"] for k in results if k.startswith(name)]
+        if seeds:
+            lines.append(f"\n{name} over {len(seeds)} seed(s): test MAE {min(seeds):.3f} to {max(seeds):.3f} °C "
+                         f"(mean {sum(seeds) / len(seeds):.3f}).")
+    lines.append("\nPeers on exactly this split and windows (issue #11): Darts BlockRNNModel GRU(32) 2.319 / 2.348 / "
+                 "2.354 over three seeds, LightGBM on lag features 2.380 at best, Darts N-HiTS 2.55.")
     return "\n".join(lines)
 
 
@@ -137,7 +157,7 @@ def measure(args: argparse.Namespace) -> dict:
                           "seconds_per_epoch": t.result.seconds_per_epoch, "parameters": t.n_parameters,
                           "best_epoch": t.result.best_epoch, "history": t.result.history}
         trained[label] = t
-        if (label in STUDY_ROWS or label.startswith(ANCHORED)) and (best is None or val["mae"] < best_val):
+        if (label in STUDY_ROWS or label.startswith((ANCHORED, POOL2))) and (best is None or val["mae"] < best_val):
             best, best_val = t, val["mae"]  # the best single model on validation goes into the registry
         print(f"{label}: val {val['mae']:.3f}  test {test['mae']:.3f} °C (+24 h)", flush=True)
 
@@ -146,6 +166,11 @@ def measure(args: argparse.Namespace) -> dict:
         ens = {split: ensemble_mae([trained[m] for m in members], split) for split in ("val", "test")}
         results[ENSEMBLE_LABEL] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": members,
                                    "parameters": sum(results[m]["parameters"] for m in members)}
+    seeds = [k for k in trained if k.startswith(POOL2)]
+    if len(seeds) == len(POOL2_SEEDS):
+        ens = {split: ensemble_mae([trained[m] for m in seeds], split) for split in ("val", "test")}
+        results[POOL2_ENSEMBLE] = {"val_mae": ens["val"], "test_mae": ens["test"], "members": seeds,
+                                   "parameters": sum(results[m]["parameters"] for m in seeds)}
     if best is not None and not args.quick:
         reg = Registry(args.registry)
         info = reg.register(GLOBAL, best.model, best.card, note="bench.seed_table best configuration")
@@ -180,8 +205,8 @@ def render(d: dict) -> str:
         "\"Our best configuration\" is whichever trained row (ensembles included) has the lowest validation MAE; "
         f"the best single model is registered. Machine: {d['machine']}.\n\n"
         "Figures: `docs/figures/*_learning_curve.png` (training vs validation MAE per epoch) and "
-        "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts). Why the targets are out of reach "
-        "of these data: docs/accuracy_floor.md.\n"
+        "`docs/figures/*_forecast_vs_actual.png` (two weeks of test forecasts). Why 2.30 °C is hard to reach on "
+        "these data: docs/accuracy_floor.md (a study of 2026-11-29, before the pool-2 rows).\n"
         f"\n{ANCHORED}: the shipped model's head (issue #11: forecasts relative to a learned mix of the last value and "
         "the value a day before the target; at +24 h both are the last value) with T and Tdew fed as deviations "
         "from their window mean and the time of day read relative to each window's warmest hour (`--phase-relative`), "
@@ -195,7 +220,15 @@ def render(d: dict) -> str:
         "different input scaling: Darts' Scaler defaults to min-max; seeds) was not measured. "
         f"{REG_MSE}: the regularized Conv1D+GRU (`cg-ema`) with the same two changes (`stationcast train --horizons "
         "1-24 --loss mse`), scored at +24 h. In single-seed trials the same two changes did not help the anchored "
-        "recipe (2.393 °C test against 2.386) or the Conv1D+GRU(64) with time features (2.391 against 2.370).\n"
+        "recipe (2.393 °C test against 2.386) or the Conv1D+GRU(64) with time features (2.391 against 2.370). "
+        f"{POOL2}: the `best-wd` recipe (time features, GRU(64), dropout 0.2, residual head, AdamW wd 0.05, EMA) "
+        "with the regularized row's front-end, pooling by 2 instead of 3 (the GRU reads 114 steps, not 74), up to "
+        "24 passes, one row per seed; `stationcast train --model conv_gru --conv 32x5/2,32x5/1 --hidden 64 --dropout "
+        "0.2 --residual --time-features --optimizer adam --weight-decay 0.05 --ema 0.998 --epochs 24`. It is the "
+        "first Conv1D+GRU here to match the GRU that reads all 240 steps: the coarser pooling, not the front-end, "
+        "cost the accuracy docs/accuracy_floor.md attributes to pooling. "
+        f"{POOL2_ENSEMBLE}: the mean of those seeds' +24 h forecasts. The product serves one model per station, so "
+        "an ensemble row is a benchmark configuration, not what `stationcast train` registers.\n"
     ))
     if d.get("quick"):
         body = "**Quick plumbing run (2 short epochs per model): not a result.**\n\n" + body
@@ -203,9 +236,11 @@ def render(d: dict) -> str:
 
 
 def headline(d: dict) -> str:
-    return "test MAE °C: " + ", ".join(
-        f"{name} {row['test_mae']:.3f}" for name, row in d["rows"].items()
-        if name in ("persistence", "GRU(32)", "Conv1D+GRU (6.49)") or name.startswith("ensemble"))
+    rows = d["rows"]
+    picked = [f"{row} {mae:.3f} ({'met' if mae <= limit else 'not met'}: {target.split(' at most')[0]} "
+              f"<= {limit:.2f})".replace("the same, ", "") for target, row, mae, limit in picks(rows)]
+    return (f"test MAE °C, persistence {rows['persistence']['test_mae']:.3f}; picked on validation: "
+            + "; ".join(picked))
 
 
 def parser() -> argparse.ArgumentParser:
