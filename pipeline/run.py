@@ -102,7 +102,7 @@ class LiveLine:
             if not (np.isfinite(mae) and np.isfinite(best)):
                 continue
             diurnal = f", diurnal {day:.2f}" if np.isfinite(day) else ""
-            every = f" ({describe(cadence)})" if len(lanes) > 1 else ""
+            every = f" (every {describe(cadence)})" if len(lanes) > 1 else ""  # the lane, not a horizon
             parts.append(f"MAE{every} {mae:.2f} °C vs persistence {pers:.2f}{diurnal} (skill vs better {best:+.0%})")
         skill = " | ".join(parts) or "MAE: waiting for actuals"
         return (f"readings {consumed:,} ({rate:,.0f}/s) | forecasts {forecasts:,} | scored {scored:,} | {skill} | "
