@@ -25,6 +25,11 @@ class ServingModel:
 
     tag: str
     card: ModelCard
+    name: str = ""  # short, for a station's verdict (default: the tag)
+
+    @property
+    def short(self) -> str:
+        return self.name or self.tag
 
     @property
     def needs(self) -> list[str]:
@@ -76,9 +81,26 @@ def _verdict(series: StationSeries, model: ServingModel) -> list[str]:
     return reasons
 
 
-def inspect_file(path: str | Path, schema: Schema | str | Path | None = None, model: ServingModel | None = None,
-                 config: CleanConfig = CleanConfig()) -> dict:
-    """A JSON-ready report on ``path`` read through ``schema`` (see ``stationcast inspect``)."""
+def _judge(series: StationSeries, models: list[ServingModel]) -> tuple[ServingModel | None, list[str]]:
+    """The model that would serve this station (the one at its cadence, else the first) and why it cannot."""
+    if not models:
+        return None, ["no model to judge against"]
+    cadence = int(series.cadence.total_seconds())
+    model = next((m for m in models if m.card.cadence_s == cadence), models[0])
+    reasons = _verdict(series, model)
+    if len(models) > 1 and model.card.cadence_s != cadence:
+        served = ", ".join(_duration(pd.Timedelta(seconds=m.card.cadence_s)) for m in models)
+        reasons = [f"cadence {_duration(series.cadence)}: no model here serves it (they serve {served})"
+                   if r.startswith("cadence ") else r for r in reasons]
+    return model, reasons
+
+
+def inspect_file(path: str | Path, schema: Schema | str | Path | None = None,
+                 model: ServingModel | list[ServingModel] | None = None, config: CleanConfig = CleanConfig()) -> dict:
+    """A JSON-ready report on ``path`` read through ``schema`` (see ``stationcast inspect``). ``model``: the
+    serving model, or the champions of every cadence served (the first is the default one), so that each station
+    is judged by the model at its own cadence as the service would route it."""
+    models = [] if model is None else [model] if isinstance(model, ServingModel) else list(model)
     path = Path(path)
     schema = resolve_schema(schema, path)
     records = load_records(path, schema)
@@ -94,7 +116,7 @@ def inspect_file(path: str | Path, schema: Schema | str | Path | None = None, mo
             name: int(((values[name] < lo) | (values[name] > hi)).sum())
             for name, (lo, hi) in SENSOR_RANGES.items() if name in values
         }
-        reasons = _verdict(series, model) if model else ["no model to judge against"]
+        judge, reasons = _judge(series, models)
         stations.append({
             "station": str(sid),
             "readings": len(rows),
@@ -107,6 +129,7 @@ def inspect_file(path: str | Path, schema: Schema | str | Path | None = None, mo
             "longest_gap_s": int(longest.total_seconds()),
             "out_of_range": {k: v for k, v in out_of_range.items() if v},
             "missing_values": {k: int(v) for k, v in values.isna().sum().items() if v},
+            "model": judge.short if judge else None,
             "can_forecast": not reasons,
             "why_not": reasons,
         })
@@ -119,11 +142,15 @@ def inspect_file(path: str | Path, schema: Schema | str | Path | None = None, mo
                     for name in sensors if name not in derived},
         "derived": derived,
         "sentinels": records.attrs.get("sentinels", {}),
-        "model": {
-            "tag": model.tag, "features": model.needs, "cadence_s": model.card.cadence_s, "window_steps": model.window,
-        } if model else None,
+        "model": _describe(models[0]) if models else None,
+        "models": [_describe(m) for m in models],
         "can_forecast": bool(stations) and all(s["can_forecast"] for s in stations),
     }
+
+
+def _describe(model: ServingModel) -> dict:
+    return {"tag": model.tag, "features": model.needs, "cadence_s": model.card.cadence_s,
+            "window_steps": model.window}
 
 
 def format_report(report: dict) -> str:
@@ -146,13 +173,16 @@ def format_report(report: dict) -> str:
                      f"{_duration(pd.Timedelta(seconds=s['cadence_s'])):>8}  {s['missing_steps']:>8,}  "
                      f"{s['gaps']:>5,}  {longest:>16}  {oor}")
     lines.append("")
-    model = report["model"]
-    if model is None:
+    models = report.get("models") or ([report["model"]] if report["model"] else [])
+    if not models:
         lines.append("model       none found: cannot say whether it can be forecast")
         return "\n".join(lines)
-    lines.append(f"model       {model['tag']}: uses {', '.join(model['features'])}, cadence "
-                 f"{_duration(pd.Timedelta(seconds=model['cadence_s']))}, window {model['window_steps']:,} steps")
+    for i, model in enumerate(models):
+        lines.append(f"{'models' if len(models) > 1 else 'model':<12}"[: 12 if i == 0 else 0].ljust(12)
+                     + f"{model['tag']}: uses {', '.join(model['features'])}, cadence "
+                     f"{_duration(pd.Timedelta(seconds=model['cadence_s']))}, window {model['window_steps']:,} steps")
     for s in report["stations"]:
         verdict = "can forecast" if s["can_forecast"] else "cannot forecast: " + "; ".join(s["why_not"])
-        lines.append(f"  {s['station']:<{width}}  {verdict}")
+        by = f" (by {s['model']})" if len(models) > 1 and s["can_forecast"] and s.get("model") else ""
+        lines.append(f"  {s['station']:<{width}}  {verdict}{by}")
     return "\n".join(lines)

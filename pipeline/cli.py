@@ -108,12 +108,14 @@ def _inspect_command(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("inspect", help="what a station file holds and whether the serving model can forecast it",
                        description="Read a station file as every other command does and report rows, stations, "
                                    "span, cadence, gaps, sentinels and out-of-range values, sensors found and "
-                                   "derived, and whether the serving model (the registry's champion, else the "
-                                   "shipped model) can forecast each station, and why not.")
+                                   "derived, and whether the model that would serve each station (the registry's "
+                                   "champion for its cadence, else the shipped model) can forecast it, and why not.")
     i.add_argument("file", help="station CSV file (.csv or .csv.gz)")
     i.add_argument("--schema", help=forecaster_cli.SCHEMA_HELP)
     i.add_argument("--registry", help=forecaster_cli.REGISTRY_HELP + "; the shipped model when it has no champion")
-    i.add_argument("--name", default="global", help="model name in the registry (default global)")
+    i.add_argument("--name", default="global",
+                   help="base model name: it and its champions at other cadences (NAME-10min, ...) judge the stations "
+                        "(default global)")
     i.add_argument("--max-fill", type=int, default=CleanConfig.max_fill_steps,
                    help="interpolate gaps up to this many steps (default %(default)s)")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -130,20 +132,25 @@ def _serving_model(registry_root: str, name: str):
     registry = Registry(registry_root)
     info = registry.champion(name) if (registry.root / name).exists() else None
     if info is not None:
-        return ServingModel(f"{info.tag} (champion in {registry_root})", registry.card(name, info.version))
+        return ServingModel(f"{info.tag} (champion in {registry_root})", registry.card(name, info.version), info.tag)
     shipped = shipped_artifact(name)
     if shipped is None:
         return None
-    return ServingModel(f"shipped {name} model (no champion in {registry_root})", read_card(shipped))
+    return ServingModel(f"shipped {name} model (no champion in {registry_root})", read_card(shipped),
+                        f"the shipped {name}")
 
 
 def cmd_inspect(args) -> int:
     import json
 
     from forecaster.inspection import format_report, inspect_file
+    from forecaster.registry import Registry
+    from pipeline.pretrained import cadence_champions
 
-    model = _serving_model(args.registry or default_registry(), args.name)
-    report = inspect_file(args.file, args.schema, model, CleanConfig(max_fill_steps=args.max_fill))
+    root = args.registry or default_registry()
+    names = cadence_champions(Registry(root), args.name).values()  # what the service routes each cadence to
+    models = [m for m in (_serving_model(root, n) for n in names) if m is not None]
+    report = inspect_file(args.file, args.schema, models, CleanConfig(max_fill_steps=args.max_fill))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -486,3 +486,22 @@ def test_inspect_says_why_the_model_cannot_forecast(tmp_path):
     window = card.data.lookback + max(card.data.horizons)
     assert report["stations"][0]["why_not"] == [f"too gappy: the longest complete stretch is 99 steps, one window "
                                                 f"needs {window}"]
+
+
+def test_inspect_judges_each_station_by_the_champion_of_its_cadence(tmp_path):
+    """A 10-minute file is judged by the 10-minute champion, as the service routes it (it was judged by the hourly
+    model alone and called unforecastable); a cadence no champion serves is named with the ones served."""
+    ten_min = pd.read_csv(shared_file("jena_2020_10min.csv.gz"), nrows=3000, encoding="latin-1")
+    ten_min.to_csv(tmp_path / "ten_min.csv", index=False, encoding="latin-1")
+    report = _inspect_json(tmp_path, tmp_path / "ten_min.csv")
+    assert [m["cadence_s"] for m in report["models"]] == [3600, 600]
+    station = report["stations"][0]
+    assert station["cadence_s"] == 600 and station["model"] == "the shipped global-10min"
+    assert station["can_forecast"] and report["can_forecast"], station["why_not"]
+    half_hourly = ten_min.iloc[::3]
+    half_hourly.to_csv(tmp_path / "half_hourly.csv", index=False, encoding="latin-1")
+    station = _inspect_json(tmp_path, tmp_path / "half_hourly.csv")["stations"][0]
+    assert station["why_not"] == ["cadence 30min: no model here serves it (they serve 1h, 10min)"]
+    text = stationcast("inspect", "--registry", tmp_path / "empty-registry", tmp_path / "ten_min.csv",
+                       cwd=tmp_path).stdout
+    assert "can forecast (by the shipped global-10min)" in text
