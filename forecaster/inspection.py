@@ -177,9 +177,9 @@ def format_report(report: dict) -> str:
     if not models:
         lines.append("model       none found: cannot say whether it can be forecast")
         return "\n".join(lines)
+    label = "models" if len(models) > 1 else "model"
     for i, model in enumerate(models):
-        lines.append(f"{'models' if len(models) > 1 else 'model':<12}"[: 12 if i == 0 else 0].ljust(12)
-                     + f"{model['tag']}: uses {', '.join(model['features'])}, cadence "
+        lines.append(f"{label if i == 0 else '':<12}{model['tag']}: uses {', '.join(model['features'])}, cadence "
                      f"{_duration(pd.Timedelta(seconds=model['cadence_s']))}, window {model['window_steps']:,} steps")
     for s in report["stations"]:
         verdict = "can forecast" if s["can_forecast"] else "cannot forecast: " + "; ".join(s["why_not"])
