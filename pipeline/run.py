@@ -230,12 +230,15 @@ def _make_room(cfg: ServiceConfig, records: pd.DataFrame) -> None:
                          "again would forecast nothing: point --store-url at an empty database")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     kept = file.with_name(f"{file.stem}-{stamp}{file.suffix}")
+    size = 0
     for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite's side files travel with the database
         part = Path(f"{file}{suffix}")
         if part.exists():
+            size += part.stat().st_size
             part.rename(f"{kept}{suffix}")
     print(f"stationcast: {file} already held every reading of this replay (an earlier run), so replaying it "
-          f"again would forecast nothing: moved it to {kept}; starting with an empty store", file=sys.stderr)
+          f"again would forecast nothing: moved it to {kept} ({size / 2**20:,.0f} MiB; delete it when done with "
+          "it) and starting with an empty store", file=sys.stderr)
 
 
 def _summary(service: Service, cfg: ServiceConfig) -> None:

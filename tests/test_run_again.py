@@ -46,7 +46,7 @@ def test_the_main_job_run_again_forecasts_again_and_keeps_the_old_store(tmp_path
 
     two = _run(tmp_path, data, store)
     assert two.returncode == 0, two.stderr[-3000:]
-    moved = [ln for ln in two.stderr.splitlines() if "already held every reading" in ln]
+    moved = [ln for ln in two.stderr.splitlines() if "already held every reading" in ln and " MiB; delete it" in ln]
     assert len(moved) == 1, two.stderr[-3000:]
     kept = sorted(p for p in store.parent.glob("store-*.db"))
     assert len(kept) == 1 and re.fullmatch(r"store-\d{8}T\d{6}Z\.db", kept[0].name) and str(kept[0]) in moved[0]
