@@ -151,13 +151,13 @@ def band_windows(model, card: ModelCard, name: str) -> dict:
     test = resolve([s])
     before = Spans(test.data_start, test.data_start, test.data_start, test.test_start, True)
     p = score_on_span(model, name, card, [s], before).predictions
-    step = StepConfig.of(ServiceConfig())
+    service = StepConfig.of(ServiceConfig()).calibration()
     pieces = [dataclasses.replace(p, pred=p.pred[a:a + COLD_PIECE], actual=p.actual[a:a + COLD_PIECE],
                                   origins=p.origins[a:a + COLD_PIECE])
               for a in range(0, len(p.origins) - COLD_PIECE + 1, COLD_PIECE)]
     out = {}
     for window in BAND_WINDOWS:
-        cfg = CalibrationConfig(window=window, min_scores=step.band_min_scores)
+        cfg = dataclasses.replace(service, window=window)
         cold = np.mean([service_band(x, card.model.horizons, cfg)["by_horizon"] for x in pieces], axis=0)
         out[str(window)] = {"warm": service_band(p, card.model.horizons, cfg)["by_horizon"], "cold": cold.tolist()}
     return out

@@ -73,9 +73,9 @@ def forecast_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, .
     """MAE (or, with ``point="mse"``, squared error) for a point forecast; pinball loss averaged over quantiles
     otherwise. ``pred``: [B, H, Q]; ``weights``: [H], mean 1, or None for equal horizons."""
     if not quantiles:
-        err = pred[..., 0] - y
         if point not in ("mae", "mse"):
             raise ValueError(f"unknown loss {point!r}: use mae or mse")
+        err = pred[..., 0] - y
         loss = err.abs() if point == "mae" else err.square()
     else:
         q = torch.tensor(quantiles, device=pred.device, dtype=pred.dtype)

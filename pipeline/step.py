@@ -39,11 +39,14 @@ STAGES = ("parse", "ring", "score", "forecast")  # the step's stages; the servic
 
 @dataclass(frozen=True)
 class StepConfig:
-    lateness_steps: int = 3  # a reading up to this many steps late still lands in its window slot
-    max_fill_steps: int = 3  # gaps up to this many steps are interpolated
-    max_future_s: int = 3600  # readings further ahead of the wall clock are dead letters
-    band_window: int = 96  # recent scores per station and horizon the band is calibrated on; 0: off
-    band_min_scores: int = 48  # a station's own scores needed before its band uses them
+    """The step's settings, always taken from :class:`pipeline.config.ServiceConfig` (:meth:`of`), which holds
+    their defaults and their meaning; no copy of them here."""
+
+    lateness_steps: int
+    max_fill_steps: int
+    max_future_s: int
+    band_window: int
+    band_min_scores: int
 
     @classmethod
     def of(cls, cfg) -> StepConfig:
