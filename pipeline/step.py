@@ -47,15 +47,18 @@ class StepConfig:
     max_future_s: int
     band_window: int
     band_min_scores: int
+    band_feedback: float
 
     @classmethod
     def of(cls, cfg) -> StepConfig:
         """The step's part of a :class:`pipeline.config.ServiceConfig`."""
-        return cls(cfg.lateness_steps, cfg.max_fill_steps, cfg.max_future_s, cfg.band_window, cfg.band_min_scores)
+        return cls(cfg.lateness_steps, cfg.max_fill_steps, cfg.max_future_s, cfg.band_window, cfg.band_min_scores,
+                   cfg.band_feedback)
 
     def calibration(self) -> CalibrationConfig:
         """The band calibrator's settings (the service's and the benchmarks' replay of it)."""
-        return CalibrationConfig(window=self.band_window, min_scores=self.band_min_scores)
+        return CalibrationConfig(window=self.band_window, min_scores=self.band_min_scores,
+                                 feedback=self.band_feedback)
 
 
 @dataclass
@@ -265,14 +268,14 @@ class Step:
         self.skill.update(errors)
         self.horizon_skill.update(errors)
         self.calibrator.update(errors["station"].to_numpy(), errors["horizon"].to_numpy(),
-                               errors["band_score"].to_numpy())
+                               errors["band_score"].to_numpy(), errors["covered"].to_numpy())
         out.error_frames.append(errors)
 
     def learn_band(self, scored: pd.DataFrame | None) -> None:
         """Stored band scores (a rebuild after a restart or rebalance) into the calibration."""
         if scored is not None and len(scored):
             self.calibrator.update(scored["station"].to_numpy(), scored["horizon"].to_numpy(),
-                                   scored["band_score"].to_numpy())
+                                   scored["band_score"].to_numpy(), scored["covered"].to_numpy())
 
     def _forecast(self, stations: np.ndarray, out: StepResult) -> None:
         """One batched forward pass for every station whose window advanced."""

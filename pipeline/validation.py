@@ -140,6 +140,7 @@ RULES: dict[str, Rule] = {
     "finetune_timeout_s": _positive,
     "band_window": _between(0, 10_000, "must be 0 (no calibration) or a number of scores up to 10000"),
     "band_min_scores": _between(1, 10_000),
+    "band_feedback": _between(0, 5, "must be 0 (the plain conformal quantile) to 5"),
     "station_cadences": _declared_cadences,
 }
 RULES["forecasts_topic"] = RULES["deadletter_topic"] = RULES["readings_topic"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,12 +132,14 @@ def test_state_rebuilt_from_each_stations_newest_scores_equals_the_live_state():
         st = np.repeat(present, len(HORIZONS))
         h = np.tile(HORIZONS, len(present))
         sc = rng.normal(0.0, 1.0 + np.arange(len(st)) % 3, len(st))
-        live.update(st, h, sc)
-        rows.append(pd.DataFrame({"station": st, "horizon": h, "t": t, "score": sc}))
+        hit = (rng.random(len(st)) < 0.7).astype(float)
+        live.update(st, h, sc, hit)
+        rows.append(pd.DataFrame({"station": st, "horizon": h, "t": t, "score": sc, "hit": hit}))
     history = pd.concat(rows, ignore_index=True)
     newest = history.sort_values("t").groupby(["station", "horizon"]).tail(cfg.window).sort_values("t")
     rebuilt = BandCalibrator(HORIZONS, cfg)
-    rebuilt.update(newest["station"].to_numpy(), newest["horizon"].to_numpy(), newest["score"].to_numpy())
+    rebuilt.update(newest["station"].to_numpy(), newest["horizon"].to_numpy(), newest["score"].to_numpy(),
+                   newest["hit"].to_numpy())
     everyone = np.r_[stations, np.array(["new"], dtype=object)]
     assert np.array_equal(rebuilt.offsets(everyone), live.offsets(everyone))
     assert np.array_equal(rebuilt.fleet_offsets(), live.fleet_offsets())
@@ -151,3 +155,67 @@ def test_the_fleet_pool_is_a_fixed_sample_of_stations_whatever_their_order():
             cal.update(np.array([s] * 10, dtype=object), np.ones(10, dtype=np.int64),
                        np.full(10, float(names.index(s))))
     assert a.fleet_offsets()[0] == b.fleet_offsets()[0]
+
+
+def _persistent_weather(steps: int, stations: int, phi: float, seed: int) -> np.ndarray:
+    """Actuals [T, N, 1] ~ N(0, 1) from an AR(1) with coefficient ``phi``: misses come in long runs."""
+    rng = np.random.default_rng(seed)
+    x, out = np.zeros(stations), np.empty((steps, stations, 1))
+    for t in range(steps):
+        x = phi * x + np.sqrt(1 - phi**2) * rng.normal(size=stations)
+        out[t, :, 0] = x
+    return out
+
+
+def _coverage_per_station(feedback: float, actual: np.ndarray, warmup: int) -> np.ndarray:
+    stations = np.array([f"S{i}" for i in range(actual.shape[1])], dtype=object)
+    cal = BandCalibrator((1,), CalibrationConfig(window=200, min_scores=50, feedback=feedback))
+    z = 1.2815515655446004 / 2  # the model's band is half as wide as it should be
+    hits = []
+    for t in range(len(actual)):
+        lo, hi, q = cal.adjust(stations, np.full((len(stations), 1), -z), np.full((len(stations), 1), z))
+        hit = band_hits(lo, hi, actual[t])
+        hits.append(hit)
+        cal.update(stations, np.ones(len(stations), dtype=np.int64), (conformity_scores(lo, hi, actual[t]) + q)[:, 0],
+                   hit[:, 0])
+    return np.asarray(hits)[warmup:].mean(axis=(0, 2))
+
+
+def test_feedback_closes_the_shortfall_of_a_quantile_over_runs_of_misses():
+    """Where scores come in runs (weather persists for days), the plain conformal quantile of a short window covers
+    well under its level; raising each station's level by its own shortfall brings every station within 3 points."""
+    actual = _persistent_weather(8000, 8, 0.995, seed=0)
+    plain = _coverage_per_station(0.0, actual, warmup=1000)
+    fed = _coverage_per_station(1.0, actual, warmup=1000)
+    assert plain.mean() < 0.77  # the case needs the feedback
+    assert np.all((fed >= 0.77) & (fed <= 0.83)), fed
+    assert abs(fed.mean() - 0.8) < abs(plain.mean() - 0.8) / 2
+
+
+def test_feedback_narrows_a_band_that_covered_too_much_and_stays_in_bounds():
+    cfg = CalibrationConfig(window=100, min_scores=10, fleet_min_scores=10, feedback=1.0)
+    plain, fed = BandCalibrator((1,), dataclasses.replace(cfg, feedback=0.0)), BandCalibrator((1,), cfg)
+    scores, a = np.linspace(-1.0, 1.0, 100, dtype=np.float32), np.array(["A"] * 100, dtype=object)
+    for cal in (plain, fed):
+        cal.update(a, np.ones(100, dtype=np.int64), scores, np.ones(100))  # every actual was inside: 100 %
+    assert fed.offsets(a[:1])[0, 0] < plain.offsets(a[:1])[0, 0]
+    assert fed.offsets(a[:1])[0, 0] == conformal_quantile(scores, cfg.min_level)  # 0.8 - 0.2, at the bound
+    never = BandCalibrator((1,), cfg)
+    never.update(a, np.ones(100, dtype=np.int64), scores, np.zeros(100))  # none inside: asks for 1.6, gets 0.97
+    assert never.offsets(a[:1])[0, 0] == conformal_quantile(scores, cfg.max_level)
+    unknown = BandCalibrator((1,), cfg)
+    unknown.update(a, np.ones(100, dtype=np.int64), scores)  # no hits known (older stored rows): no feedback
+    assert unknown.offsets(a[:1])[0, 0] == plain.offsets(a[:1])[0, 0]
+
+
+def test_a_long_batch_counts_only_the_newest_hits_and_forget_clears_them():
+    cfg = CalibrationConfig(window=10, min_scores=10, fleet_min_scores=10)
+    one, a = np.ones(30, dtype=np.int64), np.array(["A"] * 30, dtype=object)
+    scores = np.arange(30.0)
+    long_batch, newest = BandCalibrator((1,), cfg), BandCalibrator((1,), cfg)
+    long_batch.update(a, one, scores, np.r_[np.zeros(20), np.ones(10)])  # old misses, then ten hits
+    newest.update(a[:10], one[:10], scores[20:], np.ones(10))
+    assert long_batch.offsets(a[:1])[0, 0] == newest.offsets(a[:1])[0, 0] == 26.0  # level 0.6: ceil(11 * 0.6) = 7th
+    long_batch.forget(["A"])
+    long_batch.update(a[:10], one[:10], scores[20:], np.zeros(10))  # a new "A" that missed every time: level 0.97
+    assert long_batch.offsets(a[:1])[0, 0] == 29.0
