@@ -131,6 +131,20 @@ class BandCalibrator:
         return rows[inverse]
 
     @property
+    def hits_after(self) -> int:
+        """A (station, horizon)'s first scores whose hits are not counted: until the station had its own band.
+        Its forecast for horizon h was issued h steps before it was scored, when up to h fewer of its scores had
+        been learnt (and a late reading may be learnt a step or two after its slot); twice the longest horizon
+        covers both."""
+        return min(self.config.min_scores, self.config.window) + 2 * int(self._h.max())
+
+    @property
+    def history(self) -> int:
+        """The newest scores per (station, horizon) that rebuild its state exactly: its ring and, before that,
+        enough to know which of the ring's hits count (:attr:`hits_after`)."""
+        return self.config.window + self.hits_after
+
+    @property
     def enabled(self) -> bool:
         return self.config.window > 0
 
@@ -162,6 +176,10 @@ class BandCalibrator:
         head, count = self._head.reshape(-1), self._count.reshape(-1)
         slot = (head[key] + rank) % w
         flat_scores[key[keep], slot[keep]] = sc[keep]
+        # A hit counts only where the band was certainly the station's own (enough of its scores learnt before the
+        # forecast was issued): a band borrowed from the fleet depends on the other stations' progress, and the
+        # station's own bands must not (restarts rebuild them exactly).
+        hit[count[key] + rank < self.hits_after] = -1
         kk, ks, new = key[keep], slot[keep], hit[keep]
         old = flat_hits[kk, ks]
         np.add.at(self._tally.reshape(-1, 2), kk, np.c_[(new == 1).astype(np.int64) - (old == 1),

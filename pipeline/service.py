@@ -615,21 +615,21 @@ class Service:
                              tail_station: np.ndarray, tail_ts: np.ndarray,
                              tail_rank: np.ndarray) -> dict[int, pd.DataFrame]:
         """The band calibration of ``stations`` (just forgotten by the restore) from their stored scores: per horizon
-        the newest ``band_window`` up to each one's cut (within four windows of it) and all after it, so that after
+        the newest ``calibrator.history`` up to each one's cut (within four times that) and all after it, so that after
         a restart or rebalance every band is what it would have been without one. Scores up to each station's cut
         are learnt now; those of targets among the readings still to be replayed (stored before a crash, with their
         forecasts lost) are returned by replay round (-1: after the last), to be learnt just before that round
         forecasts, as they were."""
-        window = self.cfg.band_window
-        if not window:
+        if not self.cfg.band_window:
             return {}
+        history = step.calibrator.history
         cad, half = step.card.cadence_s, step.card.cadence_s - step.card.cadence_s // 2
         # Forecasts issued after the cut (stored scores of forecasts lost in a crash between storing a batch's errors
         # and its forecasts) are issued and scored again by the replay: learning their stored scores too would count
-        # them twice. Of the rest, per horizon: the newest ``window`` up to the cut and the few after it.
-        since = dict(zip(stations, (cut - 4 * window * cad).tolist(), strict=True))
+        # them twice. Of the rest, per horizon: the newest ``history`` up to the cut and the few after it.
+        since = dict(zip(stations, (cut - 4 * history * cad).tolist(), strict=True))
         max_h = max(step.card.data.horizons)
-        scored = self.store.recent_errors(since, max_h * cad, window + max_h,
+        scored = self.store.recent_errors(since, max_h * cad, history + max_h,
                                           issued_until=dict(zip(stations, cut.tolist(), strict=True)))
         code = pd.Index(stations).get_indexer(scored["station"].to_numpy())
         target = scored["target_ts"].to_numpy()

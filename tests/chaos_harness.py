@@ -50,8 +50,8 @@ IGNORED_COLUMNS: dict[str, dict[str, str]] = {
 FLOAT_TOLERANCE: dict[str, float] = {"forecasts": 1e-4, "errors": 1e-4}
 
 
-# The published band: calibrated from the station's own scores once it has enough (rebuilt exactly from the store
-# after a restart), from the fleet's before; which fleet scores exist then depends on how far the other stations
+# The published band: calibrated from the station's own scores and hits once it has enough (rebuilt exactly from the
+# store after a restart), from the fleet's before; which fleet scores exist then depends on how far the other stations
 # have got, which differs between two runs, restarts or not.
 BAND = ["lo", "hi", "band_offset"]
 

@@ -120,15 +120,15 @@ def test_band_hits_and_scores():
 
 
 def test_state_rebuilt_from_each_stations_newest_scores_equals_the_live_state():
-    """What the service does after a restart: feed only each station's newest ``window`` scores per horizon, in
-    target order; every offset (own and fleet) equals that of a calibrator that saw the whole stream."""
+    """What the service does after a restart: feed only each station's newest ``history`` scores and hits per
+    horizon, in target order; every offset (own and fleet) equals that of a calibrator that saw the whole stream."""
     cfg = CalibrationConfig(window=30, min_scores=20, fleet_stations=3, fleet_min_scores=20)
     rng = np.random.default_rng(2)
     stations = np.array(["A", "B", "C", "D", "E"], dtype=object)
     live = BandCalibrator(HORIZONS, cfg)
     rows = []
-    for t in range(80):  # stations arrive interleaved, some late ones only
-        present = stations if t >= 50 else stations[:3]
+    for t in range(200):  # stations arrive interleaved, some late ones only
+        present = stations if t >= 120 else stations[:3]
         st = np.repeat(present, len(HORIZONS))
         h = np.tile(HORIZONS, len(present))
         sc = rng.normal(0.0, 1.0 + np.arange(len(st)) % 3, len(st))
@@ -136,7 +136,8 @@ def test_state_rebuilt_from_each_stations_newest_scores_equals_the_live_state():
         live.update(st, h, sc, hit)
         rows.append(pd.DataFrame({"station": st, "horizon": h, "t": t, "score": sc, "hit": hit}))
     history = pd.concat(rows, ignore_index=True)
-    newest = history.sort_values("t").groupby(["station", "horizon"]).tail(cfg.window).sort_values("t")
+    assert cfg.window < live.history < 150  # the early stations are past it, the late ones not
+    newest = history.sort_values("t").groupby(["station", "horizon"]).tail(live.history).sort_values("t")
     rebuilt = BandCalibrator(HORIZONS, cfg)
     rebuilt.update(newest["station"].to_numpy(), newest["horizon"].to_numpy(), newest["score"].to_numpy(),
                    newest["hit"].to_numpy())
@@ -144,6 +145,12 @@ def test_state_rebuilt_from_each_stations_newest_scores_equals_the_live_state():
     assert np.array_equal(rebuilt.offsets(everyone), live.offsets(everyone))
     assert np.array_equal(rebuilt.fleet_offsets(), live.fleet_offsets())
     assert not np.isnan(live.fleet_offsets()).any()
+    assert len(np.unique(live.offsets(stations[:3]))) > 1  # the levels differ, so the hits were really rebuilt
+    short = BandCalibrator(HORIZONS, cfg)  # the newest ``window`` alone lose the hits that count
+    tail = history.sort_values("t").groupby(["station", "horizon"]).tail(cfg.window).sort_values("t")
+    short.update(tail["station"].to_numpy(), tail["horizon"].to_numpy(), tail["score"].to_numpy(),
+                 tail["hit"].to_numpy())
+    assert not np.array_equal(short.offsets(stations[:3]), live.offsets(stations[:3]))
 
 
 def test_the_fleet_pool_is_a_fixed_sample_of_stations_whatever_their_order():
@@ -213,9 +220,14 @@ def test_a_long_batch_counts_only_the_newest_hits_and_forget_clears_them():
     one, a = np.ones(30, dtype=np.int64), np.array(["A"] * 30, dtype=object)
     scores = np.arange(30.0)
     long_batch, newest = BandCalibrator((1,), cfg), BandCalibrator((1,), cfg)
+    assert long_batch.hits_after == 12  # ten scores of its own, and twice the longest horizon
     long_batch.update(a, one, scores, np.r_[np.zeros(20), np.ones(10)])  # old misses, then ten hits
-    newest.update(a[:10], one[:10], scores[20:], np.ones(10))
+    newest.update(a[:22], one[:22], scores[8:], np.r_[np.zeros(12), np.ones(10)])  # the newest ``history``
     assert long_batch.offsets(a[:1])[0, 0] == newest.offsets(a[:1])[0, 0] == 26.0  # level 0.6: ceil(11 * 0.6) = 7th
     long_batch.forget(["A"])
-    long_batch.update(a[:10], one[:10], scores[20:], np.zeros(10))  # a new "A" that missed every time: level 0.97
+    long_batch.update(a[:22], one[:22], scores[8:], np.ones(22))  # a new "A": its first 12 hits do not count
+    long_batch.update(a[:10], one[:10], scores[20:], np.zeros(10))  # then it missed every time: level 0.97
     assert long_batch.offsets(a[:1])[0, 0] == 29.0
+    young = BandCalibrator((1,), cfg)
+    young.update(a[:12], one[:12], scores[18:], np.zeros(12))  # all twelve before its own band: no feedback yet
+    assert young.offsets(a[:1])[0, 0] == conformal_quantile(scores[20:], 0.8)
