@@ -46,7 +46,7 @@ class CalibrationConfig:
     min_scores: int = 48  # a station's own scores needed before they replace the fleet's
     fleet_stations: int = 256  # stations whose scores are pooled for the fleet's offsets
     fleet_min_scores: int = 48  # pooled scores needed before the model's raw band is adjusted at all
-    feedback: float = 1.0  # gain on a station's own published-band miss rate; 0: the plain conformal quantile
+    feedback: float = 3.0  # gain on a station's own published-band miss rate; 0: the plain conformal quantile
     min_level: float = 0.6  # bounds of the quantile level feedback may ask for
     max_level: float = 0.97
     level_step: float = 0.005  # levels are rounded to this, so a batch's partial sorts are few

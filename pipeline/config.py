@@ -98,7 +98,7 @@ class ServiceConfig:
     station_idle_s: float = 86400.0  # a station silent this long leaves the status page and frees its metric labels
     band_window: int = 480  # recent scored forecasts per station and horizon the P10-P90 band is calibrated on; 0: off
     band_min_scores: int = 48  # a station's own scores needed before its band uses them (before: the fleet's)
-    band_feedback: float = 1.0  # a station's band aims this much past its own shortfall from 80 % coverage; 0: off
+    band_feedback: float = 3.0  # a station's band aims this much past its own shortfall from 80 % coverage; 0: off
     # --- model lifecycle (pipeline/scheduler.py, pipeline/lifecycle.py); the defaults keep the scheduler off ---
     retrain_interval_s: float = 0  # periodic retraining every N seconds; 0 = disabled
     retrain_cron: str | None = None  # or a crontab line (UTC), e.g. "0 3 * * *"; wins over the interval
