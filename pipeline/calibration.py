@@ -17,11 +17,16 @@ So the level itself follows each station's own record (``feedback``): it is the 
 (lowered where it covered more), bounded to ``[min_level, max_level]`` and rounded to ``level_step``.
 
 Everything is a function of each station's own newest scores and hits, so the service rebuilds the state
-exactly from the stored errors (``band_score``, ``covered``) after a restart (the newest ``window`` per station
-and horizon). Which of the fleet's scores exist when a new station's first forecasts go out depends on how far
-the other stations have got, so those first bands can differ between two runs; a station's own bands cannot.
+exactly from the stored errors (``band_score``, ``covered``) after a restart (the newest
+:attr:`BandCalibrator.history` per station and horizon). Which of the fleet's scores exist when a new station's
+first forecasts go out depends on how far the other stations have got, so those first bands can differ between
+two runs; a station's own bands cannot, which is why only hits of bands certainly its own are counted.
 
-Why 480 scores (20 days of an hourly station) and a feedback of 1 by default: FEEDBACK_WHY
+Why 480 scores (20 days of an hourly station) and a feedback of 3 by default (docs/loso.md): replayed over the
+unseen stations' years before their test spans, 240 scores covered 79.1 %, 480 covered 79.7 %, but a station
+just joined still fell below 77 % at some horizon in 118 of 192 station-horizons (a piece of 55 days); with the
+feedback 45 at a gain of 1, 8 at 3 (and at 4; 11 at 5), and the mean coverage 80.0 %. Weighting recent scores
+more (a half-life of 120 or 240 scores) moved coverage by 0.05 points or less, so scores weigh equally.
 
 State: a ring of the last ``window`` scores per (station, horizon) in float32 beside a ring of its hits in int8
 (24 horizons x 480 forecasts are 56 KiB a station; 10,000 stations about 550 MiB) and a running tally of those
