@@ -46,7 +46,7 @@ OLD_DIR = "pipeline/pretrained_models/global"
 # (band_window, band_feedback) pairs compared on the spans before the test spans
 BAND_SETTINGS = ((240, 0.0), (480, 0.0), (720, 0.0), (240, 1.0), (480, 0.5), (480, 1.0), (480, 2.0), (480, 3.0),
                  (480, 4.0), (480, 5.0))
-BAND_MEMORY_WINDOW = 480  # the longest window chosen from: 10,000 stations' rings within about 440 MiB
+BAND_MEMORY_WINDOW = 480  # the longest window chosen from: 10,000 stations' rings within about 550 MiB
 COLD_PIECE = 1334  # windows per cold-started piece: as many as a New York station's test span
 FINETUNE_DAYS = 30.0  # history before the test span, as `stationcast finetune --days 30`
 

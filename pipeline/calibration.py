@@ -54,7 +54,8 @@ class CalibrationConfig:
     feedback: float = 3.0  # gain on a station's own published-band miss rate; 0: the plain conformal quantile
     min_level: float = 0.6  # bounds of the quantile level feedback may ask for
     max_level: float = 0.97
-    level_step: float = 0.005  # levels are rounded to this, so a batch's partial sorts are few
+    level_step: float = 0.005  # levels are rounded to this (from when rings were grouped by level for partial sorts;
+    # the defaults were chosen with it, docs/loso.md)
 
 
 def conformity_scores(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray) -> np.ndarray:

@@ -620,7 +620,7 @@ class Service:
         are learnt now; those of targets among the readings still to be replayed (stored before a crash, with their
         forecasts lost) are returned by replay round (-1: after the last), to be learnt just before that round
         forecasts, as they were."""
-        if not self.cfg.band_window:
+        if not step.calibrator.enabled:
             return {}
         history = step.calibrator.history
         cad, half = step.card.cadence_s, step.card.cadence_s - step.card.cadence_s // 2
