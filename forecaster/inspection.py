@@ -153,11 +153,20 @@ def _describe(model: ServingModel) -> dict:
             "window_steps": model.window}
 
 
+def _legible(header: str) -> str:
+    """A header read as latin-1 (every byte decodes) but written as UTF-8, shown as written: Jena 2020's unit
+    characters are stored as U+FFFD and read as three latin-1 characters of mojibake otherwise."""
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return header
+
+
 def format_report(report: dict) -> str:
     """The report as aligned text for a terminal."""
     lines = [f"file        {report['file']} (schema {report['schema']})",
              f"rows        {report['rows']:,}, {len(report['stations'])} station(s)",
-             "sensors     " + (", ".join(f"{k} <- {v!r}" for k, v in report["sensors"].items()) or "none")]
+             "sensors     " + (", ".join(f"{k} <- {_legible(v)!r}" for k, v in report["sensors"].items()) or "none")]
     if report["derived"]:
         lines.append("derived     " + ", ".join(f"{k} {how}" for k, how in report["derived"].items()))
     if report["sentinels"]:

@@ -505,3 +505,5 @@ def test_inspect_judges_each_station_by_the_champion_of_its_cadence(tmp_path):
     text = stationcast("inspect", "--registry", tmp_path / "empty-registry", tmp_path / "ten_min.csv",
                        cwd=tmp_path).stdout
     assert "can forecast (by the shipped global-10min)" in text
+    # The file's unit characters are UTF-8 (stored as U+FFFD); the report shows them as written, not as mojibake.
+    assert "SWDR <- 'SWDR (W/m\ufffd)'" in text and "\u00ef" not in text
