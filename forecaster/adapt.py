@@ -42,7 +42,7 @@ from forecaster.clean import StationSeries
 from forecaster.dataset import fit_normalizer
 from forecaster.evaluate import Predictions, predict_windows, steps_per_day
 from forecaster.experiment import Trained, fit
-from forecaster.models import frontend_parameters
+from forecaster.models import frontend_parameters, head_parameters
 from forecaster.spans import SpanError, covered, holdout_split
 from forecaster.train import TrainConfig
 from forecaster.windows import Normalizer, Windows, windows_for
@@ -150,7 +150,7 @@ def finetune(base: nn.Module, base_card: ModelCard, station: StationSeries, rang
     for p in model.parameters():
         p.requires_grad_(layers != "head")
     if layers == "head":
-        for p in model.head.parameters():
+        for p in head_parameters(model):
             p.requires_grad_(True)
     elif layers == "gru+head":
         for p in frontend_parameters(model):

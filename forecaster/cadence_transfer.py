@@ -24,7 +24,7 @@ from forecaster.artifact import ModelCard
 from forecaster.clean import StationSeries
 from forecaster.dataset import DataConfig, Ranges
 from forecaster.experiment import Trained, fit
-from forecaster.models import ModelConfig, build_model
+from forecaster.models import ModelConfig, build_model, single_models
 from forecaster.train import TrainConfig
 
 TRANSFER_LAYERS = ("adapter+head", "all")
@@ -65,8 +65,14 @@ def transfer_config(base: ModelCard, cadence_s: int, horizons: tuple[int, ...], 
 
 def transferred_model(base: nn.Module, arch: ModelConfig) -> nn.Module:
     """``arch``'s model with ``base``'s front-end and GRU weights, and head rows copied from the base horizon each
-    fine horizon falls in (``ceil(h / adapter)``, the nearest the base has)."""
+    fine horizon falls in (``ceil(h / adapter)``, the nearest the base has); an ensemble's, member by member."""
     model = build_model(arch)
+    for mine, theirs in zip(single_models(model), single_models(base), strict=True):
+        _carry(theirs, mine, arch)
+    return model
+
+
+def _carry(base: nn.Module, model: nn.Module, arch: ModelConfig) -> None:
     own = model.state_dict()
     carried = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape
                and not k.startswith("head.") and k != "mix"}
@@ -74,7 +80,7 @@ def transferred_model(base: nn.Module, arch: ModelConfig) -> nn.Module:
     base_h = list(base.cfg.horizons)
     q, width = arch.n_outputs, base.head.weight.shape[1]
     if base.cfg.n_outputs != q or model.head.weight.shape[1] != width + arch.recent - base.cfg.recent:
-        return model
+        return
     w_base, b_base = base.head.weight.view(len(base_h), q, width), base.head.bias.view(len(base_h), q)
     rows = [min(range(len(base_h)), key=lambda i: abs(base_h[i] - math.ceil(h / arch.adapter)))
             for h in arch.horizons]
@@ -85,7 +91,6 @@ def transferred_model(base: nn.Module, arch: ModelConfig) -> nn.Module:
         model.head.weight.zero_()
         model.head.weight[:, :width].copy_((w_base[rows] * scale).reshape(-1, width))
         model.head.bias.copy_((b_base[rows] * scale[..., 0]).reshape(-1))
-    return model
 
 
 def fit_transfer(base: nn.Module, base_card: ModelCard, base_tag: str, series: Sequence[StationSeries],
@@ -100,7 +105,8 @@ def fit_transfer(base: nn.Module, base_card: ModelCard, base_tag: str, series: S
         raise ValueError(f"layers must be one of {', '.join(TRANSFER_LAYERS)}, not {layers!r}")
     model = transferred_model(base, arch)
     if layers == "adapter+head":
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.split(".")[0] in ("adapter", "head", "mix"))
+        for single in single_models(model):
+            for name, p in single.named_parameters():
+                p.requires_grad_(name.split(".")[0] in ("adapter", "head", "mix"))
     return fit(series, data, arch, train_cfg, label=label, plot_dir=plot_dir, ranges=ranges,
                normalizer=base_card.normalizer, model=model, data_hash=data_hash, parent=base_tag)

@@ -7,7 +7,7 @@ are in normalized target units; :mod:`forecaster.predict` turns them into degree
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -56,6 +56,10 @@ class ModelConfig:
     # divided by it and the head's output (median correction and band widths) multiplied by it, so a calm, maritime
     # station's corrections and bands are as much smaller as its weather varies less. False: one scale for all.
     scale: bool = False
+    # Copies of the architecture trained apart (seed, seed + 1, ...) and served as one model, the mean of their
+    # forecasts: their errors are partly independent, so the mean is more accurate than a typical member at
+    # ``members`` times the compute. 1: a single model.
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -73,6 +77,10 @@ class ModelConfig:
             raise ValueError("scale needs relative input columns (the level is removed before the spread is)")
         if self.recent < 0:
             raise ValueError(f"recent must be >= 0 readings, got {self.recent}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.members > 1 and self.kind in ("persistence", "seasonal"):
+            raise ValueError(f"a {self.kind} baseline has nothing to train: members must be 1")
         if self.adapter < 1:
             raise ValueError(f"adapter must be >= 1 input steps per front-end step, got {self.adapter}")
         if any(not 0 < q < 1 for q in self.quantiles):
@@ -338,8 +346,27 @@ MODEL_KINDS: dict[str, type[nn.Module]] = {
 }
 
 
+class Ensemble(nn.Module):
+    """``cfg.members`` models of one architecture, served as one: the mean of their outputs (per quantile for a
+    band). :func:`forecaster.train.train` trains each member on its own, with its own seed."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        one = replace(cfg, members=1)
+        self.members = nn.ModuleList(MODEL_KINDS[cfg.kind](one) for _ in range(cfg.members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    return MODEL_KINDS[cfg.kind](cfg)
+    return Ensemble(cfg) if cfg.members > 1 else MODEL_KINDS[cfg.kind](cfg)
+
+
+def single_models(model: nn.Module) -> list[nn.Module]:
+    """The single models inside ``model``: its members, or itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
 
 
 def is_trainable(model: nn.Module) -> bool:
@@ -351,7 +378,17 @@ def n_parameters(model: nn.Module) -> int:
 
 
 def frontend_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The Conv1D front-end's weights (the cadence adapter included): what transfer learning keeps frozen."""
-    stack = getattr(model, "frontend", None) or getattr(model, "stack", None)
-    adapter = getattr(model, "adapter", None)
-    return [*(adapter.parameters() if adapter is not None else ()), *(stack.parameters() if stack is not None else ())]
+    """The Conv1D front-end's weights (the cadence adapter included; every member's): what transfer learning keeps
+    frozen."""
+    out = []
+    for m in single_models(model):
+        stack = getattr(m, "frontend", None) or getattr(m, "stack", None)
+        adapter = getattr(m, "adapter", None)
+        out += [*(adapter.parameters() if adapter is not None else ()),
+                *(stack.parameters() if stack is not None else ())]
+    return out
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The output layer's weights (every member's)."""
+    return [p for m in single_models(model) for p in m.head.parameters()]

@@ -28,12 +28,20 @@ def slug(label: str) -> str:
 def learning_curve(history: Sequence[dict], path: str | Path, title: str, scale: float = 1.0, unit: str = "°C",
                    loss: str = "mae") -> Path:
     """Training vs validation loss per epoch, like the figures in the book. With ``loss="mse"`` the training curve
-    is its root (RMSE, in the unit), beside the validation MAE that early stopping reads."""
-    epochs = [h["epoch"] for h in history]
+    is its root (RMSE, in the unit), beside the validation MAE that early stopping reads. An ensemble's history
+    (entries marked with their ``member``) draws one pair of curves per member, in one colour each."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    train = [(h["train_loss"] ** 0.5 if loss == "mse" else h["train_loss"]) * scale for h in history]
-    ax.plot(epochs, train, "o-", label="training RMSE (its loss)" if loss == "mse" else "training MAE")
-    ax.plot(epochs, [h["val_loss"] * scale for h in history], "s-", label="validation MAE")
+    members = sorted({h.get("member", 0) for h in history})
+    for m in members:
+        rows = [h for h in history if h.get("member", 0) == m]
+        epochs = [h["epoch"] for h in rows]
+        who = f"member {m + 1}: " if len(members) > 1 else ""
+        colour = f"C{m % 10}" if len(members) > 1 else None
+        train = [(h["train_loss"] ** 0.5 if loss == "mse" else h["train_loss"]) * scale for h in rows]
+        ax.plot(epochs, train, "o-", color=colour,
+                label=who + ("training RMSE (its loss)" if loss == "mse" else "training MAE"))
+        ax.plot(epochs, [h["val_loss"] * scale for h in rows], "s--" if colour else "s-", color=colour,
+                label=who + "validation MAE")
     ax.set(xlabel="epoch", ylabel=f"{'RMSE / MAE' if loss == 'mse' else 'MAE'} ({unit})", title=title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -9,7 +9,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from forecaster.device import autocast, resolve_device
 from forecaster.evaluate import diurnal_offsets
-from forecaster.models import is_trainable
+from forecaster.models import Ensemble, is_trainable
 from forecaster.windows import Windows
 
 
@@ -58,7 +58,9 @@ class TrainResult:
 
     @property
     def seconds_per_epoch(self) -> float:
-        return float(np.mean([h["seconds"] for h in self.history])) if self.history else 0.0
+        """One pass over the training data; for an ensemble, one pass of every member (their means added)."""
+        members = sorted({h.get("member", 0) for h in self.history})
+        return float(sum(np.mean([h["seconds"] for h in self.history if h.get("member", 0) == m]) for m in members))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -156,6 +158,8 @@ def train(
     model: nn.Module, train_w: Windows, val_w: Windows, cfg: TrainConfig = TrainConfig(), label: str = "train"
 ) -> TrainResult:
     """Fit ``model`` in place; on return it holds the weights of its best validation epoch."""
+    if isinstance(model, Ensemble):
+        return _train_members(model, train_w, val_w, cfg, label)
     generator = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model.to(device)
@@ -222,3 +226,19 @@ def train(
             break
     model.load_state_dict(best_state if cfg.restore_best else scored.state_dict())
     return result
+
+
+def _train_members(model: Ensemble, train_w: Windows, val_w: Windows, cfg: TrainConfig, label: str) -> TrainResult:
+    """Each member trained on its own (seed ``cfg.seed + i``: its own batch order), early-stopped on its own
+    validation loss: members trained through their mean would learn to cancel each other's errors instead of
+    making independent ones. The history holds every member's epochs, each marked with its ``member``."""
+    n = len(model.members)
+    results = [train(m, train_w, val_w, replace(cfg, seed=cfg.seed + i), label=f"{label} member {i + 1}/{n}")
+               for i, m in enumerate(model.members)]
+    return TrainResult(
+        history=[{**h, "member": i} for i, r in enumerate(results) for h in r.history],
+        best_epoch=max(r.best_epoch for r in results),
+        best_val_loss=evaluate_loss(model, val_w.to(next(model.parameters()).device), cfg.batch_size * 4,
+                                    cfg.val_steps, _weights(model, train_w, cfg)),
+        stopped_early=all(r.stopped_early for r in results),
+    )
