@@ -282,6 +282,14 @@ def _member_spread(results: dict[str, dict]) -> str:
     parts = [f"{k}: its members alone {min(r['member_test']):.3f} to {max(r['member_test']):.3f} °C test (mean "
              f"{sum(r['member_test']) / len(r['member_test']):.3f}), their mean {r['test_mae']:.3f}"
              for k, r in results.items() if r.get("member_test")]
+    seed0 = results.get(f"{POOL2}, seed 0", {})
+    for k, r in results.items():
+        first = [h["seconds"] for h in r.get("history") or [] if h.get("member") == 0]
+        if first and seed0.get("seconds_per_epoch") and not r.get("measured"):
+            parts.append(f"per pass, the first member of {k} took {sum(first) / len(first):.1f} s in this run, "
+                         f"the seed-0 row {seed0['seconds_per_epoch']:.1f} s in its own: compare s / epoch within a "
+                         "run only")
+            break
     return (" " + "; ".join(parts) + ".") if parts else ""
 
 

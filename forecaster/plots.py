@@ -35,13 +35,14 @@ def learning_curve(history: Sequence[dict], path: str | Path, title: str, scale:
     for m in members:
         rows = [h for h in history if h.get("member", 0) == m]
         epochs = [h["epoch"] for h in rows]
-        who = f"member {m + 1}: " if len(members) > 1 else ""
-        colour = f"C{m % 10}" if len(members) > 1 else None
+        several = len(members) > 1
+        each = f" ({len(members)} members, one colour each)" if several else ""
+        colour = f"C{m % 10}" if several else None
         train = [(h["train_loss"] ** 0.5 if loss == "mse" else h["train_loss"]) * scale for h in rows]
-        ax.plot(epochs, train, "o-", color=colour,
-                label=who + ("training RMSE (its loss)" if loss == "mse" else "training MAE"))
-        ax.plot(epochs, [h["val_loss"] * scale for h in rows], "s--" if colour else "s-", color=colour,
-                label=who + "validation MAE")
+        ax.plot(epochs, train, "o-", color=colour, ms=4 if several else 6,
+                label=None if m else ("training RMSE (its loss)" if loss == "mse" else "training MAE") + each)
+        ax.plot(epochs, [h["val_loss"] * scale for h in rows], "s--" if several else "s-", color=colour,
+                ms=4 if several else 6, label=None if m else "validation MAE" + each)
     ax.set(xlabel="epoch", ylabel=f"{'RMSE / MAE' if loss == 'mse' else 'MAE'} ({unit})", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
