@@ -275,7 +275,7 @@ def _pool2_note(gru: str, ref: dict) -> str:
     """What the seed table measured after this study: the `best` recipe with the front-end pooling by 2, not 3."""
     path = DOCS / "results" / "seed_table.json"
     rows = orjson.loads(path.read_bytes())["rows"] if path.exists() else {}
-    pool2 = {k: v for k, v in rows.items() if "pool 2" in k and not k.startswith("ensemble")}
+    pool2 = {k: v for k, v in rows.items() if "pool 2" in k and ", seed " in k}  # single models, one per seed
     if not pool2:
         return "- Pooling by 2 instead of 3 in the `best` front-end was not measured here."
     val = [v["val_mae"] for v in pool2.values()]

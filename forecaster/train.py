@@ -238,7 +238,7 @@ def _train_members(model: Ensemble, train_w: Windows, val_w: Windows, cfg: Train
     return TrainResult(
         history=[{**h, "member": i} for i, r in enumerate(results) for h in r.history],
         best_epoch=max(r.best_epoch for r in results),
-        best_val_loss=evaluate_loss(model, val_w.to(next(model.parameters()).device), cfg.batch_size * 4,
-                                    cfg.val_steps, _weights(model, train_w, cfg)),
+        best_val_loss=evaluate_loss(model, val_w.to(resolve_device(cfg.device)), cfg.batch_size * 4, cfg.val_steps,
+                                    _weights(model, train_w, cfg)),
         stopped_early=all(r.stopped_early for r in results),
     )
