@@ -49,8 +49,10 @@ def transfer_config(base: ModelCard, cadence_s: int, horizons: tuple[int, ...], 
     front, a day of ``season`` at the fine cadence, ``horizons`` and ``lookback`` in fine steps, and the last
     base step's fine readings of the target handed to the head (``recent``)."""
     factor = adapter_factor(base.cadence_s, cadence_s)
-    if base.model.kind not in ("conv", "conv_gru"):
-        raise CadenceError(f"transfer across cadences needs a Conv1D front-end; the base model is {base.model.kind}")
+    bad = sorted({c.kind for c in base.model.member_configs()} - {"conv", "conv_gru"})
+    if bad:
+        what = f"has {', '.join(bad)} members" if base.model.n_members > 1 else f"is {bad[0]}"
+        raise CadenceError(f"transfer across cadences needs a Conv1D front-end in every member; the base model {what}")
     if base.model.adapter != 1:
         raise CadenceError("the base model already has a cadence adapter: transfer from an hourly model")
     arch = replace(base.model, horizons=tuple(horizons), season=base.model.season * factor, adapter=factor,

@@ -19,7 +19,7 @@ from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_f
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
-from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, ConvLayer, ModelConfig
+from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, ConvLayer, MixedIn, ModelConfig
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
 from forecaster.resample import AGGREGATIONS, RESAMPLE_HELP, CadenceMismatch, cadence_name, conform, describe
 from forecaster.scorecard import horizon_label, render, score_on_span
@@ -151,6 +151,10 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[..., object] | 
                    help="train this many copies of the model, each with its own seed, and serve the mean of their "
                         "forecasts: more accurate, at that many times the training and forecasting time "
                         "(default %(default)s)")
+    t.add_argument("--mix", type=_mix, action="append", metavar="KIND:UNITSxN",
+                   help="add N members of another architecture to the model's mean, e.g. gru:32x3 (three GRU(32) "
+                        "over the whole window; inputs, head and dropout as the main architecture's); members of "
+                        "different architectures err less alike than seeds of one; repeatable")
     t.add_argument("--split", type=_floats, default=None,
                    help="train,validation fractions of each file's rows, the rest tests (default Chollet's "
                         "0.476,0.238); not with dates")
@@ -390,10 +394,23 @@ def _members(text: str) -> int:
     return n
 
 
+def _mix(text: str) -> MixedIn:
+    kind, _, rest = text.partition(":")
+    units, _, count = rest.partition("x")
+    if kind not in ("conv", "gru", "conv_gru") or not units.isdigit() or not count.isdigit() \
+            or not 1 <= int(units) <= 1024 or not 1 <= int(count) <= 32:
+        raise argparse.ArgumentTypeError(f"expected KIND:UNITSxN with KIND conv, gru or conv_gru, UNITS 1-1024 and "
+                                         f"N 1-32 (e.g. gru:32x3), got {text!r}")
+    return MixedIn(kind, int(units), int(count))
+
+
 def cmd_train(args) -> int:
     if args.transfer_from:
         return _train_transfer(args)
     _train_cfg(args, args.quantiles)  # a contradictory loss is refused before minutes of loading, not after
+    total = args.members + sum(m.count for m in args.mix or ())
+    if total > 32:
+        raise DataError(f"{total} members in all (--members and --mix): at most 32")
     requested = tuple(dict.fromkeys((*args.features.split(","), args.target))) if args.features else ()
     series = _load(args, requested, "--features")
     registry = Registry(args.registry or default_registry())
@@ -417,7 +434,7 @@ def cmd_train(args) -> int:
                         anchor=args.anchor or ("last" if args.residual else "none"),
                         relative=tuple(features.index(n) for n in _names(args.relative)),
                         band_offsets=args.band_offsets, phase=phase, scale=_window_scale(args),
-                        members=args.members)
+                        members=args.members, mix=tuple(args.mix or ()))
     trained = fit(series, data, arch, _train_cfg(args, arch.quantiles), label=name, plot_dir=args.plots,
                   ranges=ranges, data_hash=_data_hash(args.data))
     return _register_trained(args, registry, name, trained, "trained on " + ", ".join(Path(p).name for p in args.data))
@@ -485,7 +502,7 @@ def _extend_cadence(series: list[StationSeries], registry: Registry, name: str, 
 
 
 TRANSFER_FIXED = ("model", "features", "target", "quantiles", "time_features", "phase_relative", "residual", "anchor",
-                  "relative", "window_scale", "band_offsets", "conv", "hidden", "dropout", "members", "step")
+                  "relative", "window_scale", "band_offsets", "conv", "hidden", "dropout", "members", "mix", "step")
 
 
 def _train_transfer(args) -> int:

@@ -22,6 +22,20 @@ class ConvLayer:
 
 
 @dataclass(frozen=True)
+class MixedIn:
+    """``count`` members of another architecture in a model of several (``stationcast train --mix``): ``kind`` with
+    ``gru_hidden`` units, every other setting (inputs, head, dropout) the main architecture's. Members that differ
+    in architecture make less correlated errors than seeds of one, so their mean gains more."""
+
+    kind: str
+    gru_hidden: int = 32
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.gru_hidden}x{self.count}"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture; stored in the model card so an artifact rebuilds exactly."""
 
@@ -60,6 +74,8 @@ class ModelConfig:
     # forecasts: their errors are partly independent, so the mean is more accurate than a typical member at
     # ``members`` times the compute. 1: a single model.
     members: int = 1
+    # Members of other architectures after those ``members`` copies, trained and served the same way. (): none.
+    mix: tuple[MixedIn, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -83,15 +99,40 @@ class ModelConfig:
             raise ValueError(f"a {self.kind} baseline has nothing to train: members must be 1")
         if self.adapter < 1:
             raise ValueError(f"adapter must be >= 1 input steps per front-end step, got {self.adapter}")
+        for m in self.mix:
+            if m.kind not in ("conv", "gru", "conv_gru") or self.kind in ("persistence", "seasonal"):
+                raise ValueError(f"a mixed-in member must be a trained model next to another (conv, gru or "
+                                 f"conv_gru with a trained main architecture), got {m.kind} next to {self.kind}")
+            if m.count < 1 or m.gru_hidden < 1:
+                raise ValueError(f"a mixed-in member needs count >= 1 and gru_hidden >= 1, got {m}")
+            if m.kind == "gru" and self.adapter > 1:
+                raise ValueError("a plain GRU member has no cadence adapter: a model mixing one in cannot be "
+                                 "transferred to a finer cadence")
         if any(not 0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
         if self.conv is None:
             default = LISTING_6_47 if self.kind == "conv" else LISTING_6_49
             object.__setattr__(self, "conv", default if self.kind in ("conv", "conv_gru") else ())
 
+    @property
+    def n_members(self) -> int:
+        return self.members + sum(m.count for m in self.mix)
+
+    def member_configs(self) -> list[ModelConfig]:
+        """One single-model config per member, in training order (seed ``seed + i`` for the i-th): the ``members``
+        copies first, then each mixed-in architecture (with the main front-end where its kind has one)."""
+        one = replace(self, members=1, mix=())
+        out = [one] * self.members
+        for m in self.mix:
+            conv = (self.conv or None) if m.kind != "gru" else None  # None: the kind's default front-end
+            out += [replace(one, kind=m.kind, gru_hidden=m.gru_hidden, conv=conv)] * m.count
+        return out
+
     def min_input_length(self) -> int:
         """The shortest input sequence the model can take: the convolution stack's, and a day for the diurnal
-        anchor (1 for recurrent-only models)."""
+        anchor (1 for recurrent-only models); a model of several, its most demanding member's."""
+        if self.mix:
+            return max(c.min_input_length() for c in self.member_configs())
         if self.anchor == "both":
             return max(self.season, self._stack_length())
         return self._stack_length()
@@ -122,6 +163,7 @@ class ModelConfig:
         d["quantiles"] = list(self.quantiles)
         d["relative"] = list(self.relative)
         d["phase"] = list(self.phase)
+        d["mix"] = [asdict(m) for m in self.mix]
         return d
 
     @classmethod
@@ -132,6 +174,7 @@ class ModelConfig:
         d["quantiles"] = tuple(d.get("quantiles", ()))
         d["relative"] = tuple(d.get("relative", ()))
         d["phase"] = tuple(d.get("phase", ()))
+        d["mix"] = tuple(MixedIn(**m) for m in d.get("mix", ()))
         return cls(**d)
 
 
@@ -347,21 +390,20 @@ MODEL_KINDS: dict[str, type[nn.Module]] = {
 
 
 class Ensemble(nn.Module):
-    """``cfg.members`` models of one architecture, served as one: the mean of their outputs (per quantile for a
-    band). :func:`forecaster.train.train` trains each member on its own, with its own seed."""
+    """``cfg.members`` models of one architecture (and any mixed in), served as one: the mean of their outputs (per
+    quantile for a band). :func:`forecaster.train.train` trains each member on its own, with its own seed."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        one = replace(cfg, members=1)
-        self.members = nn.ModuleList(MODEL_KINDS[cfg.kind](one) for _ in range(cfg.members))
+        self.members = nn.ModuleList(MODEL_KINDS[c.kind](c) for c in cfg.member_configs())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    return Ensemble(cfg) if cfg.members > 1 else MODEL_KINDS[cfg.kind](cfg)
+    return Ensemble(cfg) if cfg.n_members > 1 else MODEL_KINDS[cfg.kind](cfg)
 
 
 def single_models(model: nn.Module) -> list[nn.Module]:

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from forecaster.adapt import finetune
+from forecaster.cadence_transfer import CadenceError, transfer_config
 from forecaster.clean import clean_station, load_stations
 from forecaster.data import load_records
 from forecaster.dataset import DataConfig
 from forecaster.experiment import fit, model_config
-from forecaster.models import ModelConfig, build_model, frontend_parameters, single_models
+from forecaster.models import ConvLayer, MixedIn, ModelConfig, build_model, frontend_parameters, single_models
 from forecaster.predict import Predictor
 from forecaster.registry import Registry
 from forecaster.train import TrainConfig
@@ -38,11 +39,30 @@ def test_forecast_is_the_mean_of_the_members():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_a_mixed_model_holds_members_of_each_architecture_and_serves_their_mean():
+    front = (ConvLayer(16, 5, 2), ConvLayer(16, 5, 1))
+    cfg = ModelConfig("conv_gru", n_features=3, target_index=0, conv=front, gru_hidden=12, residual=True,
+                      members=2, mix=(MixedIn("gru", 8, 1), MixedIn("conv_gru", 6, 1)))
+    model = build_model(cfg).eval()
+    kinds = [(type(m).__name__, m.cfg.gru_hidden, m.cfg.conv) for m in single_models(model)]
+    assert kinds == [("ConvGRU", 12, front), ("ConvGRU", 12, front), ("GRUNet", 8, ()), ("ConvGRU", 6, front)]
+    assert cfg.n_members == 4 and all(m.cfg.residual and m.cfg.n_members == 1 for m in single_models(model))
+    x = torch.randn(4, 48, 3)
+    assert torch.allclose(model(x), torch.stack([m(x) for m in single_models(model)]).mean(0))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "mix"}).n_members == 2  # old cards
+    assert cfg.min_input_length() == max(c.min_input_length() for c in cfg.member_configs()) > 1
+
+
 def test_members_below_one_or_on_a_baseline_are_refused():
     with pytest.raises(ValueError, match="members must be >= 1"):
         ModelConfig("conv_gru", n_features=3, target_index=0, members=0)
     with pytest.raises(ValueError, match="persistence baseline has nothing to train"):
         ModelConfig("persistence", n_features=3, target_index=0, members=2)
+    with pytest.raises(ValueError, match="mixed-in member must be a trained model"):
+        ModelConfig("seasonal", n_features=3, target_index=0, mix=(MixedIn("gru", 8, 1),))
+    with pytest.raises(ValueError, match="count >= 1"):
+        ModelConfig("conv_gru", n_features=3, target_index=0, mix=(MixedIn("gru", 8, 0),))
 
 
 def test_each_member_trains_on_its_own_and_the_model_serves_their_mean(jena, tmp_path):
@@ -103,3 +123,30 @@ def test_train_members_on_the_command_line(jena_hourly, tmp_path, capsys):
         main(["train", "--data", str(jena_hourly), "--members", "0", "--registry", str(registry)])
     assert exit_.value.code == 2
     assert "expected a whole number of members from 1 to 32, got '0'" in capsys.readouterr().err
+
+
+def test_train_a_mixed_model_on_the_command_line(jena_hourly, tmp_path, capsys):
+    """``--mix`` registers one model whose card names every member; bad specs and too many members get one line;
+    a model with a plain GRU member cannot be carried to a finer cadence (that GRU has no front-end to adapt)."""
+    from pipeline.cli import main
+
+    registry = tmp_path / "registry"
+    assert main(["train", "--data", str(jena_hourly), "--features", "T,Tdew", "--lookback", "72", "--horizons",
+                 "6,24", "--residual", "--mix", "gru:8x2", "--epochs", "1", "--steps-per-epoch", "5",
+                 "--registry", str(registry), "--plots", str(tmp_path / "plots")]) == 0
+    capsys.readouterr()
+    reg = Registry(registry)
+    card = reg.card("global", reg.versions("global")[-1].version)
+    assert card.model.mix == (MixedIn("gru", 8, 2),) and card.model.n_members == 3
+    model, card, _ = reg.load("global", reg.versions("global")[-1].version)
+    assert [type(m).__name__ for m in single_models(model)] == ["ConvGRU", "GRUNet", "GRUNet"]
+    with pytest.raises(CadenceError, match="front-end in every member; the base model has gru members"):
+        transfer_config(card, 600, (6,), 432)
+    for bad, says in ((["--mix", "lstm:8x2"], "expected KIND:UNITSxN"), (["--mix", "gru:8"], "expected KIND:UNITSxN"),
+                      (["--members", "30", "--mix", "gru:8x3"], "33 members in all (--members and --mix): at most 32")):
+        try:
+            code = main(["train", "--data", str(jena_hourly), *bad, "--registry", str(registry)])
+        except SystemExit as exit_:  # argparse's refusal of a malformed value
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "Traceback" not in err
