@@ -46,6 +46,8 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class CalibrationConfig:
+    """The calibrator's settings and their defaults; the service's ``band_*`` settings default to these."""
+
     coverage: float = 0.8  # nominal coverage of the band (P10-P90)
     window: int = 480  # recent scores kept per (station, horizon); 0 disables calibration (docs/loso.md: why 480)
     min_scores: int = 48  # a station's own scores needed before they replace the fleet's

@@ -11,6 +11,7 @@ import yaml
 
 from forecaster.adapt import AdaptConfig
 from forecaster.registry import DEFAULT_REGISTRY
+from pipeline.calibration import CalibrationConfig as _BAND  # the band settings' defaults live with the calibrator
 from pipeline.validation import SettingError, validate
 
 ADAPT = AdaptConfig()  # `stationcast finetune`'s defaults: the station job runs the same adaptation
@@ -96,9 +97,9 @@ class ServiceConfig:
     max_catchup_steps: int = 1000  # after a restart, forecasts missed by a crash are issued this far back at most
     status_history: int = 72  # recent actuals per station kept for the status page
     station_idle_s: float = 86400.0  # a station silent this long leaves the status page and frees its metric labels
-    band_window: int = 480  # recent scored forecasts per station and horizon the P10-P90 band is calibrated on; 0: off
-    band_min_scores: int = 48  # a station's own scores needed before its band uses them (before: the fleet's)
-    band_feedback: float = 3.0  # a station's band aims this much past its own shortfall from 80 % coverage; 0: off
+    band_window: int = _BAND.window  # scored forecasts per station and horizon the P10-P90 band is fit to; 0: off
+    band_min_scores: int = _BAND.min_scores  # a station's own scores its band needs before using them (before: fleet's)
+    band_feedback: float = _BAND.feedback  # a station's band aims this far past its shortfall from 80 % coverage; 0 off
     # --- model lifecycle (pipeline/scheduler.py, pipeline/lifecycle.py); the defaults keep the scheduler off ---
     retrain_interval_s: float = 0  # periodic retraining every N seconds; 0 = disabled
     retrain_cron: str | None = None  # or a crontab line (UTC), e.g. "0 3 * * *"; wins over the interval
