@@ -115,6 +115,13 @@ class ModelConfig:
             object.__setattr__(self, "conv", default if self.kind in ("conv", "conv_gru") else ())
 
     @property
+    def summary(self) -> str:
+        """The architecture in a few characters for logs and status: ``conv_gru``, ``conv_gru x5``,
+        ``conv_gru x3 + gru:32x3``."""
+        main = self.kind + (f" x{self.members}" if self.members > 1 else "")
+        return " + ".join([main, *map(str, self.mix)])
+
+    @property
     def n_members(self) -> int:
         return self.members + sum(m.count for m in self.mix)
 

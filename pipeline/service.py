@@ -151,7 +151,7 @@ class Service:
         self.metrics.model_info.info({"tag": info.tag, "kind": card.model.kind, "created_at": card.created_at,
                                       "device": str(predictor.device)})
         self.metrics.model_version.labels(model=info.name).set(info.version)
-        log.info("serving %s (%s, %d features, lookback %d, horizons %s) on %s", info.tag, card.model.kind,
+        log.info("serving %s (%s, %d features, lookback %d, horizons %s) on %s", info.tag, card.model.summary,
                  len(card.data.features), card.data.lookback, list(card.data.horizons), predictor.device)
 
     def _load_lanes(self) -> None:

@@ -46,6 +46,7 @@ def test_a_mixed_model_holds_members_of_each_architecture_and_serves_their_mean(
     model = build_model(cfg).eval()
     kinds = [(type(m).__name__, m.cfg.gru_hidden, m.cfg.conv) for m in single_models(model)]
     assert kinds == [("ConvGRU", 12, front), ("ConvGRU", 12, front), ("GRUNet", 8, ()), ("ConvGRU", 6, front)]
+    assert cfg.summary == "conv_gru x2 + gru:8x1 + conv_gru:6x1"
     assert cfg.n_members == 4 and all(m.cfg.residual and m.cfg.n_members == 1 for m in single_models(model))
     x = torch.randn(4, 48, 3)
     assert torch.allclose(model(x), torch.stack([m(x) for m in single_models(model)]).mean(0))
