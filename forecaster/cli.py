@@ -153,8 +153,9 @@ def add_commands(sub: argparse._SubParsersAction, seed: Callable[..., object] | 
                         "(default %(default)s)")
     t.add_argument("--mix", type=_mix, action="append", metavar="KIND:UNITSxN",
                    help="add N members of another architecture to the model's mean, e.g. gru:32x3 (three GRU(32) "
-                        "over the whole window; inputs, head and dropout as the main architecture's); members of "
-                        "different architectures err less alike than seeds of one; repeatable")
+                        "over the whole window; inputs, head and dropout as the main architecture's); repeatable. "
+                        "Other architectures can err less alike than seeds of one (on Jena hourly it did not pay: "
+                        "docs/seed_table.md)")
     t.add_argument("--split", type=_floats, default=None,
                    help="train,validation fractions of each file's rows, the rest tests (default Chollet's "
                         "0.476,0.238); not with dates")

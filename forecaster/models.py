@@ -25,7 +25,7 @@ class ConvLayer:
 class MixedIn:
     """``count`` members of another architecture in a model of several (``stationcast train --mix``): ``kind`` with
     ``gru_hidden`` units, every other setting (inputs, head, dropout) the main architecture's. Members that differ
-    in architecture make less correlated errors than seeds of one, so their mean gains more."""
+    in architecture can make less correlated errors than seeds of one, so their mean can gain more."""
 
     kind: str
     gru_hidden: int = 32
