@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forecaster import adapt
-from forecaster.artifact import ModelCard, load_artifact
+from forecaster.artifact import ArtifactError, ModelCard, load_artifact
 from forecaster.cadence_transfer import TRANSFER_LAYERS, fit_transfer, transfer_config
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
@@ -652,20 +652,28 @@ def render_holdout(a: adapt.Adaptation) -> str:
     return "\n".join(lines)
 
 
+def _architecture(registry: Registry, name: str, version: int) -> str:
+    """A version's architecture from its card (``conv_gru x3 + gru:32x3``); "?" where the card cannot be read."""
+    try:
+        return registry.card(name, version).model.summary
+    except (ArtifactError, OSError, KeyError, TypeError, ValueError):
+        return "?"
+
+
 def cmd_models_list(args) -> int:
     registry = _open_registry(args)
     names = [args.name] if args.name else registry.names()
     if not names:
         print(f"no models in {registry.root}")
         return 0
-    rows = [("model", "status", "created", "val MAE", "test MAE", "note")]
+    rows = [("model", "status", "architecture", "created", "val MAE", "test MAE", "note")]
     for name in names:
         for v in registry.versions(name):
             m = v.metrics
             val = f"{m['val_mae']:.3f}" if "val_mae" in m else "-"
             test = f"{m['test_mae']:.3f}" if "test_mae" in m else "-"
-            rows.append((v.tag, v.status, v.created_at, val, test, v.note))
-    print(format_table(rows, right=[False, False, False, True, True, False]))
+            rows.append((v.tag, v.status, _architecture(registry, name, v.version), v.created_at, val, test, v.note))
+    print(format_table(rows, right=[False, False, False, False, True, True, False]))
     if not args.name:
         print()
         cmd_models_serving(args)

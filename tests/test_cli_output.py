@@ -76,6 +76,8 @@ def test_models_tables_are_aligned_for_long_station_ids(registry_with_long_stati
     status_at = head.index("status")
     assert {r[status_at:].split()[0] for r in rows} == {"champion"}, listing
     assert {r.split()[0] for r in rows} == {f"{station_model_name(LONG_ID)}@v1", "global@v1"}  # seeded
+    arch_at = head.index("architecture")
+    assert {r[arch_at:].split()[0] for r in rows} == {"conv_gru"}, listing  # read from each version's card
     head, *rows = serving.splitlines()
     by_at, own_end = head.index("served by"), columns_end(head, ["holdout MAE"])[0]
     assert [r[by_at:].split()[0] for r in rows] == [f"{station_model_name(LONG_ID)}@v1", "global@v1"], serving
