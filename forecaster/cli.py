@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forecaster import adapt
-from forecaster.artifact import ArtifactError, ModelCard, load_artifact
+from forecaster.artifact import ModelCard, load_artifact
 from forecaster.cadence_transfer import TRANSFER_LAYERS, fit_transfer, transfer_config
 from forecaster.clean import CleanConfig, StationSeries, load_stations, usable_features
 from forecaster.data import DataError, file_sha256
 from forecaster.dataset import DataConfig, check_long_enough, split_rows
 from forecaster.experiment import fit, model_config
-from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, ConvLayer, MixedIn, ModelConfig
+from forecaster.models import ANCHORS, LISTING_6_49, MODEL_KINDS, TRAINED_KINDS, ConvLayer, MixedIn, ModelConfig
 from forecaster.registry import DEFAULT_REGISTRY, GLOBAL, Registry, default_registry, station_model_name
 from forecaster.resample import AGGREGATIONS, RESAMPLE_HELP, CadenceMismatch, cadence_name, conform, describe
 from forecaster.scorecard import horizon_label, render, score_on_span
@@ -385,23 +385,27 @@ def _span_line(series: list[StationSeries], ranges: list) -> str:
     return "spans: " + ", ".join(parts)
 
 
+MAX_MEMBERS = 32  # of a model of several, --members and --mix together
+
+
 def _members(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
-    if not 1 <= n <= 32:
-        raise argparse.ArgumentTypeError(f"expected a whole number of members from 1 to 32, got {text!r}")
+    if not 1 <= n <= MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"expected a whole number of members from 1 to {MAX_MEMBERS}, got {text!r}")
     return n
 
 
 def _mix(text: str) -> MixedIn:
     kind, _, rest = text.partition(":")
     units, _, count = rest.partition("x")
-    if kind not in ("conv", "gru", "conv_gru") or not units.isdigit() or not count.isdigit() \
-            or not 1 <= int(units) <= 1024 or not 1 <= int(count) <= 32:
-        raise argparse.ArgumentTypeError(f"expected KIND:UNITSxN with KIND conv, gru or conv_gru, UNITS 1-1024 and "
-                                         f"N 1-32 (e.g. gru:32x3), got {text!r}")
+    if kind not in TRAINED_KINDS or not units.isdigit() or not count.isdigit() \
+            or not 1 <= int(units) <= 1024 or not 1 <= int(count) <= MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"expected KIND:UNITSxN with KIND {', '.join(TRAINED_KINDS[:-1])} or "
+                                         f"{TRAINED_KINDS[-1]}, UNITS 1-1024 and N 1-{MAX_MEMBERS} (e.g. gru:32x3), "
+                                         f"got {text!r}")
     return MixedIn(kind, int(units), int(count))
 
 
@@ -410,8 +414,8 @@ def cmd_train(args) -> int:
         return _train_transfer(args)
     _train_cfg(args, args.quantiles)  # a contradictory loss is refused before minutes of loading, not after
     total = args.members + sum(m.count for m in args.mix or ())
-    if total > 32:
-        raise DataError(f"{total} members in all (--members and --mix): at most 32")
+    if total > MAX_MEMBERS:
+        raise DataError(f"{total} members in all (--members and --mix): at most {MAX_MEMBERS}")
     requested = tuple(dict.fromkeys((*args.features.split(","), args.target))) if args.features else ()
     series = _load(args, requested, "--features")
     registry = Registry(args.registry or default_registry())
@@ -656,7 +660,7 @@ def _architecture(registry: Registry, name: str, version: int) -> str:
     """A version's architecture from its card (``conv_gru x3 + gru:32x3``); "?" where the card cannot be read."""
     try:
         return registry.card(name, version).model.summary
-    except (ArtifactError, OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):  # ArtifactError is a ValueError
         return "?"
 
 

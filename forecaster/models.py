@@ -100,7 +100,7 @@ class ModelConfig:
         if self.adapter < 1:
             raise ValueError(f"adapter must be >= 1 input steps per front-end step, got {self.adapter}")
         for m in self.mix:
-            if m.kind not in ("conv", "gru", "conv_gru") or self.kind in ("persistence", "seasonal"):
+            if m.kind not in TRAINED_KINDS or self.kind not in TRAINED_KINDS:
                 raise ValueError(f"a mixed-in member must be a trained model next to another (conv, gru or "
                                  f"conv_gru with a trained main architecture), got {m.kind} next to {self.kind}")
             if m.count < 1 or m.gru_hidden < 1:
@@ -186,6 +186,7 @@ class ModelConfig:
 
 
 ANCHORS = ("none", "last", "both")
+TRAINED_KINDS = ("conv", "gru", "conv_gru")  # the kinds with weights: what a model of several may mix
 
 
 LISTING_6_47 = (ConvLayer(32, 5, 3), ConvLayer(32, 5, 3), ConvLayer(32, 5, 1))
